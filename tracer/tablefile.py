@@ -1,0 +1,379 @@
+"""Read exported conntrack tables: /proc/net/nf_conntrack, `conntrack -L`
+and `conntrack -L -o extended` (any `-o` extras), plain or gzip, files or stdin.
+
+The format is detected per line. Two parsers agree on every line:
+- a fast path: one regular expression run over 8 MiB blocks with findall
+  (no Python code per line), for the exact shapes the kernel and
+  conntrack-tools print;
+- a tolerant path: a token parser for everything else (other field orders,
+  tabs, unknown extra fields). A block goes line by line only when the fast
+  path did not account for every line in it.
+Big plain files are split across CPUs.
+
+Lines that neither parser accepts are counted as malformed, with their line
+numbers. Blank lines and conntrack's trailer ("N flow entries have been
+shown.") are ignored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from tracer.conntrack import FLAG_BITS, F_UNREPLIED, STATE_NAMES, canonical_addr
+from tracer.snapshot import Columns, Filter
+
+BLOCK = 8 << 20
+PARALLEL_MIN = 48 << 20     # split plain files larger than this across CPUs
+MAX_SAMPLES = 5
+
+
+class InputError(Exception):
+    """Bad input: the message says what is wrong and what to do."""
+
+
+# --- the fast path -----------------------------------------------------------
+# Groups: proto number, state, src, dst, dport, unreplied block, tail block.
+# `[^ ]+` (a single negated literal) is much faster in sre than a character
+# class; a match can therefore run across a newline on a malformed line, but
+# every match starts at a newline and consumes at least one line, so "one
+# match per line" (checked per block) proves no match ran across lines.
+_V = rb"[^ ]+"
+_N = rb"[0-9]+"
+_L4_ORIG = (rb"(?: sport=" + _V + rb" dport=(" + _N + rb")| type=" + _V + rb" code=" + _V +
+            rb" id=" + _V + rb"| srckey=" + _V + rb" dstkey=" + _V + rb")?")
+_L4_REPLY = (rb"(?: sport=" + _V + rb" dport=" + _V + rb"| type=" + _V + rb" code=" + _V +
+             rb" id=" + _V + rb"| srckey=" + _V + rb" dstkey=" + _V + rb")?")
+_ACCT = rb"(?: packets=" + _N + rb" bytes=" + _N + rb")?"
+FAST = re.compile(
+    rb"\n(?:ipv[46] +" + _N + rb" +)?[a-z][a-z0-9-]* +(" + _N + rb") +(?:" + _N + rb" )?"
+    rb"(?:([A-Z][A-Z0-9_]*) )?src=(" + _V + rb") dst=(" + _V + rb")" + _L4_ORIG +
+    rb"((?: zone-orig=" + _N + rb")?" + _ACCT + rb"(?: \[UNREPLIED\])?)"
+    rb" src=" + _V + rb" dst=" + _V + _L4_REPLY + rb"(?: zone-reply=" + _N + rb")?" + _ACCT +
+    rb"((?: \[[A-Z_]+\])*(?: mark=" + _N + rb")?(?: secctx=" + _V + rb")?(?: zone=" + _N + rb")?)"
+    rb"(?: use=" + _N + rb")?(?:(?: [^\n]*)?(?=\n)|$)")
+
+_IGNORED = re.compile(rb"^\s*(?:$|conntrack v[0-9.]+ \(conntrack-tools\):.*$)")
+
+
+# --- the tolerant path ---------------------------------------------------------
+_TUPLE_KEYS = frozenset((b"src", b"dst", b"sport", b"dport", b"type", b"code", b"id",
+                         b"srckey", b"dstkey"))
+
+
+def parse_line(line: bytes) -> tuple | None:
+    """One entry in any known layout -> raw row (same form as the fast path), or None."""
+    toks = line.split()
+    if len(toks) < 4:
+        return None
+    i = 0
+    if toks[0] in (b"ipv4", b"ipv6"):
+        if not toks[1].isdigit():
+            return None
+        i = 2
+    name, num = toks[i], toks[i + 1]
+    if not (name[:1].isalpha() and name.islower() and num.isdigit()):
+        return None
+    i += 2
+    if i < len(toks) and toks[i].isdigit():      # timeout (absent when offloaded)
+        i += 1
+    state = b""
+    if i < len(toks) and toks[i].isupper() and b"=" not in toks[i] and not toks[i].startswith(b"["):
+        state = toks[i]
+        i += 1
+    src = dst = dport = None
+    nsrc = 0
+    extra: list[bytes] = []
+    in_bracket = False
+    for t in toks[i:]:
+        if in_bracket:                           # "[start=Tue Nov 25 ...]" spans tokens
+            in_bracket = not t.endswith(b"]")
+            continue
+        if t.startswith(b"["):
+            if t.endswith(b"]"):
+                if b"=" not in t:
+                    extra.append(t)
+            else:
+                in_bracket = True
+            continue
+        key, eq, val = t.partition(b"=")
+        if not eq:
+            return None                          # a bare word: not conntrack output
+        if key == b"src":
+            nsrc += 1
+        if nsrc == 1 and key in _TUPLE_KEYS:
+            if key == b"src":
+                src = val
+            elif key == b"dst":
+                dst = val
+            elif key == b"dport":
+                dport = val
+        elif key in (b"mark", b"zone", b"zone-orig"):
+            extra.append(t)
+    if src is None or dst is None or nsrc > 2:
+        return None
+    if dport is not None and not dport.isdigit():
+        return None
+    return (num, state, src, dst, dport or b"", b"", b" " + b" ".join(extra) if extra else b"")
+
+
+# --- decoding of raw text values ----------------------------------------------------
+class TextDecoder:
+    """Decoder (see snapshot.Decoder) for rows read from text; caches per value."""
+
+    def __init__(self) -> None:
+        self._addr: dict[bytes, tuple[str, str] | None] = {}
+        self._extra: dict[tuple, tuple[int, int | None, int]] = {}
+
+    def proto(self, raw: bytes) -> int | None:
+        n = int(raw)
+        return n if n <= 255 else None
+
+    def state(self, proto: int, raw: bytes) -> str:
+        return raw.decode("ascii") if raw else ""
+
+    def addr(self, raw: bytes):
+        try:
+            return self._addr[raw]
+        except KeyError:
+            v = self._addr[raw] = canonical_addr(raw.decode("latin-1"))
+            return v
+
+    def dport(self, raw: bytes) -> int | None:
+        if not raw:
+            return None
+        n = int(raw)
+        return n if n <= 65535 else None
+
+    def extra(self, raw: tuple) -> tuple[int, int | None, int]:
+        try:
+            return self._extra[raw]
+        except KeyError:
+            pass
+        flags, mark, zone = 0, None, 0
+        for t in (raw[0] + raw[1]).split():
+            if t.startswith(b"["):
+                flags |= FLAG_BITS.get(t[1:-1].decode("latin-1"), 0)
+            elif t.startswith(b"mark="):
+                mark = int(t[5:])
+            elif t.startswith(b"zone=") or t.startswith(b"zone-orig="):
+                zone = int(t.partition(b"=")[2])
+        v = self._extra[raw] = (flags, mark, zone)
+        return v
+
+    def valid(self, row: tuple) -> bool:
+        """Whether every value of a row means something (addresses, port range)."""
+        if self.addr(row[2]) is None or self.addr(row[3]) is None:
+            return False
+        if self.proto(row[0]) is None:
+            return False
+        return not row[4] or self.dport(row[4]) is not None
+
+
+# --- scanning -----------------------------------------------------------------------
+@dataclass
+class ScanResult:
+    cols: Columns = field(default_factory=Columns)
+    lines: int = 0
+    entries: int = 0            # valid entries read (before filters)
+    ignored: int = 0
+    malformed: int = 0
+    samples: list = field(default_factory=list)   # (line number, text)
+
+    def merge(self, other: "ScanResult", line_offset: int) -> None:
+        self.cols.merge(other.cols)
+        self.entries += other.entries
+        self.ignored += other.ignored
+        self.malformed += other.malformed
+        for n, text in other.samples:
+            if len(self.samples) < MAX_SAMPLES:
+                self.samples.append((n + line_offset, text))
+        self.lines += other.lines
+
+
+class Scanner:
+    """Folds blocks of complete lines into a ScanResult."""
+
+    def __init__(self, flt: Filter):
+        self.flt = flt
+        self.dec = TextDecoder()
+        self.cache: dict = {}
+        self.res = ScanResult()
+        self._seen: dict[bytes, bool] = {}
+
+    def block(self, data: bytes) -> None:
+        """`data`: whole lines, each ending in a newline."""
+        nlines = data.count(b"\n")
+        rows = FAST.findall(b"\n" + data)
+        cols = Columns()
+        if len(rows) == nlines:
+            cols.add_rows(rows)
+        if len(rows) != nlines or not self._values_ok(cols):
+            rows = self._line_by_line(data)
+            cols = Columns()
+            cols.add_rows(rows)
+        self.res.entries += len(rows)
+        self.res.lines += nlines
+        if self.flt.active:
+            cols = Columns()
+            cols.add_rows(self.flt.apply(rows, self.dec, self.cache))
+        self.res.cols.merge(cols)
+
+    def _values_ok(self, cols: Columns) -> bool:
+        """Every distinct address and port of a block means something.
+
+        Checked once per distinct value; a block with a bad value goes line
+        by line so the bad line is found and numbered.
+        """
+        seen = self._seen
+        for v in (*cols.src, *cols.dst):
+            ok = seen.get(v)
+            if ok is None:
+                ok = seen[v] = self.dec.addr(v) is not None
+            if not ok:
+                return False
+        dec = self.dec
+        return all(dec.proto(p) is not None and (not d or dec.dport(d) is not None)
+                   for p, _, d, _, _ in cols.combo)
+
+    def _line_by_line(self, data: bytes) -> list:
+        rows = []
+        res = self.res
+        base = res.lines
+        for idx, line in enumerate(data.split(b"\n")[:-1]):
+            m = FAST.fullmatch(b"\n" + line)
+            row = m.groups() if m else parse_line(line)
+            if row is not None and self.dec.valid(row):
+                rows.append(row)
+            elif _IGNORED.match(line):
+                res.ignored += 1
+            else:
+                res.malformed += 1
+                if len(res.samples) < MAX_SAMPLES:
+                    res.samples.append((base + idx + 1, line[:160].decode("latin-1")))
+        return rows
+
+
+def _check_text(head: bytes, name: str) -> None:
+    if not head:
+        raise InputError(f"{name} is empty: nothing to analyse (export the table with "
+                         "'conntrack -L -o extended > FILE' or 'cat /proc/net/nf_conntrack > FILE')")
+    sample = head[:65536]
+    if b"\x00" in sample or sum(b < 9 or 13 < b < 32 or b == 127 for b in sample[:4096]) > 40:
+        raise InputError(f"{name} is a binary file, not a conntrack table export "
+                         "(expected /proc/net/nf_conntrack or conntrack -L output, plain or gzip)")
+
+
+def _open(path: str) -> tuple[BinaryIO, str, bool]:
+    """(stream, display name, seekable plain file?)"""
+    if path == "-":
+        raw: BinaryIO = sys.stdin.buffer
+        name = "standard input"
+    else:
+        name = path
+        try:
+            raw = open(path, "rb")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path} is a directory; give a table export file") from None
+        except PermissionError:
+            raise InputError(f"{path}: permission denied (try as a user who can read it)") from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot open: {e.strerror}") from None
+    peek = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    if peek == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw), name, False
+    seekable = path != "-" and os.path.isfile(path)
+    return raw, name, seekable
+
+
+def _blocks(stream: BinaryIO, name: str, end: int | None = None):
+    """Whole-line blocks from a stream (up to byte `end` if given)."""
+    rest = b""
+    pos = 0
+    while True:
+        want = BLOCK if end is None else min(BLOCK, end - pos)
+        try:
+            buf = stream.read(want) if want > 0 else b""
+        except (EOFError, gzip.BadGzipFile, OSError) as e:
+            raise InputError(f"{name}: unreadable or truncated compressed data ({e}); "
+                             "re-export the table") from None
+        if not buf:
+            break
+        pos += len(buf)
+        buf = rest + buf
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:                             # no line break in a whole block
+            if len(buf) < BLOCK:
+                rest = buf
+                continue
+            buf, cut = buf + b"\n", len(buf) + 1
+
+        rest = buf[cut:]
+        yield buf[:cut]
+    if rest:
+        yield rest + b"\n"
+
+
+def _scan_range(path: str, start: int, end: int, flt: Filter) -> ScanResult:
+    sc = Scanner(flt)
+    with open(path, "rb") as f:
+        f.seek(start)
+        for blk in _blocks(f, path, end - start):
+            sc.block(blk)
+    return sc.res
+
+
+def _split_points(path: str, parts: int) -> list[int]:
+    size = os.path.getsize(path)
+    points = [0]
+    with open(path, "rb") as f:
+        for k in range(1, parts):
+            f.seek(size * k // parts)
+            f.readline()
+            points.append(max(f.tell(), points[-1]))
+    points.append(size)
+    return points
+
+
+def scan(path: str, flt: Filter, jobs: int | None = None) -> tuple[ScanResult, TextDecoder]:
+    """Read a table export (path or '-') into a ScanResult. Raises InputError."""
+    stream, name, seekable = _open(path)
+    try:
+        jobs = jobs or min(os.cpu_count() or 1, 8)
+        if seekable and jobs > 1 and os.path.getsize(path) >= PARALLEL_MIN:
+            _check_text(stream.read(65536), name)
+            stream.close()
+            return _scan_parallel(path, flt, jobs), TextDecoder()
+        sc = Scanner(flt)
+        first = True
+        for blk in _blocks(stream, name):
+            if first:
+                _check_text(blk[:65536], name)
+                first = False
+            sc.block(blk)
+        if first:
+            _check_text(b"", name)
+        return sc.res, sc.dec
+    finally:
+        if path != "-":
+            stream.close()
+
+
+def _scan_parallel(path: str, flt: Filter, jobs: int) -> ScanResult:
+    import multiprocessing as mp
+    points = _split_points(path, jobs)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(jobs) as pool:
+        parts = pool.starmap(_scan_range, [(path, points[k], points[k + 1], flt)
+                                           for k in range(jobs)])
+    total = ScanResult()
+    for part in parts:
+        total.merge(part, total.lines)
+    return total

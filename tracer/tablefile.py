@@ -56,9 +56,9 @@ FAST = re.compile(
     rb"((?: zone-orig=" + _N + rb")?" + _ACCT + rb"(?: \[UNREPLIED\])?)"
     rb" src=" + _V + rb" dst=" + _V + _L4_REPLY + rb"(?: zone-reply=" + _N + rb")?" + _ACCT +
     rb"((?: \[[A-Z_]+\])*(?: mark=" + _N + rb")?(?: secctx=" + _V + rb")?(?: zone=" + _N + rb")?)"
-    rb"(?: use=" + _N + rb")?(?:(?: [^\n]*)?(?=\n)|$)")
+    rb"(?: [^\n]*)?(?=\n|\Z)")
 
-_IGNORED = re.compile(rb"^\s*(?:$|conntrack v[0-9.]+ \(conntrack-tools\):.*$)")
+_IGNORED = re.compile(rb"^\s*(?:$|conntrack v[0-9.]+ \(conntrack-tools\):.*$|nfct_[a-z_]+: .*$)")
 
 
 # --- the tolerant path ---------------------------------------------------------

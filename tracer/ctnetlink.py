@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import socket
 import struct
+import threading
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from tracer.conntrack import (F_ASSURED, F_HW_OFFLOAD, F_OFFLOAD, F_UNREPLIED,
                               IPS_ASSURED, IPS_HW_OFFLOAD, IPS_OFFLOAD,
@@ -149,78 +152,177 @@ def _messages(sock: socket.socket):
             off += (mlen + 3) & ~3
 
 
+def _flags(status: int) -> int:
+    return ((F_ASSURED if status & IPS_ASSURED else 0)
+            | (0 if status & IPS_SEEN_REPLY else F_UNREPLIED)
+            | (F_OFFLOAD if status & IPS_OFFLOAD else 0)
+            | (F_HW_OFFLOAD if status & IPS_HW_OFFLOAD else 0))
+
+
+class _Layout:
+    """The attribute layout of one kind of message (e.g. IPv4 UDP on this kernel).
+
+    Messages of one kind put every attribute at the same offset, so once a
+    message has been walked, the next one of the same length and family is
+    checked with one struct call (all attribute headers equal?) and read
+    with another (all needed values), instead of a Python loop per attribute.
+    """
+
+    __slots__ = ("headers", "expect", "values", "main", "status", "markzone")
+
+    def __init__(self, hdr_offsets: list[int], expect: tuple, fields: dict[str, tuple[int, str]]):
+        self.headers = struct.Struct(_fmt([(o, "I") for o in hdr_offsets]))
+        self.expect = expect
+        order = sorted(fields.items(), key=lambda kv: kv[1][0])
+        self.values = struct.Struct(_fmt([spec for _, spec in order]))
+        # Absent fields read from two defaults appended to the values: None and 0.
+        ix = {name: i for i, (name, _) in enumerate(order)}
+        none, zero = len(order), len(order) + 1
+        self.main = itemgetter(ix.get("proto", zero), ix.get("state", none), ix["src"],
+                               ix["dst"], ix.get("dport", none))
+        self.status = ix.get("status", zero)
+        self.markzone = itemgetter(ix.get("mark", none), ix.get("zone", zero))
+
+    def row(self, buf, off: int) -> tuple | None:
+        if self.headers.unpack_from(buf, off) != self.expect:
+            return None
+        v = self.values.unpack_from(buf, off) + _DEFAULTS
+        status = v[self.status]
+        flags = _FLAGS.get(status)
+        if flags is None:
+            flags = _FLAGS[status] = _flags(status)
+        return self.main(v) + (flags, self.markzone(v))
+
+
+_DEFAULTS = (None, 0)
+_FLAGS: dict[int, int] = {}
+
+
+def _fmt(specs: list[tuple[int, str]]) -> str:
+    """Big-endian struct format reading `specs` [(offset, code)] in order."""
+    out, pos = [">"], 0
+    for o, code in specs:
+        if o > pos:
+            out.append(f"{o - pos}x")
+        out.append(code)
+        pos = o + struct.calcsize(">" + code)
+    return "".join(out)
+
+
+def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
+    """Read one message attribute by attribute: (row, its layout)."""
+    hdrs: list[int] = []
+    fields: dict[str, tuple[int, str]] = {}
+
+    def attrs(start: int, end: int):
+        pos = start
+        while pos + 4 <= end:
+            alen, atype = _NLA(buf, pos)
+            if alen < 4 or pos + alen > end:
+                return
+            hdrs.append(pos - off)
+            yield pos, alen, atype & 0x3fff
+            pos += (alen + 3) & ~3
+
+    for pos, alen, t in attrs(off + 20, off + mlen):
+        if t == CTA_TUPLE_ORIG:
+            for p2, l2, t2 in attrs(pos + 4, pos + alen):
+                if t2 == CTA_TUPLE_IP:
+                    for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
+                        if t3 in (1, 3) and l3 in (8, 20):
+                            fields["src"] = (p3 + 4 - off, f"{l3 - 4}s")
+                        elif t3 in (2, 4) and l3 in (8, 20):
+                            fields["dst"] = (p3 + 4 - off, f"{l3 - 4}s")
+                elif t2 == CTA_TUPLE_PROTO:
+                    for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
+                        if t3 == CTA_PROTO_NUM and l3 >= 5:
+                            fields["proto"] = (p3 + 4 - off, "B")
+                        elif t3 == CTA_PROTO_DST_PORT and l3 >= 6:
+                            fields["dport"] = (p3 + 4 - off, "H")
+                elif t2 == CTA_TUPLE_ZONE and l2 >= 6:
+                    fields["zone"] = (p2 + 4 - off, "H")
+        elif t == CTA_STATUS and alen >= 8:
+            fields["status"] = (pos + 4 - off, "I")
+        elif t == CTA_PROTOINFO:
+            # one nested protocol attribute (tcp, dccp, sctp) whose first member is its state
+            for p2, l2, t2 in attrs(pos + 4, pos + alen):
+                for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
+                    if t3 == 1 and l3 >= 5:
+                        fields["state"] = (p3 + 4 - off, "B")
+                    break
+                break
+        elif t == CTA_MARK and alen >= 8:
+            fields["mark"] = (pos + 4 - off, "I")
+        elif t == CTA_ZONE and alen >= 6:
+            fields["zone"] = (pos + 4 - off, "H")
+    if "src" not in fields or "dst" not in fields:
+        return None, None
+    expect = struct.unpack_from(_fmt([(o, "I") for o in hdrs]), buf, off)
+    layout = _Layout(hdrs, expect, fields)
+    return layout.row(buf, off), layout
+
+
+def _receiver(sock: socket.socket, out: queue.SimpleQueue) -> None:
+    """Receive a dump's buffers (the kernel builds each one during recv, with
+    the GIL released) while the caller parses the previous ones."""
+    try:
+        while True:
+            buf = bytearray(64 << 10)
+            n = sock.recv_into(buf)
+            out.put((buf, n))
+            off = 0
+            while off + 16 <= n:
+                mlen, mtype = _HDR(buf, off)[:2]
+                if mtype == NLMSG_DONE or mtype == NLMSG_ERROR or mlen < 16:
+                    return
+                off += (mlen + 3) & ~3
+    except OSError as e:
+        out.put(e)
+
+
 def dump() -> DumpResult:
     """All conntrack entries of the current network namespace, as rows."""
     res = DumpResult()
     rows = res.rows
     append = rows.append
+    layouts: dict[tuple[int, int], _Layout] = {}
     with _open() as sock:
         _request(sock, IPCTNL_MSG_CT_GET)
-        for buf, off, mlen, mflags in _messages(sock):
-            if mflags & NLM_F_DUMP_INTR:
-                res.interrupted = True
-            end = off + mlen
-            pos = off + 20
-            src = dst = dport = state = mark = None
-            proto = status = zone = 0
-            while pos + 4 <= end:
-                alen, atype = _NLA(buf, pos)
-                if alen < 4:
-                    break
-                atype &= 0x3fff
-                if atype == CTA_TUPLE_ORIG:
-                    p, pend = pos + 4, pos + alen
-                    while p + 4 <= pend:
-                        l2, t2 = _NLA(buf, p)
-                        if l2 < 4:
-                            break
-                        t2 &= 0x3fff
-                        if t2 == CTA_TUPLE_IP:
-                            q, qend = p + 4, p + l2
-                            while q + 4 <= qend:
-                                l3, t3 = _NLA(buf, q)
-                                if l3 < 4:
-                                    break
-                                t3 &= 0x3fff
-                                if t3 == 1 or t3 == 3:
-                                    src = bytes(buf[q + 4:q + l3])
-                                elif t3 == 2 or t3 == 4:
-                                    dst = bytes(buf[q + 4:q + l3])
-                                q += (l3 + 3) & ~3
-                        elif t2 == CTA_TUPLE_PROTO:
-                            q, qend = p + 4, p + l2
-                            while q + 4 <= qend:
-                                l3, t3 = _NLA(buf, q)
-                                if l3 < 4:
-                                    break
-                                t3 &= 0x3fff
-                                if t3 == CTA_PROTO_NUM:
-                                    proto = buf[q + 4]
-                                elif t3 == CTA_PROTO_DST_PORT:
-                                    dport = _BE16(buf, q + 4)[0]
-                                q += (l3 + 3) & ~3
-                        elif t2 == CTA_TUPLE_ZONE:
-                            zone = _BE16(buf, p + 4)[0]
-                        p += (l2 + 3) & ~3
-                elif atype == CTA_STATUS:
-                    status = _BE32(buf, pos + 4)[0]
-                elif atype == CTA_PROTOINFO:
-                    # one nested protocol attribute, whose first member is its state
-                    if alen >= 13 and _NLA(buf, pos + 8) == (5, 1):
-                        state = buf[pos + 12]
-                elif atype == CTA_MARK:
-                    mark = _BE32(buf, pos + 4)[0]
-                elif atype == CTA_ZONE:
-                    zone = _BE16(buf, pos + 4)[0]
-                pos += (alen + 3) & ~3
-            if src is None or dst is None:
-                continue
-            flags = ((F_ASSURED if status & IPS_ASSURED else 0)
-                     | (0 if status & IPS_SEEN_REPLY else F_UNREPLIED)
-                     | (F_OFFLOAD if status & IPS_OFFLOAD else 0)
-                     | (F_HW_OFFLOAD if status & IPS_HW_OFFLOAD else 0))
-            append((proto, state, src, dst, dport, flags, (mark, zone)))
-    return res
+        chunks: queue.SimpleQueue = queue.SimpleQueue()
+        rx = threading.Thread(target=_receiver, args=(sock, chunks), daemon=True)
+        rx.start()
+        try:
+            while True:
+                item = chunks.get()
+                if isinstance(item, OSError):
+                    _raise_for(item.errno)
+                buf, n = item
+                off = 0
+                while off + 16 <= n:
+                    mlen, mtype, mflags, _, _ = _HDR(buf, off)
+                    if mtype == NLMSG_DONE:
+                        return res
+                    if mtype == NLMSG_ERROR:
+                        err = -_ERR(buf, off + 16)[0]
+                        if err:
+                            _raise_for(err)
+                        return res
+                    if mlen < 20 or off + mlen > n:
+                        raise NetlinkError("malformed netlink message from the kernel")
+                    if mflags & NLM_F_DUMP_INTR:
+                        res.interrupted = True
+                    key = (mlen, buf[off + 16])
+                    layout = layouts.get(key)
+                    row = layout.row(buf, off) if layout is not None else None
+                    if row is None:
+                        row, layout = _walk(buf, off, mlen)
+                        if layout is not None:
+                            layouts[key] = layout
+                    if row is not None:
+                        append(row)
+                    off += (mlen + 3) & ~3
+        finally:
+            rx.join()
 
 
 def stats_cpu() -> list[dict[str, int]]:

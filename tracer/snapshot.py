@@ -38,6 +38,7 @@ class Decoder(Protocol):
         """(extra1, extra2) -> (flag bits, mark or None, zone)"""
 
 
+_COUNT = itemgetter(1)
 _SRC = itemgetter(SRC)
 _DST = itemgetter(DST)
 _COMBO = itemgetter(PROTO, STATE, DPORT, EXTRA1, EXTRA2)
@@ -170,40 +171,77 @@ class Summary:
     @classmethod
     def from_columns(cls, cols: Columns, dec: Decoder) -> "Summary":
         s = cls(total=cols.total)
+        # Split the combined counts by raw sub-key first (plain dict work),
+        # then decode each distinct sub-key once.
+        pstate: dict = {}
+        pdport: dict = {}
+        extra: dict = {}
         for (rp, rs, rd, x1, x2), n in cols.combo.items():
+            k = (rp, rs)
+            pstate[k] = pstate.get(k, 0) + n
+            k = (rp, rd)
+            pdport[k] = pdport.get(k, 0) + n
+            k = (x1, x2)
+            extra[k] = extra.get(k, 0) + n
+        # plain dicts here: Counter's __missing__ is Python code, slow on new keys
+        by_proto: dict = {}
+        by_state: dict = {}
+        by_proto_state: dict = {}
+        by_dport: dict = {}
+        by_proto_dport: dict = {}
+        for (rp, rs), n in pstate.items():
             p = dec.proto(rp)
             name = proto_name(p)
-            s.by_proto[name] += n
+            by_proto[name] = by_proto.get(name, 0) + n
             st = dec.state(p, rs)
             if st:
-                s.by_proto_state[f"{name}/{st}"] += n
+                k = f"{name}/{st}"
+                by_proto_state[k] = by_proto_state.get(k, 0) + n
                 if p == 6:
-                    s.by_state[st] += n
+                    by_state[st] = by_state.get(st, 0) + n
+        for (rp, rd), n in pdport.items():
+            p = dec.proto(rp)
             if p in PORT_PROTOS:
                 port = dec.dport(rd)
                 if port is not None:
-                    s.by_dport[str(port)] += n
-                    s.by_proto_dport[f"{name}/{port}"] += n
-            flags, mark, zone = dec.extra((x1, x2))
+                    k = str(port)
+                    by_dport[k] = by_dport.get(k, 0) + n
+                    k = f"{proto_name(p)}/{port}"
+                    by_proto_dport[k] = by_proto_dport.get(k, 0) + n
+        s.by_proto.update(by_proto)
+        s.by_state.update(by_state)
+        s.by_proto_state.update(by_proto_state)
+        s.by_dport.update(by_dport)
+        s.by_proto_dport.update(by_proto_dport)
+        for raw, n in extra.items():
+            flags, mark, zone = dec.extra(raw)
             for bit, fname in FLAG_NAMES.items():
                 if flags & bit:
                     s.by_flags[fname] += n
             if mark is not None:
                 s.by_mark[str(mark)] += n
             s.by_zone[str(zone)] += n
+        by_src: dict = {}
+        by_family: dict = {}
         for raw, n in cols.src.items():
             fam, text = dec.addr(raw)
-            s.by_src[text] += n
-            s.by_family[fam] += n
+            by_src[text] = by_src.get(text, 0) + n
+            by_family[fam] = by_family.get(fam, 0) + n
+        by_dst: dict = {}
         for raw, n in cols.dst.items():
-            s.by_dst[dec.addr(raw)[1]] += n
+            text = dec.addr(raw)[1]
+            by_dst[text] = by_dst.get(text, 0) + n
+        s.by_src.update(by_src)
+        s.by_family.update(by_family)
+        s.by_dst.update(by_dst)
         return s
 
     def to_dict(self, top: int | None = None) -> dict:
         out: dict[str, Any] = {"total": self.total}
         others: dict[str, dict] = {}
         for name in self.BREAKDOWNS:
-            ranked = sorted(getattr(self, name).items(), key=lambda kv: (-kv[1], kv[0]))
+            # biggest first, ties by key (two C-level sorts; no Python key function)
+            ranked = sorted(sorted(getattr(self, name).items()), key=_COUNT, reverse=True)
             if top is not None and len(ranked) > top:
                 rest = ranked[top:]
                 others[name] = {"keys": len(rest), "entries": sum(n for _, n in rest)}

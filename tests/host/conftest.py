@@ -1,0 +1,57 @@
+"""Host integration tests: root, the real kernel, namespaces made here."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import lab
+
+ROOT = Path(__file__).resolve().parents[2]
+CTTRACE = str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "cttrace")
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    if os.geteuid() != 0:
+        reason = "needs root (network namespaces, ctnetlink)"
+    elif not shutil.which("iptables"):
+        reason = "needs iptables (to switch conntrack on in test namespaces)"
+    elif not os.path.exists("/proc/sys/net/netfilter/nf_conntrack_max"):
+        reason = "needs nf_conntrack in the kernel"
+    if reason:
+        for item in items:
+            if "tests/host/" in str(item.fspath):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftovers():
+    if os.geteuid() == 0:
+        lab.cleanup_leftovers()
+    yield
+    if os.geteuid() == 0:
+        lab.cleanup_leftovers()
+
+
+@pytest.fixture
+def ns():
+    with lab.Netns("t") as n:
+        yield n
+
+
+def cttrace(*args, check=True, user=None):
+    cmd = [CTTRACE, *args]
+    if user:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError(f"cttrace {' '.join(args)} exited {r.returncode}: {r.stderr}")
+    return r
+
+
+def cttrace_json(*args):
+    return json.loads(cttrace(*args, "--json").stdout)

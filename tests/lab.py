@@ -102,26 +102,26 @@ class Netns:
 
 # What known_entries() puts in the table, breakdown by breakdown.
 KNOWN = {
-    "total": 12,
-    "by_family": {"ipv4": 9, "ipv6": 3},
-    "by_proto": {"tcp": 4, "udp": 6, "icmp": 1, "icmpv6": 1},
-    "by_state": {"ESTABLISHED": 2, "TIME_WAIT": 1, "SYN_SENT": 1},
+    "total": 13,
+    "by_family": {"ipv4": 10, "ipv6": 3},
+    "by_proto": {"tcp": 5, "udp": 6, "icmp": 1, "icmpv6": 1},
+    "by_state": {"ESTABLISHED": 2, "TIME_WAIT": 1, "SYN_SENT": 1, "CLOSE_WAIT": 1},
     "by_src": {"127.0.0.2": 1, "127.0.0.3": 1, "127.0.0.4": 1, "127.0.0.5": 5,
-               "127.0.0.6": 1, "::1": 3},
-    "by_dst": {"127.0.0.1": 9, "::1": 3},
-    "by_dport": {"8080": 2, "9999": 1, "5000": 3, "5001": 1, "5002": 1, "8081": 1, "5003": 1},
-    "by_proto_dport": {"tcp/8080": 2, "tcp/9999": 1, "udp/5000": 3, "udp/5001": 1,
+               "127.0.0.6": 1, "127.0.0.7": 1, "::1": 3},
+    "by_dst": {"127.0.0.1": 10, "::1": 3},
+    "by_dport": {"8080": 3, "9999": 1, "5000": 3, "5001": 1, "5002": 1, "8081": 1, "5003": 1},
+    "by_proto_dport": {"tcp/8080": 3, "tcp/9999": 1, "udp/5000": 3, "udp/5001": 1,
                        "udp/5002": 1, "tcp/8081": 1, "udp/5003": 1},
-    "by_zone": {"0": 11, "7": 1},
-    "by_mark": {"0": 11, "42": 1},
-    "by_flags": {"ASSURED": 3, "UNREPLIED": 7},
+    "by_zone": {"0": 12, "7": 1},
+    "by_mark": {"0": 12, "42": 1},
+    "by_flags": {"ASSURED": 4, "UNREPLIED": 7},
 }
 
 
 def known_entries(ns: Netns) -> dict:
     """Create a known set of entries in `ns`; return what the table must hold.
 
-    TCP ESTABLISHED, TIME_WAIT and SYN_SENT, UDP (plain, in zone 7, with mark
+    TCP ESTABLISHED, TIME_WAIT, CLOSE_WAIT and SYN_SENT, UDP (plain, in zone 7, with mark
     42), IPv6 TCP and UDP, ICMP and ICMPv6 echo. Sockets that keep entries
     alive are held by `ns` until it closes.
     """
@@ -144,6 +144,11 @@ def known_entries(ns: Netns) -> dict:
         tw.close()                     # active close: client FIN first ...
         time.sleep(0.05)
         peer.close()                   # ... then the server's: entry goes to TIME_WAIT
+        cw = ns.keep(socket.socket())
+        cw.bind(("127.0.0.7", 0))
+        cw.connect(("127.0.0.1", 8080))
+        ns.keep(lst.accept()[0])
+        cw.shutdown(socket.SHUT_WR)    # FIN acked, server never closes: CLOSE_WAIT
         syn = ns.keep(socket.socket())
         syn.bind(("127.0.0.4", 0))
         syn.setblocking(False)

@@ -34,7 +34,7 @@ def test_stdin_and_filters():
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["total"] == 2
-    assert d["entries_read"] == 12
+    assert d["entries_read"] == 13
     assert d["filters"] == {"proto": ["tcp"], "state": ["ESTABLISHED"]}
 
 
@@ -42,7 +42,7 @@ def test_top():
     r = run("snapshot", "-f", str(DATA / "known-plain.proc"), "--json", "--top", "1")
     d = json.loads(r.stdout)
     assert d["by_src"] == {"127.0.0.5": 5}
-    assert d["others"]["by_src"] == {"keys": 5, "entries": 7}
+    assert d["others"]["by_src"] == {"keys": 6, "entries": 8}
 
 
 def test_terminal_output_is_plain_when_not_a_tty():
@@ -58,7 +58,7 @@ def test_malformed_lines_warn_on_stderr(tmp_path):
     r = run("snapshot", "-f", str(p), "--json")
     assert r.exit_code == 0
     assert json.loads(r.stdout)["malformed"] == 1
-    assert "line 13" in r.stderr and "Traceback" not in r.stderr
+    assert "line 14" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("setup,args,msg", [

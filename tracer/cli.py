@@ -28,17 +28,27 @@ def warn(message: str) -> None:
 
 
 class _Group(click.Group):
-    """Turns stray OS errors (a closed pipe, a full disk) into one line."""
+    """One line for every failure: usage errors, a closed pipe, a full disk."""
 
-    def invoke(self, ctx):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            return super().invoke(ctx)
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else "cttrace"
+            abort(f"{e.format_message()} (see '{where} --help')", 2)
+        except click.ClickException as e:
+            abort(e.format_message(), e.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("cttrace: interrupted", err=True)
+            sys.exit(130)
         except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(EXIT_ERROR)
-        except KeyboardInterrupt:
-            click.echo("cttrace: interrupted", err=True)
-            sys.exit(130)
+        except OSError as e:
+            if e.filename is None and e.errno in (28, 5):     # ENOSPC, EIO on output
+                abort(f"cannot write the output: {e.strerror}")
+            raise
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,17 +135,19 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
     """
     from tracer.snapshot import Filter, Summary
 
-    if path and netns:
+    if path is not None and netns is not None:
         abort("--file and --netns exclude each other: --netns reads a live table")
+    if netns is not None and not netns.strip():
+        abort("--netns needs a namespace name (ip netns list) or a PID")
     flt = Filter(proto, state, src, dst, dport)
     rep: dict = {}
-    if path:
+    if path is not None:
         from tracer.tablefile import InputError, scan
         try:
             res, dec = scan(path, flt, jobs)
         except InputError as e:
             abort(str(e))
-        if res.entries == 0:
+        if res.entries == 0 and not (res.trailers and not res.malformed):
             abort(f"{'standard input' if path == '-' else path}: no conntrack entries found in "
                   f"{res.lines:,} lines ({res.malformed:,} malformed): expected "
                   "/proc/net/nf_conntrack or conntrack -L output")

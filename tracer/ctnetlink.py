@@ -276,7 +276,7 @@ def _receiver(sock: socket.socket, out: queue.SimpleQueue) -> None:
                 if mtype == NLMSG_DONE or mtype == NLMSG_ERROR or mlen < 16:
                     return
                 off += (mlen + 3) & ~3
-    except OSError as e:
+    except BaseException as e:      # never leave the parser waiting forever
         out.put(e)
 
 
@@ -296,6 +296,8 @@ def dump() -> DumpResult:
                 item = chunks.get()
                 if isinstance(item, OSError):
                     _raise_for(item.errno)
+                if isinstance(item, BaseException):
+                    raise item
                 buf, n = item
                 off = 0
                 while off + 16 <= n:

@@ -47,6 +47,9 @@ def inode(path: str = "/proc/thread-self/ns/net") -> int:
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
+        if err == errno.EINVAL:
+            raise NetnsError("that file is not a network namespace (expected /run/netns/NAME "
+                             "or /proc/PID/ns/net)")
         if err == errno.EPERM:
             raise NetnsError("entering another network namespace needs root (CAP_SYS_ADMIN): run with sudo")
         raise NetnsError(f"setns failed: {os.strerror(err)}")
@@ -63,6 +66,8 @@ def entered(spec: str | None):
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except PermissionError:
         raise NetnsError(f"--netns {spec}: permission denied: run with sudo") from None
+    except OSError as e:
+        raise NetnsError(f"--netns {spec}: cannot open {path}: {e.strerror}") from None
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)

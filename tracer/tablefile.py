@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 import re
 import sys
 from collections import Counter
@@ -44,7 +45,7 @@ class InputError(Exception):
 # every match starts at a newline and consumes at least one line, so "one
 # match per line" (checked per block) proves no match ran across lines.
 _V = rb"[^ ]+"
-_N = rb"[0-9]+"
+_N = rb"[0-9]{1,10}"
 _L4_ORIG = (rb"(?: sport=" + _V + rb" dport=(" + _N + rb")| type=" + _V + rb" code=" + _V +
             rb" id=" + _V + rb"| srckey=" + _V + rb" dstkey=" + _V + rb")?")
 _L4_REPLY = (rb"(?: sport=" + _V + rb" dport=" + _V + rb"| type=" + _V + rb" code=" + _V +
@@ -56,12 +57,17 @@ FAST = re.compile(
     rb"((?: zone-orig=" + _N + rb")?" + _ACCT + rb"(?: \[UNREPLIED\])?)"
     rb" src=" + _V + rb" dst=" + _V + _L4_REPLY + rb"(?: zone-reply=" + _N + rb")?" + _ACCT +
     rb"((?: \[[A-Z_]+\])*(?: mark=" + _N + rb")?(?: secctx=" + _V + rb")?(?: zone=" + _N + rb")?)"
-    rb"(?: [^\n]*)?(?=\n|\Z)")
+    # then only key=value fields other than mark/zone, or [bracketed] ones
+    # (use=, id=, delta-time=, labels=, [start=...]): a bare word, a second
+    # entry on the line, or a stray mark= sends the line to the tolerant path.
+    rb"(?: use=[0-9]+)?(?: (?!mark=|zone=)[a-z][a-z-]*=[^ \n]*| \[[^\]\n]*\])*(?=\n|\Z)")
 
 _IGNORED = re.compile(rb"^\s*(?:$|conntrack v[0-9.]+ \(conntrack-tools\):.*$|nfct_[a-z_]+: .*$)")
 
 
 # --- the tolerant path ---------------------------------------------------------
+_STATE = re.compile(rb"[A-Z][A-Z0-9_]*")
+_NUM = re.compile(rb"[0-9]{1,10}")
 _TUPLE_KEYS = frozenset((b"src", b"dst", b"sport", b"dport", b"type", b"code", b"id",
                          b"srckey", b"dstkey"))
 
@@ -83,7 +89,7 @@ def parse_line(line: bytes) -> tuple | None:
     if i < len(toks) and toks[i].isdigit():      # timeout (absent when offloaded)
         i += 1
     state = b""
-    if i < len(toks) and toks[i].isupper() and b"=" not in toks[i] and not toks[i].startswith(b"["):
+    if i < len(toks) and _STATE.fullmatch(toks[i]):
         state = toks[i]
         i += 1
     src = dst = dport = None
@@ -114,10 +120,14 @@ def parse_line(line: bytes) -> tuple | None:
             elif key == b"dport":
                 dport = val
         elif key in (b"mark", b"zone", b"zone-orig"):
+            if not _NUM.fullmatch(val):
+                return None
             extra.append(t)
-    if src is None or dst is None or nsrc > 2:
+    if src is None or dst is None or nsrc != 2:   # both tuples, as every export prints
         return None
-    if dport is not None and not dport.isdigit():
+    if dport is not None and not _NUM.fullmatch(dport):
+        return None
+    if not _NUM.fullmatch(num):
         return None
     return (num, state, src, dst, dport or b"", b"", b" " + b" ".join(extra) if extra else b"")
 
@@ -135,7 +145,7 @@ class TextDecoder:
         return n if n <= 255 else None
 
     def state(self, proto: int, raw: bytes) -> str:
-        return raw.decode("ascii") if raw else ""
+        return raw.decode("latin-1") if raw else ""
 
     def addr(self, raw: bytes):
         try:
@@ -160,7 +170,7 @@ class TextDecoder:
             if t.startswith(b"["):
                 flags |= FLAG_BITS.get(t[1:-1].decode("latin-1"), 0)
             elif t.startswith(b"mark="):
-                mark = int(t[5:])
+                mark = int(t[5:])          # digits only: both parsers check
             elif t.startswith(b"zone=") or t.startswith(b"zone-orig="):
                 zone = int(t.partition(b"=")[2])
         v = self._extra[raw] = (flags, mark, zone)
@@ -182,6 +192,7 @@ class ScanResult:
     lines: int = 0
     entries: int = 0            # valid entries read (before filters)
     ignored: int = 0
+    trailers: int = 0           # conntrack's "N flow entries have been shown." lines
     malformed: int = 0
     samples: list = field(default_factory=list)   # (line number, text)
 
@@ -189,6 +200,7 @@ class ScanResult:
         self.cols.merge(other.cols)
         self.entries += other.entries
         self.ignored += other.ignored
+        self.trailers += other.trailers
         self.malformed += other.malformed
         for n, text in other.samples:
             if len(self.samples) < MAX_SAMPLES:
@@ -252,6 +264,7 @@ class Scanner:
                 rows.append(row)
             elif _IGNORED.match(line):
                 res.ignored += 1
+                res.trailers += line.startswith(b"conntrack v")
             else:
                 res.malformed += 1
                 if len(res.samples) < MAX_SAMPLES:
@@ -272,8 +285,12 @@ def _check_text(head: bytes, name: str) -> None:
 def _open(path: str) -> tuple[BinaryIO, str, bool]:
     """(stream, display name, seekable plain file?)"""
     if path == "-":
+        if sys.stdin is None:
+            raise InputError("standard input is closed: pipe a table export into --file -")
         raw: BinaryIO = sys.stdin.buffer
         name = "standard input"
+    elif not path:
+        raise InputError("--file needs a path (or '-' for standard input)")
     else:
         name = path
         try:
@@ -288,7 +305,9 @@ def _open(path: str) -> tuple[BinaryIO, str, bool]:
             raise InputError(f"{path}: cannot open: {e.strerror}") from None
     peek = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
     if peek == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw), name, False
+        gz = gzip.GzipFile(fileobj=raw)
+        gz.myfileobj = raw if path != "-" else None   # close() closes the file too
+        return gz, name, False
     seekable = path != "-" and os.path.isfile(path)
     return raw, name, seekable
 
@@ -301,7 +320,7 @@ def _blocks(stream: BinaryIO, name: str, end: int | None = None):
         want = BLOCK if end is None else min(BLOCK, end - pos)
         try:
             buf = stream.read(want) if want > 0 else b""
-        except (EOFError, gzip.BadGzipFile, OSError) as e:
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
             raise InputError(f"{name}: unreadable or truncated compressed data ({e}); "
                              "re-export the table") from None
         if not buf:
@@ -355,6 +374,8 @@ def scan(path: str, flt: Filter, jobs: int | None = None) -> tuple[ScanResult, T
         first = True
         for blk in _blocks(stream, name):
             if first:
+                if blk.startswith(b"\xef\xbb\xbf"):          # a UTF-8 byte order mark
+                    blk = blk[3:]
                 _check_text(blk[:65536], name)
                 first = False
             sc.block(blk)

@@ -83,3 +83,52 @@ def test_bad_options(args):
     r = run("snapshot", "-f", str(DATA / "known-plain.proc"), *args)
     assert r.exit_code == 2
     assert "Traceback" not in r.stderr
+
+
+def test_empty_table_export_is_a_table_of_zero(tmp_path):
+    p = tmp_path / "t"
+    p.write_text("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.\n")
+    r = run("snapshot", "-f", str(p), "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["total"] == 0
+
+
+def test_markup_like_keys_render():
+    from rich.console import Console
+    from tracer.views.snapshot import render
+    con = Console(record=True, width=80)
+    con.print(render({"source": "[bold]f[/x]", "total": 1, "by_src": {"[/Y]": 1}, "malformed": 0}))
+    text = con.export_text()
+    assert "[/Y]" in text and "[bold]f[/x]" in text
+
+
+@pytest.mark.parametrize("args,msg", [(["-f", ""], "needs a path"), (["--netns", ""], "needs a namespace")])
+def test_empty_option_values(args, msg):
+    r = run("snapshot", *args)
+    assert r.exit_code == 1 and msg in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--dport", "x"], ["--top", "0"], ["--bogus"]])
+def test_usage_errors_are_one_line(args):
+    r = run("snapshot", "-f", str(DATA / "known-plain.proc"), *args)
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cttrace: error:") and "--help" in lines[0]
+
+
+def _cttrace():
+    import shutil
+    import sys
+    exe = Path(sys.executable).parent / "cttrace"
+    return str(exe) if exe.exists() else shutil.which("cttrace")
+
+
+@pytest.mark.parametrize("shell,msg", [
+    ("{c} snapshot -f - <&-", "standard input is closed"),
+    ("{c} snapshot -f {d}/known-plain.proc --json > /dev/full", "cannot write"),
+])
+def test_closed_stdin_and_full_disk(shell, msg):
+    import subprocess
+    r = subprocess.run(["bash", "-c", shell.format(c=_cttrace(), d=DATA)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and msg in r.stderr, r.stderr

@@ -232,3 +232,53 @@ def test_top_keeps_the_biggest_and_counts_the_rest():
     assert d["by_src"] == {"a": 5, "b": 3}
     assert d["others"]["by_src"] == {"keys": 2, "entries": 2}
     assert list(s.to_dict()["by_src"]) == ["a", "b", "c", "d"]
+
+
+GOOD = ("tcp 6 100 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 "
+        "src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 [ASSURED] mark=0 use=1")
+
+
+@pytest.mark.parametrize("bad", [
+    GOOD.replace("ESTABLISHED", "ESTABLISH\u00c9D"),                    # non-ASCII state
+    GOOD.replace("dport=80 ", "dport=" + "9" * 5000 + " ", 1),           # absurd number
+    GOOD.replace("mark=0", "mark="),                                     # empty mark
+    GOOD.replace("mark=0", "mark=0x10"),                                 # not decimal
+    GOOD.split(" src=10.0.0.2")[0],                                      # cut after the original tuple
+    GOOD + " " + GOOD,                                                   # two entries on a line
+    GOOD.replace(" use=1", " use=1 garbage"),                            # a bare word at the end
+])
+def test_hostile_lines_are_malformed_not_fatal(tmp_path, bad):
+    p = tmp_path / "t"
+    p.write_bytes((GOOD + "\n" + bad + "\n").encode("utf-8"))
+    res, d = summary_of(p)
+    assert (res.entries, res.malformed) == (1, 1)
+    assert res.samples[0][0] == 2
+
+
+def test_field_order_does_not_change_the_answer(tmp_path):
+    line = GOOD.replace("[ASSURED] mark=0 use=1", "[ASSURED] zone=3 mark=7 use=1")
+    p = tmp_path / "t"
+    p.write_text(line + "\n" + line.replace(" ", "\t") + "\n")
+    _, d = summary_of(p)
+    assert d["by_mark"] == {"7": 2} and d["by_zone"] == {"3": 2}
+
+
+def test_cr_only_line_endings_are_not_miscounted(tmp_path):
+    p = tmp_path / "t"
+    p.write_bytes(("\r".join([GOOD] * 3) + "\r").encode())
+    res, _ = summary_of(p)
+    assert res.entries == 0 and res.malformed == 1
+
+
+def test_crlf_and_bom(tmp_path):
+    p = tmp_path / "t"
+    p.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join([GOOD] * 3) + "\r\n").encode())
+    res, d = summary_of(p)
+    assert (res.entries, res.malformed) == (3, 0)
+
+
+def test_corrupt_gzip_is_an_input_error(tmp_path):
+    p = tmp_path / "t.gz"
+    p.write_bytes(gzip.compress((GOOD + "\n").encode() * 100)[:20] + b"\xff" * 200)
+    with pytest.raises(InputError):
+        summary_of(p)

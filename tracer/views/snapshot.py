@@ -25,7 +25,7 @@ def _fill_bar(count: int, limit: int, width: int = 30) -> Text:
 
 def _header(rep: dict) -> Panel:
     lines = Text()
-    lines.append(f"source: {rep['source']}")
+    lines.append(f"source: {rep['source']}")   # Text.append: never parsed as markup
     if rep.get("netns"):
         lines.append(f"   netns: {rep['netns']}")
     lines.append("\n")
@@ -65,7 +65,7 @@ def _table(title: str, data: dict, total: int, other: dict | None) -> Table:
     t.add_column("n", justify="right")
     t.add_column("%", justify="right", style="dim")
     for k, n in data.items():
-        t.add_row(k, f"{n:,}", f"{100 * n / total:.1f}" if total else "")
+        t.add_row(Text(k), f"{n:,}", f"{100 * n / total:.1f}" if total else "")
     if other:
         t.add_row(Text(f"({other['keys']:,} more)", style="dim"), f"{other['entries']:,}",
                   f"{100 * other['entries'] / total:.1f}" if total else "")

@@ -222,3 +222,156 @@ def _live(rep: dict, netns: str | None, flt, source: str):
         abort(str(e))
     rep.setdefault("malformed", 0)
     return Summary.from_columns(cols, dec)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
+@click.option("--quick", is_flag=True, help="Skip the checks that compile and load programs.")
+def features(as_json, quick):
+    """What this kernel and BCC offer cttrace, found by trying each feature.
+
+    \b
+    Example:  sudo cttrace features
+    """
+    from tracer import features as feat
+    from tracer.backends import choose
+    f = feat.detect(full=not quick)
+    backend, why = choose(f)
+    if as_json:
+        click.echo(json.dumps({"checks": f.to_dict(), "backend": backend, "backend_reason": why}))
+        return
+    for name, c in f.checks.items():
+        click.echo(f"{'yes' if c.ok else 'no ':3s}  {name:22s} {c.detail}")
+    click.echo(f"backend: {backend or 'none'} ({why})")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per drop, one per line.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Stop after S seconds.")
+@click.option("--ready-file", type=click.Path(dir_okay=False, writable=True), metavar="PATH",
+              help="Write this file once the probes are attached.")
+@click.option("--netns", "-n", multiple=True, metavar="NAME|PID",
+              help="Only drops in this network namespace; repeatable.")
+@click.option("--proto", "-p", multiple=True, callback=_proto, help="Only this protocol; repeatable.")
+@click.option("--port", multiple=True, callback=_port, metavar="PORT",
+              help="Only packets from or to this port; repeatable.")
+@click.option("--src", multiple=True, callback=_cidr, metavar="CIDR", help="Only sources in CIDR.")
+@click.option("--dst", multiple=True, callback=_cidr, metavar="CIDR", help="Only destinations in CIDR.")
+@click.option("--reason", type=click.Choice(["table_full", "rule"]), multiple=True,
+              help="Only drops of this kind; repeatable.")
+@click.option("--backend", type=click.Choice(["auto", "tracepoint"]), default="auto", show_default=True,
+              help="Force a backend.")
+@click.option("--rate", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Most drop events per second and CPU sent to user space (counts stay exact).")
+def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, backend, rate):
+    """Print packets dropped by netfilter as they happen, with their
+    5-tuple and why: table_full (conntrack refused: the table is full) or
+    rule (an iptables/nftables rule). On exit, a summary goes to stderr.
+
+    \b
+    Examples:
+      sudo cttrace drops                          # every netfilter drop, all namespaces
+      sudo cttrace drops --reason table_full --json
+      sudo cttrace drops --netns 4242 --duration 30
+    """
+    import ipaddress
+    import signal
+    import time as _time
+
+    from tracer import netns as ns
+    from tracer.backends.restricted import BackendError, RestrictedBackend
+    from tracer.conntrack import parse_proto, proto_name
+
+    if os.geteuid() != 0:
+        abort("tracing drops needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run with sudo")
+    try:
+        inodes = {os.stat(ns.resolve(n)).st_ino for n in netns}
+    except ns.NetnsError as e:
+        abort(str(e))
+    protos = {proto_name(parse_proto(p)) for p in proto}
+    src_nets = [ipaddress.ip_network(c, strict=False) for c in src]
+    dst_nets = [ipaddress.ip_network(c, strict=False) for c in dst]
+
+    def wanted(d) -> bool:
+        if inodes and d.netns not in inodes:
+            return False
+        if protos and d.proto not in protos:
+            return False
+        if port and d.sport not in port and d.dport not in port:
+            return False
+        if reason and d.reason not in reason:
+            return False
+        for nets, a in ((src_nets, d.src), (dst_nets, d.dst)):
+            if nets:
+                try:
+                    ip = ipaddress.ip_address(a)
+                except ValueError:
+                    return False
+                if not any(ip.version == n.version and ip in n for n in nets):
+                    return False
+        return True
+
+    be = RestrictedBackend(rate=rate)
+    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    shown = 0
+    try:
+        try:
+            be.start()
+        except BackendError as e:
+            abort(str(e))
+        click.echo(f"cttrace: backend {be.name}: {be.blind_spots}", err=True)
+        if ready_file:
+            with open(ready_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        end = _time.monotonic() + duration if duration else None
+        while end is None or _time.monotonic() < end:
+            left = 100 if end is None else max(1, min(100, int((end - _time.monotonic()) * 1000)))
+            for d in be.poll(left):
+                if not wanted(d):
+                    continue
+                d.container = be.stats.name(d.netns)
+                shown += 1
+                if as_json:
+                    click.echo(json.dumps(d.to_dict()))
+                else:
+                    t = _time.strftime("%H:%M:%S", _time.localtime(d.ts)) + f".{int(d.ts % 1 * 1e6):06d}"
+                    where = d.container or str(d.netns)
+                    sp = f":{d.sport}" if d.proto not in ("icmp", "icmpv6") else f" type {d.sport}"
+                    dp = f":{d.dport}" if d.proto not in ("icmp", "icmpv6") else f" code {d.dport}"
+                    click.echo(f"{t} {where:18s} {d.proto:5s} {d.src}{sp} -> {d.dst}{dp}  {d.reason}")
+            sys.stdout.flush()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if be.bpf is not None:
+            try:
+                be.poll(0)
+                _drops_summary(be, shown)
+            finally:
+                be.close()
+
+
+def _drops_summary(be, shown: int) -> None:
+    c = be.counters()
+    t = c["totals"]
+    full = sum(c["table_full_by_netns"].values())
+    err = lambda s: click.echo(s, err=True)  # noqa: E731
+    err(f"cttrace drops: {shown} shown; {t['drops']} netfilter drops in all "
+        f"({full} table_full by the kernel's drop counters, {t['drops'] - full} other); "
+        f"events: {t['emitted']} sent, {t['sampled_out']} over the rate limit, {c['lost']} lost")
+    top = sorted(c["sources"], key=lambda s: -s["drops"])[:10]
+    for s in top:
+        where = be.stats.name(s["netns"]) or s["netns"]
+        kind = "with conntrack entry" if s["ct_attached"] else "without conntrack entry"
+        err(f"  {s['drops']:>8} {s['proto']:5s} from {s['src'] or '?':<39} netns {where} ({kind})")

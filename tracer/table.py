@@ -63,6 +63,15 @@ def parse_stat_file(text: str) -> list[dict[str, int]]:
     return rows
 
 
+def cpu_stats() -> list[dict[str, int]]:
+    """Per-CPU counters of the current namespace (stat file, else ctnetlink)."""
+    try:
+        with open(STAT_FILE) as f:
+            return parse_stat_file(f.read())
+    except OSError:
+        return ctnetlink.stats_cpu()
+
+
 def read() -> TableState:
     """The state of the current namespace's table (call inside netns.entered)."""
     st = TableState(count=_sysctl("nf_conntrack_count"), max=_sysctl("nf_conntrack_max"),

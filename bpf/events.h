@@ -1,0 +1,48 @@
+/* cttrace: the one definition of what the kernel side sends to user space.
+ * Mirrored by tracer/events.py (sizes checked there). Keep both in step. */
+#ifndef CTTRACE_EVENTS_H
+#define CTTRACE_EVENTS_H
+
+/* One packet dropped by netfilter (skb:kfree_skb, reason NETFILTER_DROP). */
+struct drop_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns() */
+    u64 seq;            /* ct-less drops so far on this (netns, cpu), this one included; 0 if ct attached */
+    u32 netns;          /* network namespace inode, 0 if unknown */
+    u32 cpu;
+    u8  family;         /* 4, 6, or 0 if not IP */
+    u8  proto;          /* IPPROTO_* */
+    u8  ct_attached;    /* the packet had a conntrack entry when dropped */
+    u8  pad;
+    u16 sport;          /* host order; ICMP: type */
+    u16 dport;          /* host order; ICMP: code */
+    u8  saddr[16];      /* IPv4 in the first 4 bytes */
+    u8  daddr[16];
+};
+
+/* Exact per-source drop counters, whatever the event sampling. */
+struct drop_key {
+    u32 netns;
+    u8  family;
+    u8  proto;
+    u8  ct_attached;
+    u8  pad;
+    u8  saddr[16];
+};
+
+struct cpu_key {
+    u32 netns;
+    u32 cpu;
+};
+
+/* Indexes of the `stats` array. */
+enum {
+    ST_DROPS = 0,        /* netfilter drops seen */
+    ST_CTLESS,           /* ... of which without a conntrack entry */
+    ST_EMITTED,          /* events written to the perf buffer */
+    ST_SAMPLED_OUT,      /* events not sent: over the per-CPU rate */
+    ST_SUBMIT_FAILED,    /* perf_submit errors (buffer full) */
+    ST_KEYS_FULL,        /* per-source map full: counted in ST_DROPS only */
+    ST_MAX,
+};
+
+#endif

@@ -1,0 +1,79 @@
+"""Events and their decoding from the structs in bpf/events.h (ctypes
+mirror; tests check the sizes against the C side)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import socket
+from dataclasses import dataclass
+
+from tracer.conntrack import proto_name
+
+
+class DropEventC(ct.Structure):
+    _fields_ = [("ts_ns", ct.c_uint64), ("seq", ct.c_uint64), ("netns", ct.c_uint32),
+                ("cpu", ct.c_uint32), ("family", ct.c_uint8), ("proto", ct.c_uint8),
+                ("ct_attached", ct.c_uint8), ("pad", ct.c_uint8), ("sport", ct.c_uint16),
+                ("dport", ct.c_uint16), ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16)]
+
+
+class DropKeyC(ct.Structure):
+    _fields_ = [("netns", ct.c_uint32), ("family", ct.c_uint8), ("proto", ct.c_uint8),
+                ("ct_attached", ct.c_uint8), ("pad", ct.c_uint8), ("saddr", ct.c_uint8 * 16)]
+
+
+class CpuKeyC(ct.Structure):
+    _fields_ = [("netns", ct.c_uint32), ("cpu", ct.c_uint32)]
+
+
+# bpf/events.h: enum of the `stats` array
+STATS = ("drops", "ctless", "emitted", "sampled_out", "submit_failed", "keys_full")
+
+# drop reasons shown to users
+TABLE_FULL = "table_full"      # conntrack could not take the packet: the kernel counted it in `drop`
+RULE = "rule"                  # dropped by a rule (iptables/nftables), or otherwise by netfilter
+
+
+def addr(family: int, raw) -> str:
+    b = bytes(raw)
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, b[:4])
+    if family == 6:
+        return socket.inet_ntop(socket.AF_INET6, b)
+    return ""
+
+
+@dataclass
+class Drop:
+    """One dropped packet."""
+    ts: float            # seconds since the epoch
+    netns: int
+    cpu: int
+    family: str          # "ipv4", "ipv6", ""
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    reason: str
+    ct_attached: bool
+    seq: int = 0
+    container: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"ts": round(self.ts, 6), "reason": self.reason, "family": self.family,
+                "proto": self.proto, "src": self.src, "sport": self.sport, "dst": self.dst,
+                "dport": self.dport, "netns": self.netns, "cpu": self.cpu,
+                "ct_attached": self.ct_attached, "container": self.container}
+
+
+def decode_drop(data, boot_offset: float) -> Drop:
+    """A Drop from raw perf-buffer bytes (size-checked); reason filled later."""
+    if len(data) < ct.sizeof(DropEventC):
+        raise ValueError(f"short drop event: {len(data)} < {ct.sizeof(DropEventC)} bytes")
+    e = DropEventC.from_buffer_copy(data[:ct.sizeof(DropEventC)])
+    fam = {4: "ipv4", 6: "ipv6"}.get(e.family, "")
+    return Drop(ts=boot_offset + e.ts_ns / 1e9, netns=e.netns, cpu=e.cpu, family=fam,
+                proto=proto_name(e.proto), src=addr(e.family, e.saddr), sport=e.sport,
+                dst=addr(e.family, e.daddr), dport=e.dport, reason="",
+                ct_attached=bool(e.ct_attached), seq=e.seq)

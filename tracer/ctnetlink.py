@@ -1,5 +1,9 @@
 """ctnetlink (NETLINK_NETFILTER, subsystem CTNETLINK): table dumps and stats.
 
+Rows: (proto, state, src, dst, dport, flags, (mark, zone), sport) — the
+first seven as snapshot.Columns counts them (see snapshot.py), sport for
+events that need the whole tuple.
+
 Written by hand rather than with pyroute2: a snapshot of a 200,000-entry
 table must take about as long as `conntrack -L` itself, and a generic
 attribute decoder that builds an object per attribute is an order of
@@ -40,7 +44,7 @@ NLMSG_DONE = 3
 
 CTA_TUPLE_ORIG, CTA_STATUS, CTA_PROTOINFO, CTA_MARK, CTA_ZONE = 1, 3, 4, 8, 18
 CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_TUPLE_ZONE = 1, 2, 3
-CTA_PROTO_NUM, CTA_PROTO_DST_PORT = 1, 3
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 
 # enum ctattr_stats_cpu, named as `conntrack -S` prints them
 STATS_CPU = {2: "found", 4: "invalid", 8: "insert", 9: "insert_failed", 10: "drop",
@@ -168,7 +172,7 @@ class _Layout:
     with another (all needed values), instead of a Python loop per attribute.
     """
 
-    __slots__ = ("headers", "expect", "values", "main", "status", "markzone")
+    __slots__ = ("headers", "expect", "values", "main", "status", "markzone", "sport")
 
     def __init__(self, hdr_offsets: list[int], expect: tuple, fields: dict[str, tuple[int, str]]):
         self.headers = struct.Struct(_fmt([(o, "I") for o in hdr_offsets]))
@@ -182,6 +186,7 @@ class _Layout:
                                ix["dst"], ix.get("dport", none))
         self.status = ix.get("status", zero)
         self.markzone = itemgetter(ix.get("mark", none), ix.get("zone", zero))
+        self.sport = ix.get("sport", none)
 
     def row(self, buf, off: int) -> tuple | None:
         if self.headers.unpack_from(buf, off) != self.expect:
@@ -191,7 +196,7 @@ class _Layout:
         flags = _FLAGS.get(status)
         if flags is None:
             flags = _FLAGS[status] = _flags(status)
-        return self.main(v) + (flags, self.markzone(v))
+        return self.main(v) + (flags, self.markzone(v), v[self.sport])
 
 
 _DEFAULTS = (None, 0)
@@ -239,6 +244,8 @@ def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
                             fields["proto"] = (p3 + 4 - off, "B")
                         elif t3 == CTA_PROTO_DST_PORT and l3 >= 6:
                             fields["dport"] = (p3 + 4 - off, "H")
+                        elif t3 == CTA_PROTO_SRC_PORT and l3 >= 6:
+                            fields["sport"] = (p3 + 4 - off, "H")
                 elif t2 == CTA_TUPLE_ZONE and l2 >= 6:
                     fields["zone"] = (p2 + 4 - off, "H")
         elif t == CTA_STATUS and alen >= 8:

@@ -608,6 +608,29 @@ COMMIT
         rep.seconds = time.perf_counter() - t0
         return rep
 
+    def flood(self, container: str, seconds: float, dport_base: int = 20000) -> Report:
+        """Unanswered UDP packets as fast as one process can send them, each
+        to a new destination port (a new flow): with the table full, a
+        flood of table-full drops. Reports packets sent, not flows made."""
+        rep = Report("flood", container, 0)
+        src = self.container_ip(container)
+        t0 = time.perf_counter()
+        sent = 0
+        with netns.entered(container):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.bind((src, 0))
+                sendto, dst, end = s.sendto, UPLINK_PEER, t0 + seconds
+                while time.perf_counter() < end:
+                    for p in range(dport_base, dport_base + 1000):
+                        sendto(b"f", (dst, p))
+                    sent += 1000
+            finally:
+                s.close()
+        rep.requested = sent
+        rep.seconds = time.perf_counter() - t0
+        return rep
+
     # -- table full ---------------------------------------------------------------------
     def table_full(self, container: str, k: int = 200, admit: int = 100) -> TableFull:
         """Lower the global nf_conntrack_max so that the node's table takes

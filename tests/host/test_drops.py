@@ -157,3 +157,21 @@ def _flow(row):
 
 def _sport(row):
     return row[7] if len(row) > 7 else None
+
+
+@pytest.mark.parametrize("cmd", [["drops", "--duration", "1"], ["snapshot"]])
+def test_non_root_is_one_line(cmd):
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CTTRACE, *cmd],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_features_json():
+    r = subprocess.run([CTTRACE, "features", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["checks"]["tracepoint_kfree_skb"]["ok"] is True
+    assert d["backend"] == "tracepoint"
+    for c in d["checks"].values():
+        assert c["detail"]          # every answer says why

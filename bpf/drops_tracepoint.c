@@ -25,6 +25,21 @@
 #include <uapi/linux/in.h>
 #include "events.h"
 
+#ifdef CT_KPROBES
+struct alloc_arg { u64 net; u64 orig; };
+struct confirm_arg { u64 skb; u64 ct; };
+/* Set by the kprobe backend when conntrack itself refuses a packet on this
+ * CPU; the next netfilter drop here is that packet (already reported). */
+BPF_PERCPU_ARRAY(ct_dropping, u64, 1);
+static __always_inline void mark_conntrack_drop(void)
+{
+    int k = 0;
+    u64 *v = ct_dropping.lookup(&k);
+    if (v)
+        *v = 1;
+}
+#endif
+
 BPF_PERF_OUTPUT(events);
 BPF_HASH(sources, struct drop_key, u64, 65536);
 BPF_HASH(ctless_seq, struct cpu_key, u64, 16384);
@@ -70,6 +85,16 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 {
     if (args->reason != REASON_NETFILTER_DROP)
         return 0;
+#ifdef CT_KPROBES
+    {
+        int k = 0;
+        u64 *v = ct_dropping.lookup(&k);
+        if (v && *v) {          /* conntrack's own refusal: counted by its kprobe */
+            *v = 0;
+            return 0;
+        }
+    }
+#endif
     char *skb = (char *)args->skbaddr;
     struct drop_event ev = {};
     ev.ts_ns = bpf_ktime_get_ns();
@@ -79,6 +104,9 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     unsigned long nfct = 0;
     bpf_probe_read_kernel(&nfct, sizeof(nfct), skb + OFF_SKB_NFCT);
     ev.ct_attached = nfct != 0;
+#ifdef CT_KPROBES
+    ev.kind = KIND_RULE;        /* conntrack's own drops were filtered above */
+#endif
 
     /* namespace: the device's (received or forwarded packets), else the socket's */
     void *dev = 0, *sk = 0, *net = 0;

@@ -12,11 +12,50 @@ struct drop_event {
     u8  family;         /* 4, 6, or 0 if not IP */
     u8  proto;          /* IPPROTO_* */
     u8  ct_attached;    /* the packet had a conntrack entry when dropped */
-    u8  pad;
+    u8  kind;           /* KIND_*: what the kernel side saw */
     u16 sport;          /* host order; ICMP: type */
     u16 dport;          /* host order; ICMP: code */
     u8  saddr[16];      /* IPv4 in the first 4 bytes */
     u8  daddr[16];
+};
+
+/* drop_event.kind */
+enum {
+    KIND_NF_DROP = 0,       /* skb:kfree_skb NETFILTER_DROP (reason decided in user space) */
+    KIND_TABLE_FULL = 1,    /* kretprobe __nf_conntrack_alloc returned an error */
+    KIND_INSERT_FAILED = 2, /* kretprobe __nf_conntrack_confirm returned NF_DROP */
+    KIND_RULE = 3,          /* netfilter drop that conntrack did not cause (kprobe backend) */
+};
+
+/* Exact per-source counters of the kprobe backend. */
+struct src_key {
+    u32 netns;
+    u8  family;
+    u8  pad[3];
+    u8  addr[16];
+};
+
+struct src_val {
+    u64 inserts;
+    u64 deletes;
+    u64 table_full;
+    u64 insert_failed;
+};
+
+/* Indexes of the kprobe backend's `ct_stats` array. */
+enum {
+    CT_TABLE_FULL = 0,
+    CT_INSERTS,
+    CT_INSERT_FAILED,
+    CT_DELETES,
+    CT_EARLY_DROPS,
+    CT_CLASH_RESOLVED,       /* confirm accepted the packet on an existing entry */
+    CT_EMITTED,
+    CT_SAMPLED_OUT,
+    CT_SUBMIT_FAILED,
+    CT_KEYS_FULL,
+    CT_ARGS_MISSED,          /* a return without its entry record */
+    CT_MAX,
 };
 
 /* Exact per-source drop counters, whatever the event sampling. */

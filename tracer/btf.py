@@ -71,7 +71,7 @@ class BTF:
     def _index(self, pos: int, end: int) -> None:
         unpack = struct.Struct(self._e + "III").unpack_from
         data = self._data
-        named = (STRUCT, UNION, ENUM, ENUM64, TYPEDEF)
+        named = (STRUCT, UNION, ENUM, ENUM64, TYPEDEF, FUNC)
         offsets = self._offsets
         while pos < end:
             name_off, info, _ = unpack(data, pos)
@@ -168,6 +168,10 @@ class BTF:
                     if hit is not None:
                         return m.bit_offset + hit[0], hit[1]
         return None
+
+    def has_func(self, name: str) -> bool:
+        """Whether this blob itself (not its base) describes function `name`."""
+        return any(self._type(t)[2] == FUNC for t in self._by_name.get(name, ()))
 
     def size(self, name: str) -> int:
         return self._type(self.find(name))[4]

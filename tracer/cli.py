@@ -237,6 +237,12 @@ def features(as_json, quick):
     from tracer.backends import choose
     f = feat.detect(full=not quick)
     backend, why = choose(f)
+    try:
+        from tracer.backends.kprobe import fentry_status
+        ok, fwhy = fentry_status()
+        f.checks["fentry_backend"] = feat.Check(ok, fwhy)
+    except Exception as e:       # BCC missing: already said by the bcc check
+        f.checks["fentry_backend"] = feat.Check(False, str(e))
     if as_json:
         click.echo(json.dumps({"checks": f.to_dict(), "backend": backend, "backend_reason": why}))
         return
@@ -268,8 +274,8 @@ def _raise_stop(signum, frame):
 @click.option("--dst", multiple=True, callback=_cidr, metavar="CIDR", help="Only destinations in CIDR.")
 @click.option("--reason", type=click.Choice(["table_full", "rule"]), multiple=True,
               help="Only drops of this kind; repeatable.")
-@click.option("--backend", type=click.Choice(["auto", "tracepoint"]), default="auto", show_default=True,
-              help="Force a backend.")
+@click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
+              show_default=True, help="Force a backend (auto: the best this kernel allows).")
 @click.option("--rate", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Most drop events per second and CPU sent to user space (counts stay exact).")
 def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, backend, rate):
@@ -287,8 +293,10 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
     import signal
     import time as _time
 
+    from tracer import features as feat
     from tracer import netns as ns
-    from tracer.backends.restricted import BackendError, RestrictedBackend
+    from tracer.backends import choose, make
+    from tracer.backends.restricted import BackendError
     from tracer.conntrack import parse_proto, proto_name
 
     if os.geteuid() != 0:
@@ -320,7 +328,10 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
                     return False
         return True
 
-    be = RestrictedBackend(rate=rate)
+    name, why = choose(feat.detect(full=False), backend)
+    if name is None:
+        abort(why)
+    be = make(name, rate)
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     shown = 0
     try:
@@ -328,7 +339,7 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
             be.start()
         except BackendError as e:
             abort(str(e))
-        click.echo(f"cttrace: backend {be.name}: {be.blind_spots}", err=True)
+        click.echo(f"cttrace: backend {be.name} ({why}); blind spots: {be.blind_spots}", err=True)
         if ready_file:
             with open(ready_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -357,19 +368,32 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
         if be.bpf is not None:
             try:
                 be.poll(0)
-                _drops_summary(be, shown)
+                _drops_summary(be, shown, as_json)
             finally:
                 be.close()
 
 
-def _drops_summary(be, shown: int) -> None:
+def _drops_summary(be, shown: int, as_json: bool = False) -> None:
     c = be.counters()
     t = c["totals"]
-    full = sum(c["table_full_by_netns"].values())
     err = lambda s: click.echo(s, err=True)  # noqa: E731
-    err(f"cttrace drops: {shown} shown; {t['drops']} netfilter drops in all "
-        f"({full} table_full by the kernel's drop counters, {t['drops'] - full} other); "
-        f"events: {t['emitted']} sent, {t['sampled_out']} over the rate limit, {c['lost']} lost")
+    if "conntrack" in c:        # kprobe backend: conntrack's own counts, exact
+        k = c["conntrack"]
+        full = k["table_full"]
+        err(f"cttrace drops: {shown} shown; {full} table_full, {k['insert_failed']} insert_failed, "
+            f"{t['drops']} rule drops; conntrack: {k['inserts']} inserts, {k['deletes']} deletes, "
+            f"{k['early_drops']} early drops, {k['clash_resolved']} clashes resolved; events: "
+            f"{t['emitted'] + k['emitted']} sent, {t['sampled_out'] + k['sampled_out']} over the "
+            f"rate limit, {c['lost']} lost; kretprobe misses: {c['kretprobe_missed']}; probes: "
+            f"{', '.join(c['attached'])}" + (f" (not attached: {', '.join(c['not_attached'])})"
+                                              if c["not_attached"] else ""))
+    else:
+        full = sum(c["table_full_by_netns"].values())
+        err(f"cttrace drops: {shown} shown; {t['drops']} netfilter drops in all "
+            f"({full} table_full by the kernel's drop counters, {t['drops'] - full} other); "
+            f"events: {t['emitted']} sent, {t['sampled_out']} over the rate limit, {c['lost']} lost")
+    if as_json:
+        err(json.dumps({"summary": {"backend": be.name, "shown": shown, "table_full": full, **c}}))
     top = sorted(c["sources"], key=lambda s: -s["drops"])[:10]
     for s in top:
         where = be.stats.name(s["netns"]) or s["netns"]

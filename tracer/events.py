@@ -13,13 +13,23 @@ from tracer.conntrack import proto_name
 class DropEventC(ct.Structure):
     _fields_ = [("ts_ns", ct.c_uint64), ("seq", ct.c_uint64), ("netns", ct.c_uint32),
                 ("cpu", ct.c_uint32), ("family", ct.c_uint8), ("proto", ct.c_uint8),
-                ("ct_attached", ct.c_uint8), ("pad", ct.c_uint8), ("sport", ct.c_uint16),
+                ("ct_attached", ct.c_uint8), ("kind", ct.c_uint8), ("sport", ct.c_uint16),
                 ("dport", ct.c_uint16), ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16)]
 
 
 class DropKeyC(ct.Structure):
     _fields_ = [("netns", ct.c_uint32), ("family", ct.c_uint8), ("proto", ct.c_uint8),
                 ("ct_attached", ct.c_uint8), ("pad", ct.c_uint8), ("saddr", ct.c_uint8 * 16)]
+
+
+class SrcKeyC(ct.Structure):
+    _fields_ = [("netns", ct.c_uint32), ("family", ct.c_uint8), ("pad", ct.c_uint8 * 3),
+                ("addr", ct.c_uint8 * 16)]
+
+
+class SrcValC(ct.Structure):
+    _fields_ = [("inserts", ct.c_uint64), ("deletes", ct.c_uint64), ("table_full", ct.c_uint64),
+                ("insert_failed", ct.c_uint64)]
 
 
 class CpuKeyC(ct.Structure):
@@ -29,9 +39,16 @@ class CpuKeyC(ct.Structure):
 # bpf/events.h: enum of the `stats` array
 STATS = ("drops", "ctless", "emitted", "sampled_out", "submit_failed", "keys_full")
 
+# bpf/events.h: enum of the kprobe backend's `ct_stats` array
+CT_STATS = ("table_full", "inserts", "insert_failed", "deletes", "early_drops", "clash_resolved",
+            "emitted", "sampled_out", "submit_failed", "keys_full", "args_missed")
+KIND_NF_DROP, KIND_TABLE_FULL, KIND_INSERT_FAILED, KIND_RULE = range(4)
+
 # drop reasons shown to users
 TABLE_FULL = "table_full"      # conntrack could not take the packet: the kernel counted it in `drop`
 RULE = "rule"                  # dropped by a rule (iptables/nftables), or otherwise by netfilter
+INSERT_FAILED = "insert_failed"  # conntrack could not insert the new entry (a clash)
+_KIND_REASON = {KIND_TABLE_FULL: TABLE_FULL, KIND_INSERT_FAILED: INSERT_FAILED, KIND_RULE: RULE}
 
 
 def addr(family: int, raw) -> str:
@@ -75,5 +92,5 @@ def decode_drop(data, boot_offset: float) -> Drop:
     fam = {4: "ipv4", 6: "ipv6"}.get(e.family, "")
     return Drop(ts=boot_offset + e.ts_ns / 1e9, netns=e.netns, cpu=e.cpu, family=fam,
                 proto=proto_name(e.proto), src=addr(e.family, e.saddr), sport=e.sport,
-                dst=addr(e.family, e.daddr), dport=e.dport, reason="",
+                dst=addr(e.family, e.daddr), dport=e.dport, reason=_KIND_REASON.get(e.kind, ""),
                 ct_attached=bool(e.ct_attached), seq=e.seq)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tracer.btf import BTF, BTFError
-from tracer.events import CpuKeyC, DropEventC, DropKeyC, decode_drop
+from tracer.events import CpuKeyC, DropEventC, DropKeyC, SrcKeyC, SrcValC, decode_drop
 
 
 class Blob:
@@ -105,7 +105,8 @@ def _c_struct_size(name: str) -> int:
 
 
 @pytest.mark.parametrize("c_name,py", [("drop_event", DropEventC), ("drop_key", DropKeyC),
-                                       ("cpu_key", CpuKeyC)])
+                                       ("cpu_key", CpuKeyC), ("src_key", SrcKeyC),
+                                       ("src_val", SrcValC)])
 def test_event_structs_agree(c_name, py):
     assert _c_struct_size(c_name) == ctypes.sizeof(py)
 

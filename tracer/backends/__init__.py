@@ -1,17 +1,41 @@
 """Backends: one module per way of seeing conntrack, same protocol
-(start, poll, counters, close). choose() picks one from the features."""
+(start, poll, counters, close). choose()/make() pick one at run time."""
 
 from __future__ import annotations
 
 
-def choose(features) -> tuple[str | None, str]:
-    """(backend name or None, why)."""
-    if features.ok("kprobes") and features.ok("bcc"):
-        return "tracepoint", ("kprobes exist, but the full-kernel backend is not built yet; "
-                              "using the tracepoint backend")
+def choose(features, forced: str = "auto") -> tuple[str | None, str]:
+    """(backend name or None, why) for the detected features."""
+    from tracer.backends.kprobe import PROBES, fentry_status, probeable
+    if forced == "fentry":
+        ok, why = fentry_status()
+        return ("fentry", why) if ok else (None, f"fentry cannot run here: {why}")
+    if forced == "tracepoint":
+        return "tracepoint", "forced"
+    kprobes_ok = features.ok("kprobes") and features.ok("bcc") if "bcc" in features.checks \
+        else features.ok("kprobes")
+    if kprobes_ok:
+        have = probeable()
+        need = [f for f, _, _, req in PROBES if req and f not in have]
+        if not need:
+            ok, why = fentry_status()
+            return "kprobe", f"kprobes on conntrack's functions (fentry not used: {why})"
+        if forced == "kprobe":
+            return None, f"kprobe cannot run here: cannot probe {', '.join(need)}"
+    elif forced == "kprobe":
+        return None, f"kprobe cannot run here: {features.checks['kprobes'].detail}"
     missing = [n for n in ("privileges", "bpf", "btf", "tracefs", "tracepoint_kfree_skb")
                if not features.ok(n)]
     if missing:
         first = features.checks[missing[0]]
         return None, f"no backend can run: {missing[0]}: {first.detail}"
-    return "tracepoint", "no kprobes/fentry here: skb:kfree_skb + ctnetlink events + stats"
+    return "tracepoint", ("no usable kprobes here (" + features.checks["kprobes"].detail +
+                          "): skb:kfree_skb + ctnetlink events + stats")
+
+
+def make(name: str, rate: int):
+    if name == "kprobe":
+        from tracer.backends.kprobe import KprobeBackend
+        return KprobeBackend(rate=rate)
+    from tracer.backends.restricted import RestrictedBackend
+    return RestrictedBackend(rate=rate)

@@ -42,8 +42,21 @@ class BackendError(Exception):
     """The backend cannot run here; the message names what is missing and the fix."""
 
 
-def bpf_source() -> str:
-    return (resources.files("tracer") / "bpf" / "drops_tracepoint.c").read_text()
+def bpf_source(name: str = "drops_tracepoint.c") -> str:
+    return (resources.files("tracer") / "bpf" / name).read_text()
+
+
+def load_btf(module: str | None = None) -> BTF:
+    """The running kernel's BTF, with a module's split BTF on top if it has one."""
+    try:
+        btf = BTF.load()
+        path = f"/sys/kernel/btf/{module}" if module else None
+        if path and os.path.exists(path):
+            btf = BTF.load(path, base=btf)
+        return btf
+    except BTFError as e:
+        raise BackendError(f"{e}: the kernel needs CONFIG_DEBUG_INFO_BTF "
+                           "(struct offsets are read from it)") from None
 
 
 def bpf_include_dir() -> str:
@@ -177,12 +190,7 @@ class RestrictedBackend:
         self.boot_offset = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
 
     def program(self) -> tuple[str, list[str]]:
-        try:
-            btf = BTF.load()
-        except BTFError as e:
-            raise BackendError(f"{e}: the kernel needs CONFIG_DEBUG_INFO_BTF "
-                               "(struct offsets are read from it)") from None
-        return bpf_source(), cflags(btf, self.rate, self.burst)
+        return bpf_source(), cflags(load_btf(), self.rate, self.burst)
 
     def start(self) -> "RestrictedBackend":
         from tracer import features
@@ -209,9 +217,17 @@ class RestrictedBackend:
                 raise BackendError("BCC found no kernel headers: install linux-headers-$(uname -r) "
                                    "or run scripts/setup") from None
             raise BackendError(f"the drop probe could not be loaded: {msg}") from None
+        try:
+            self._attach()
+        except Exception:
+            self.close()
+            raise
         self.bpf["events"].open_perf_buffer(self._on_event, page_cnt=self.page_cnt,
                                             lost_cb=self._on_lost)
         return self
+
+    def _attach(self) -> None:
+        """Attach what is not attached by name (TRACEPOINT_PROBE attaches itself)."""
 
     def _on_event(self, cpu, data, size) -> None:
         self._pending.append(ct.string_at(data, size))
@@ -225,7 +241,8 @@ class RestrictedBackend:
         out = []
         for data in raw:
             d = decode_drop(data, self.boot_offset)
-            d.reason = self.classifier.reason(d.netns, d.cpu, d.seq, d.ct_attached)
+            if not d.reason:
+                d.reason = self.classifier.reason(d.netns, d.cpu, d.seq, d.ct_attached)
             out.append(d)
         return out
 

@@ -1,0 +1,214 @@
+/* cttrace: conntrack's own functions, for full kernels (kprobes; Debian,
+ * Ubuntu, RHEL stock kernels). Exact, per entry, with little overhead:
+ *   __nf_conntrack_alloc    entry+return: an error return is a table-full
+ *                           refusal; the refused tuple is its 3rd argument
+ *   __nf_conntrack_confirm  entry+return: NF_ACCEPT with the same entry is an
+ *                           insert, with another one a clash resolved,
+ *                           NF_DROP an insert failure
+ *   nf_ct_delete            entry+return: true is a delete (expiry, flush,
+ *                           early drop, reset)
+ *   early_drop              return: true is an eviction by a full table
+ * plus skb:kfree_skb (drops_tracepoint.c, built with CT_KPROBES) for the
+ * drops conntrack did not cause, i.e. rule drops.
+ *
+ * Constants from the running kernel's BTF (vmlinux + the nf_conntrack
+ * module's): T_* (struct nf_conntrack_tuple), CT_TUPLE (tuple of the
+ * original direction in struct nf_conn), CT_NET (nf_conn.ct_net),
+ * OFF_NET_INUM, OFF_SKB_NFCT, RATE_PER_SEC, RATE_BURST.
+ */
+#define CT_KPROBES 1
+#include "drops_tracepoint.c"
+
+BPF_PERF_OUTPUT(ct_events);
+BPF_HASH(ct_sources, struct src_key, struct src_val, 65536);
+BPF_PERCPU_ARRAY(ct_stats, u64, CT_MAX);
+BPF_HASH(alloc_args, u64, struct alloc_arg, 16384);
+BPF_HASH(confirm_args, u64, struct confirm_arg, 16384);
+BPF_HASH(delete_args, u64, u64, 16384);
+
+static __always_inline void ct_stat(int i)
+{
+    u64 *v = ct_stats.lookup(&i);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline void read_tuple(struct drop_event *ev, char *t)
+{
+    u16 l3 = 0, sp = 0, dp = 0;
+    bpf_probe_read_kernel(&l3, sizeof(l3), t + T_L3NUM);
+    ev->family = l3 == 2 ? 4 : l3 == 10 ? 6 : 0;
+    bpf_probe_read_kernel(&ev->proto, 1, t + T_PROTONUM);
+    bpf_probe_read_kernel(ev->saddr, 16, t + T_SRC_U3);
+    bpf_probe_read_kernel(ev->daddr, 16, t + T_DST_U3);
+    bpf_probe_read_kernel(&sp, sizeof(sp), t + T_SRC_PORT);
+    bpf_probe_read_kernel(&dp, sizeof(dp), t + T_DST_PORT);
+    if (ev->proto == IPPROTO_ICMP || ev->proto == 58) {
+        /* dst.u.icmp = {type, code} */
+        ev->sport = dp & 0xff;
+        ev->dport = dp >> 8;
+    } else {
+        ev->sport = ntohs(sp);
+        ev->dport = ntohs(dp);
+    }
+    if (ev->family == 4) {
+        __builtin_memset(ev->saddr + 4, 0, 12);
+        __builtin_memset(ev->daddr + 4, 0, 12);
+    }
+}
+
+static __always_inline u32 ct_inum(char *ct)
+{
+    void *net = 0;
+    bpf_probe_read_kernel(&net, sizeof(net), ct + CT_NET);
+    return net_inum(net);
+}
+
+static __always_inline struct src_val *source(struct drop_event *ev)
+{
+    struct src_key k = {.netns = ev->netns, .family = ev->family};
+    __builtin_memcpy(k.addr, ev->saddr, 16);
+    struct src_val *v = ct_sources.lookup(&k);
+    if (v)
+        return v;
+    struct src_val zero = {};
+    if (ct_sources.insert(&k, &zero) != 0 && !ct_sources.lookup(&k)) {
+        ct_stat(CT_KEYS_FULL);
+        return 0;
+    }
+    return ct_sources.lookup(&k);
+}
+
+static __always_inline void emit(struct pt_regs *ctx, struct drop_event *ev)
+{
+    if (!take_token(ev->ts_ns)) {
+        ct_stat(CT_SAMPLED_OUT);
+        return;
+    }
+    if (ct_events.perf_submit(ctx, ev, sizeof(*ev)) == 0)
+        ct_stat(CT_EMITTED);
+    else
+        ct_stat(CT_SUBMIT_FAILED);
+}
+
+int alloc_entry(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct alloc_arg a = {.net = PT_REGS_PARM1(ctx), .orig = PT_REGS_PARM3(ctx)};
+    alloc_args.update(&id, &a);
+    return 0;
+}
+
+int alloc_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct alloc_arg *a = alloc_args.lookup(&id);
+    if (!a) {
+        ct_stat(CT_ARGS_MISSED);
+        return 0;
+    }
+    unsigned long ret = PT_REGS_RC(ctx);
+    if (ret >= (unsigned long)-4095) {             /* IS_ERR: the table refused it */
+        struct drop_event ev = {};
+        ev.ts_ns = bpf_ktime_get_ns();
+        ev.cpu = bpf_get_smp_processor_id();
+        ev.kind = KIND_TABLE_FULL;
+        ev.netns = net_inum((void *)a->net);
+        read_tuple(&ev, (char *)a->orig);
+        ct_stat(CT_TABLE_FULL);
+        struct src_val *v = source(&ev);
+        if (v)
+            __sync_fetch_and_add(&v->table_full, 1);
+        mark_conntrack_drop();                      /* its kfree_skb is not a rule drop */
+        emit(ctx, &ev);
+    }
+    alloc_args.delete(&id);
+    return 0;
+}
+
+int confirm_entry(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    char *skb = (char *)PT_REGS_PARM1(ctx);
+    struct confirm_arg c = {.skb = (u64)skb};
+    unsigned long nfct = 0;
+    bpf_probe_read_kernel(&nfct, sizeof(nfct), skb + OFF_SKB_NFCT);
+    c.ct = nfct & ~7UL;                             /* NFCT_PTRMASK */
+    confirm_args.update(&id, &c);
+    return 0;
+}
+
+int confirm_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct confirm_arg *c = confirm_args.lookup(&id);
+    if (!c) {
+        ct_stat(CT_ARGS_MISSED);
+        return 0;
+    }
+    int verdict = PT_REGS_RC(ctx);
+    char *ct = (char *)c->ct;
+    struct drop_event ev = {};
+    ev.netns = ct_inum(ct);
+    read_tuple(&ev, ct + CT_TUPLE);
+    if (verdict == 1) {                             /* NF_ACCEPT */
+        unsigned long nfct = 0;
+        bpf_probe_read_kernel(&nfct, sizeof(nfct), (char *)c->skb + OFF_SKB_NFCT);
+        if ((nfct & ~7UL) == c->ct) {
+            ct_stat(CT_INSERTS);
+            struct src_val *v = source(&ev);
+            if (v)
+                __sync_fetch_and_add(&v->inserts, 1);
+        } else {
+            ct_stat(CT_CLASH_RESOLVED);
+        }
+    } else {                                        /* NF_DROP: insert failed */
+        ev.ts_ns = bpf_ktime_get_ns();
+        ev.cpu = bpf_get_smp_processor_id();
+        ev.kind = KIND_INSERT_FAILED;
+        ct_stat(CT_INSERT_FAILED);
+        struct src_val *v = source(&ev);
+        if (v)
+            __sync_fetch_and_add(&v->insert_failed, 1);
+        mark_conntrack_drop();
+        emit(ctx, &ev);
+    }
+    confirm_args.delete(&id);
+    return 0;
+}
+
+int delete_entry(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u64 ct = PT_REGS_PARM1(ctx);
+    delete_args.update(&id, &ct);
+    return 0;
+}
+
+int delete_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u64 *ctp = delete_args.lookup(&id);
+    if (!ctp) {
+        ct_stat(CT_ARGS_MISSED);
+        return 0;
+    }
+    if ((u8)PT_REGS_RC(ctx)) {                      /* bool: it was this call that killed it */
+        struct drop_event ev = {};
+        ev.netns = ct_inum((char *)*ctp);
+        read_tuple(&ev, (char *)*ctp + CT_TUPLE);
+        ct_stat(CT_DELETES);
+        struct src_val *v = source(&ev);
+        if (v)
+            __sync_fetch_and_add(&v->deletes, 1);
+    }
+    delete_args.delete(&id);
+    return 0;
+}
+
+int early_drop_return(struct pt_regs *ctx)
+{
+    if ((u8)PT_REGS_RC(ctx))
+        ct_stat(CT_EARLY_DROPS);
+    return 0;
+}

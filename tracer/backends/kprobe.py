@@ -1,0 +1,167 @@
+"""The full-kernel backend: kprobes on conntrack's own functions
+(bpf/conntrack_kprobe.c), plus skb:kfree_skb for the drops rules make.
+
+Sees every table-full refusal with its tuple, every insert, insert failure,
+delete and early drop, exactly. Needs CONFIG_KPROBES and the functions
+__nf_conntrack_alloc, __nf_conntrack_confirm, nf_ct_delete (early_drop is
+optional: static, sometimes inlined; without it early drops are the
+kernel's counter only).
+
+fentry/fexit would cost less per call, but BCC 0.26 (Debian 12) looks
+fentry targets up in vmlinux BTF only, so it cannot attach to functions of
+a module such as nf_conntrack (measured: ENOENT); fentry_status() says
+whether fentry could be used and why not.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+
+from tracer.backends.restricted import BackendError, RestrictedBackend, bpf_source, cflags, load_btf
+from tracer.btf import BTFError
+from tracer.conntrack import proto_name
+from tracer.events import CT_STATS, SrcKeyC, addr
+
+NAME = "kprobe"
+BLIND_SPOTS = "none for conntrack itself; drops by rules via skb:kfree_skb"
+PROBES = [  # (function, entry handler, return handler, required)
+    ("__nf_conntrack_alloc", "alloc_entry", "alloc_return", True),
+    ("__nf_conntrack_confirm", "confirm_entry", "confirm_return", True),
+    ("nf_ct_delete", "delete_entry", "delete_return", True),
+    ("early_drop", None, "early_drop_return", False),
+]
+
+
+def probeable() -> set[str]:
+    """Functions kprobes can attach to (available_filter_functions)."""
+    from tracer.features import tracefs
+    tf = tracefs()
+    out = set()
+    try:
+        with open(os.path.join(tf or "/sys/kernel/tracing", "available_filter_functions")) as f:
+            for line in f:
+                if line.strip():
+                    out.add(line.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def fentry_status() -> tuple[bool, str]:
+    """(usable, why) for an fentry backend on __nf_conntrack_alloc."""
+    try:
+        from bcc import BPF
+        import bcc
+    except ImportError:
+        return False, "BCC is missing"
+    if not BPF.support_kfunc():
+        return False, "this kernel or BCC has no fentry support (BTF trampolines)"
+    try:
+        vmlinux = load_btf()
+    except BackendError as e:
+        return False, str(e)
+    if not vmlinux.has_func("__nf_conntrack_alloc"):
+        version = tuple(int(x) for x in bcc.__version__.split(".")[:2] if x.isdigit())
+        if os.path.exists("/sys/kernel/btf/nf_conntrack") and version < (0, 28):
+            return False, (f"nf_conntrack is a module and BCC {bcc.__version__} looks fentry "
+                           "targets up in vmlinux BTF only")
+        return False, "no fentry program for this kernel layout yet (nf_conntrack not built in)"
+    return False, "the fentry program is not built yet; kprobes cover the same functions"
+
+
+class KprobeBackend(RestrictedBackend):
+    name = NAME
+    blind_spots = BLIND_SPOTS
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.attached: list[str] = []
+        self.missing: list[str] = []
+
+    def program(self) -> tuple[str, list[str]]:
+        btf = load_btf("nf_conntrack")
+        try:
+            tuple_hash = btf.offset("nf_conn", "tuplehash") + btf.offset("nf_conntrack_tuple_hash", "tuple")
+            consts = {
+                "T_SRC_U3": btf.offset("nf_conntrack_tuple", "src.u3"),
+                "T_SRC_PORT": btf.offset("nf_conntrack_tuple", "src.u"),
+                "T_L3NUM": btf.offset("nf_conntrack_tuple", "src.l3num"),
+                "T_DST_U3": btf.offset("nf_conntrack_tuple", "dst.u3"),
+                "T_DST_PORT": btf.offset("nf_conntrack_tuple", "dst.u"),
+                "T_PROTONUM": btf.offset("nf_conntrack_tuple", "dst.protonum"),
+                "CT_TUPLE": tuple_hash,
+                "CT_NET": btf.offset("nf_conn", "ct_net"),
+            }
+        except BTFError as e:
+            raise BackendError(f"this kernel's BTF lacks what the conntrack probes need: {e}") from None
+        flags = cflags(btf, self.rate, self.burst) + [f"-D{k}={v}" for k, v in consts.items()]
+        return bpf_source("conntrack_kprobe.c"), flags
+
+    def start(self) -> "KprobeBackend":
+        from tracer import features
+        k = features.check_kprobes()
+        if not k.ok:
+            raise BackendError(k.detail)
+        have = probeable()
+        need = [f for f, _, _, req in PROBES if req and f not in have]
+        if need:
+            raise BackendError(f"cannot probe {', '.join(need)} (not in available_filter_functions: "
+                               "nf_conntrack not loaded, or the functions are inlined)")
+        super().start()
+        self.bpf["ct_events"].open_perf_buffer(self._on_event, page_cnt=self.page_cnt,
+                                               lost_cb=self._on_lost)
+        return self
+
+    def _attach(self) -> None:
+        have = probeable()
+        for func, entry, ret, required in PROBES:
+            if func not in have:
+                self.missing.append(func)
+                continue
+            try:
+                if entry:
+                    self.bpf.attach_kprobe(event=func, fn_name=entry)
+                self.bpf.attach_kretprobe(event=func, fn_name=ret, maxactive=256)
+                self.attached.append(func)
+            except Exception as e:
+                if required:
+                    raise BackendError(f"cannot attach to {func}: {e}") from None
+                self.missing.append(func)
+
+    def nmissed(self) -> int:
+        """kretprobe misses (too many concurrent calls) of this process's probes."""
+        from tracer.features import tracefs
+        total = 0
+        tag = f"_bcc_{os.getpid()}"
+        try:
+            with open(os.path.join(tracefs() or "/sys/kernel/tracing", "kprobe_profile")) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 3 and parts[0].endswith(tag):
+                        total += int(parts[2])
+        except OSError:
+            pass
+        return total
+
+    def counters(self) -> dict:
+        c = super().counters()
+        st = self.bpf["ct_stats"]
+        ctt = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(CT_STATS)}
+        sources = []
+        for k, v in self.bpf["ct_sources"].items():
+            sources.append({"netns": k.netns, "family": {4: "ipv4", 6: "ipv6"}.get(k.family, ""),
+                            "src": addr(k.family, k.addr), "inserts": v.inserts,
+                            "deletes": v.deletes, "table_full": v.table_full,
+                            "insert_failed": v.insert_failed})
+        c["conntrack"] = ctt
+        c["conntrack_sources"] = sources
+        c["kretprobe_missed"] = self.nmissed()
+        c["lost"] += ctt["submit_failed"]
+        c["attached"] = list(self.attached)
+        c["not_attached"] = list(self.missing)
+        return c
+
+
+assert ct.sizeof(SrcKeyC) == 24
+_ = proto_name

@@ -7,17 +7,18 @@
  *                           NF_DROP an insert failure
  *   nf_ct_delete            entry+return: true is a delete (expiry, flush,
  *                           early drop, reset)
- *   early_drop              return: true is an eviction by a full table
- * plus skb:kfree_skb (drops_tracepoint.c, built with CT_KPROBES) for the
- * drops conntrack did not cause, i.e. rule drops.
+ *   early_drop              entry+return: the deletes made inside it are
+ *                           evictions by a full table (early drops)
+ * plus skb:kfree_skb for the drops conntrack did not cause, i.e. rule
+ * drops: this file is compiled after drops_tracepoint.c, in one unit, with
+ * -DCT_KPROBES (BCC rewrites TRACEPOINT_PROBE only in the main text, so
+ * tracer/backends/kprobe.py concatenates the two instead of #including).
  *
  * Constants from the running kernel's BTF (vmlinux + the nf_conntrack
  * module's): T_* (struct nf_conntrack_tuple), CT_TUPLE (tuple of the
  * original direction in struct nf_conn), CT_NET (nf_conn.ct_net),
  * OFF_NET_INUM, OFF_SKB_NFCT, RATE_PER_SEC, RATE_BURST.
  */
-#define CT_KPROBES 1
-#include "drops_tracepoint.c"
 
 BPF_PERF_OUTPUT(ct_events);
 BPF_HASH(ct_sources, struct src_key, struct src_val, 65536);
@@ -25,6 +26,7 @@ BPF_PERCPU_ARRAY(ct_stats, u64, CT_MAX);
 BPF_HASH(alloc_args, u64, struct alloc_arg, 16384);
 BPF_HASH(confirm_args, u64, struct confirm_arg, 16384);
 BPF_HASH(delete_args, u64, u64, 16384);
+BPF_PERCPU_ARRAY(in_early_drop, u64, 1);   /* nf_ct_delete calls inside early_drop() are evictions */
 
 static __always_inline void ct_stat(int i)
 {
@@ -198,6 +200,10 @@ int delete_return(struct pt_regs *ctx)
         ev.netns = ct_inum((char *)*ctp);
         read_tuple(&ev, (char *)*ctp + CT_TUPLE);
         ct_stat(CT_DELETES);
+        int z = 0;
+        u64 *early = in_early_drop.lookup(&z);
+        if (early && *early)
+            ct_stat(CT_EARLY_DROPS);
         struct src_val *v = source(&ev);
         if (v)
             __sync_fetch_and_add(&v->deletes, 1);
@@ -206,9 +212,22 @@ int delete_return(struct pt_regs *ctx)
     return 0;
 }
 
+/* early_drop() may evict several entries per call (early_drop_list); each
+ * eviction is an nf_ct_delete() made while this flag is up. */
+int early_drop_entry(struct pt_regs *ctx)
+{
+    int z = 0;
+    u64 *v = in_early_drop.lookup(&z);
+    if (v)
+        *v = 1;
+    return 0;
+}
+
 int early_drop_return(struct pt_regs *ctx)
 {
-    if ((u8)PT_REGS_RC(ctx))
-        ct_stat(CT_EARLY_DROPS);
+    int z = 0;
+    u64 *v = in_early_drop.lookup(&z);
+    if (v)
+        *v = 0;
     return 0;
 }

@@ -29,7 +29,7 @@ PROBES = [  # (function, entry handler, return handler, required)
     ("__nf_conntrack_alloc", "alloc_entry", "alloc_return", True),
     ("__nf_conntrack_confirm", "confirm_entry", "confirm_return", True),
     ("nf_ct_delete", "delete_entry", "delete_return", True),
-    ("early_drop", None, "early_drop_return", False),
+    ("early_drop", "early_drop_entry", "early_drop_return", False),
 ]
 
 
@@ -96,7 +96,8 @@ class KprobeBackend(RestrictedBackend):
         except BTFError as e:
             raise BackendError(f"this kernel's BTF lacks what the conntrack probes need: {e}") from None
         flags = cflags(btf, self.rate, self.burst) + [f"-D{k}={v}" for k, v in consts.items()]
-        return bpf_source("conntrack_kprobe.c"), flags
+        flags.append("-DCT_KPROBES=1")
+        return bpf_source("drops_tracepoint.c") + "\n" + bpf_source("conntrack_kprobe.c"), flags
 
     def start(self) -> "KprobeBackend":
         from tracer import features

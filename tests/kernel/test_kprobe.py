@@ -1,0 +1,122 @@
+"""The kprobe backend on a stock kernel, against the lab's ground truth."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests import lab as L
+from tests.host.conftest import CTTRACE
+
+
+def drain(backend, quiet=0.5):
+    out, last = [], time.monotonic()
+    while time.monotonic() - last < quiet:
+        got = backend.poll(100)
+        if got:
+            out += got
+            last = time.monotonic()
+    return out
+
+
+def src_counts(counters, netns, src):
+    for s in counters["conntrack_sources"]:
+        if s["netns"] == netns and s["src"] == src:
+            return s
+    return {"inserts": 0, "deletes": 0, "table_full": 0, "insert_failed": 0}
+
+
+def test_table_full_and_inserts_exactly(backend, lab):
+    c = lab.containers[0]
+    node = os.stat(f"/run/netns/{lab.node}").st_ino
+    src = lab.container_ip(c)
+    drain(backend)
+    c0 = backend.counters()
+    k0 = lab.node_stats()
+    r = lab.table_full(c, k=200, admit=50)
+    events = drain(backend)
+    k1 = lab.node_stats()
+    c1 = backend.counters()
+    full = [e for e in events if e.reason == "table_full" and e.netns == node]
+    assert len(full) == r.kernel_drop == len(r.dropped) > 0
+    assert {(e.proto, e.src, e.sport, e.dst, e.dport) for e in full} == \
+        {(f.proto, f.src, f.sport, f.dst, f.dport) for f in r.dropped}
+    before, after = src_counts(c0, node, src), src_counts(c1, node, src)
+    assert after["inserts"] - before["inserts"] == len(r.admitted)
+    assert after["table_full"] - before["table_full"] == len(r.dropped)
+    d = {k: c1["conntrack"][k] - c0["conntrack"][k] for k in c1["conntrack"]}
+    assert d["early_drops"] == k1["early_drop"] - k0["early_drop"] == r.kernel_early_drop
+    assert d["insert_failed"] == k1["insert_failed"] - k0["insert_failed"]
+    assert c1["lost"] == 0 and c1["kretprobe_missed"] == 0
+
+
+def test_deletes_and_rule_drops(backend, lab):
+    node = os.stat(f"/run/netns/{lab.node}").st_ino
+    c = lab.containers[1]
+    src = lab.container_ip(c)
+    L.sh("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5353", "-j", "DROP", ns=lab.node)
+    drain(backend)
+    c0 = backend.counters()
+    ok = lab.udp_flows(c, 40)
+    rule = lab.udp_flows(c, 6, dst=(L.UPLINK_PEER, 5353), timeout=0.2)
+    L.sh("conntrack", "-D", "-s", src, ns=lab.node)
+    events = drain(backend)
+    c1 = backend.counters()
+    before, after = src_counts(c0, node, src), src_counts(c1, node, src)
+    assert after["inserts"] - before["inserts"] == 40
+    assert after["deletes"] - before["deletes"] == 40
+    rules = [e for e in events if e.reason == "rule" and e.netns == node]
+    assert sorted(e.sport for e in rules) == sorted(f.sport for f in rule.failed)
+    assert not [e for e in events if e.reason == "table_full"]
+    assert len(ok.flows) == 40
+
+
+def test_auto_picks_kprobe_and_names_why_not_fentry():
+    r = subprocess.run([CTTRACE, "features", "--json", "--quick"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["backend"] == "kprobe"
+    assert "fentry not used" in d["backend_reason"]
+
+
+def test_forced_fentry_refuses_with_the_reason():
+    r = subprocess.run([CTTRACE, "drops", "--backend", "fentry", "--duration", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fentry cannot run here" in lines[0] and "Traceback" not in r.stderr
+
+
+def _kprobe_state():
+    events = Path("/sys/kernel/tracing/kprobe_events").read_text()
+    listed = Path("/sys/kernel/debug/kprobes/list")
+    kp = listed.read_text() if listed.exists() else ""
+    progs = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True).stdout
+    links = subprocess.run(["bpftool", "link", "show", "-j"], capture_output=True, text=True).stdout
+    return (events, sorted(l for l in kp.splitlines() if "nf_c" in l or "nf_ct" in l or "early_drop" in l),
+            sorted(p["id"] for p in json.loads(progs or "[]")),
+            sorted(l["id"] for l in json.loads(links or "[]")))
+
+
+def test_nothing_left_after_signals(tmp_path):
+    before = _kprobe_state()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        ready = tmp_path / f"ready{sig}"
+        p = subprocess.Popen([CTTRACE, "drops", "--backend", "kprobe", "--ready-file", str(ready)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600
+        while not ready.exists():
+            assert p.poll() is None, p.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        during = _kprobe_state()
+        assert during[1] != before[1] or during[2] != before[2]      # probes were there
+        p.send_signal(sig)
+        p.wait(120)
+        for _ in range(100):
+            if _kprobe_state() == before:
+                break
+            time.sleep(0.1)
+        assert _kprobe_state() == before, f"left behind after signal {sig}"

@@ -643,7 +643,7 @@ COMMIT
         old = Path(CT_MAX).read_text().strip()
         root_count = int(Path("/proc/sys/net/netfilter/nf_conntrack_count").read_text())
         limit = self.node_count() + admit
-        if limit < root_count + 100:
+        if root_count and limit < root_count + 100:
             raise LabError(f"this host's own table holds {root_count} entries: lowering "
                            f"nf_conntrack_max to {limit} would drop its traffic; raise admit")
         self._save_sysctl(CT_MAX, old)

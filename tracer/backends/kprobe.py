@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import re
 
 from tracer.backends.restricted import BackendError, RestrictedBackend, bpf_source, cflags, load_btf
 from tracer.btf import BTFError
@@ -70,6 +71,31 @@ def fentry_status() -> tuple[bool, str]:
     return False, "the fentry program is not built yet; kprobes cover the same functions"
 
 
+def clean_stale_probes() -> int:
+    """Remove kprobe_events entries of BCC processes that no longer exist
+    (kernels or BCC versions that use the text interface leave them behind
+    when a tracer is killed). Returns how many were removed."""
+    from tracer.features import tracefs
+    path = os.path.join(tracefs() or "/sys/kernel/tracing", "kprobe_events")
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    removed = 0
+    for line in lines:
+        event = line.split()[0].split(":", 1)[-1] if line.strip() else ""
+        m = re.search(r"_bcc_(\d+)$", event)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            try:
+                with open(path, "a") as f:
+                    f.write(f"-:{event}\n")
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 class KprobeBackend(RestrictedBackend):
     name = NAME
     blind_spots = BLIND_SPOTS
@@ -78,6 +104,7 @@ class KprobeBackend(RestrictedBackend):
         super().__init__(*a, **kw)
         self.attached: list[str] = []
         self.missing: list[str] = []
+        self.cleaned = 0
 
     def program(self) -> tuple[str, list[str]]:
         btf = load_btf("nf_conntrack")
@@ -109,6 +136,7 @@ class KprobeBackend(RestrictedBackend):
         if need:
             raise BackendError(f"cannot probe {', '.join(need)} (not in available_filter_functions: "
                                "nf_conntrack not loaded, or the functions are inlined)")
+        self.cleaned = clean_stale_probes()
         super().start()
         self.bpf["ct_events"].open_perf_buffer(self._on_event, page_cnt=self.page_cnt,
                                                lost_cb=self._on_lost)
@@ -123,7 +151,10 @@ class KprobeBackend(RestrictedBackend):
             try:
                 if entry:
                     self.bpf.attach_kprobe(event=func, fn_name=entry)
-                self.bpf.attach_kretprobe(event=func, fn_name=ret, maxactive=256)
+                # no maxactive: with it BCC falls back to the kprobe_events
+                # text interface, whose entries outlive a SIGKILLed process;
+                # the perf kprobe PMU goes away with our file descriptors.
+                self.bpf.attach_kretprobe(event=func, fn_name=ret)
                 self.attached.append(func)
             except Exception as e:
                 if required:

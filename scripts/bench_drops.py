@@ -31,6 +31,7 @@ from tests import lab as L  # noqa: E402
 
 CTTRACE = str(ROOT / ".venv" / "bin" / "cttrace")
 _LAB = None
+BACKEND = "auto"
 
 
 def _udp(args):
@@ -62,7 +63,7 @@ def start_tracer(tmp):
     ready = Path(tmp) / "ready"
     ready.unlink(missing_ok=True)
     err = open(Path(tmp) / "err", "w+")
-    p = subprocess.Popen([CTTRACE, "drops", "--json"] + ["--ready-file", str(ready)],
+    p = subprocess.Popen([CTTRACE, "drops", "--json", "--backend", BACKEND, "--ready-file", str(ready)],
                          stdout=subprocess.DEVNULL, stderr=err)
     while not ready.exists():
         if p.poll() is not None:
@@ -77,13 +78,17 @@ def main():
     ap.add_argument("--flows", type=int, default=20000)
     ap.add_argument("--flood", type=float, default=5.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--backend", default="auto", help="cttrace drops --backend (auto, kprobe, tracepoint)")
+    ap.add_argument("--rounds", type=int, default=2, help="measurements of each kind, alternated")
     a = ap.parse_args()
+    global BACKEND
+    BACKEND = a.backend
     L.lab_down("ctbench-")
     with tempfile.TemporaryDirectory() as tmp:
         # each measurement on a fresh lab (entries of the last run would
         # otherwise fill the table); alternated, twice each
         rates = {False: [], True: []}
-        for traced in (False, True, False, True):
+        for traced in (False, True) * a.rounds:
             with L.Lab(containers=a.workers, prefix="ctbench-") as lab:
                 _LAB = lab
                 p = start_tracer(tmp)[0] if traced else None
@@ -97,7 +102,9 @@ def main():
         print(f"new-flow rate: {base:,.0f}/s without the tracer, {traced:,.0f}/s with it "
               f"(runs: {', '.join(f'{r:,.0f}' for r in rates[False])} / "
               f"{', '.join(f'{r:,.0f}' for r in rates[True])}) "
-              f"-> {100 * traced / base:.1f}% kept")
+              f"-> {100 * traced / base:.1f}% kept (backend {BACKEND})")
+        if a.flood <= 0:
+            return
     with tempfile.TemporaryDirectory() as tmp, L.Lab(containers=a.workers, prefix="ctbench-") as lab:
         _LAB = lab
         old = Path(L.CT_MAX).read_text().strip()
@@ -120,7 +127,8 @@ def main():
         p.wait()
         err.seek(0)
         summary = err.read()
-        m = re.search(r"(\d+) netfilter drops in all \((\d+) table_full", summary)
+        m = re.search(r"(\d+) netfilter drops in all \((\d+) table_full", summary) or \
+            re.search(r"shown; ((\d+)) table_full", summary)
         kdrop = after["drop"] - before["drop"]
         print(f"flood: {sent:,} packets in {wall:.1f} s, kernel drop +{kdrop:,} = {kdrop / wall:,.0f} drops/s")
         print(f"tracer CPU during the flood: {cpu:.2f} s over {wall:.1f} s = {100 * cpu / wall:.0f}% of a core")

@@ -191,6 +191,9 @@ def _live(rep: dict, netns: str | None, flt, source: str):
                     dec = ctnetlink.NetlinkDecoder()
                     rep["source"] = "ctnetlink"
                     rep["dump_interrupted"] = res.interrupted
+                    if res.unreadable:
+                        rep["unreadable"] = res.unreadable
+                        warn(f"{res.unreadable} entries without an original tuple were skipped")
                     cols.add_rows(flt.apply(res.rows, dec, {}))
                     rep["entries_read"] = len(res.rows)
                 except ctnetlink.NetlinkError as e:
@@ -278,7 +281,8 @@ def _raise_stop(signum, frame):
               show_default=True, help="Force a backend (auto: the best this kernel allows).")
 @click.option("--rate", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Most drop events per second and CPU sent to user space (counts stay exact).")
-def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, backend, rate):
+@click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the BPF program and its flags, and exit.")
+def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, backend, rate, dump_bpf):
     """Print packets dropped by netfilter as they happen, with their
     5-tuple and why: table_full (conntrack refused: the table is full) or
     rule (an iptables/nftables rule). On exit, a summary goes to stderr.
@@ -332,6 +336,13 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
     if name is None:
         abort(why)
     be = make(name, rate)
+    if dump_bpf:
+        try:
+            text, flags = be.program()
+        except BackendError as e:
+            abort(str(e))
+        click.echo(f"// backend {be.name}; cflags: {' '.join(flags)}\n{text}")
+        return
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     shown = 0
     try:

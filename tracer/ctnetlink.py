@@ -67,6 +67,7 @@ class NetlinkError(Exception):
 class DumpResult:
     rows: list = field(default_factory=list)
     interrupted: bool = False      # the table changed under the dump (NLM_F_DUMP_INTR)
+    unreadable: int = 0            # messages without an original tuple (counted, not shown)
 
 
 class NetlinkDecoder:
@@ -329,6 +330,8 @@ def dump() -> DumpResult:
                             layouts[key] = layout
                     if row is not None:
                         append(row)
+                    else:
+                        res.unreadable += 1
                     off += (mlen + 3) & ~3
         finally:
             rx.join()

@@ -355,9 +355,10 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
             with open(ready_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
         end = _time.monotonic() + duration if duration else None
-        while end is None or _time.monotonic() < end:
-            left = 100 if end is None else max(1, min(100, int((end - _time.monotonic()) * 1000)))
-            for d in be.poll(left):
+
+        def show(events) -> None:
+            nonlocal shown
+            for d in events:
                 if not wanted(d):
                     continue
                 d.container = be.stats.name(d.netns)
@@ -367,10 +368,15 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
                 else:
                     t = _time.strftime("%H:%M:%S", _time.localtime(d.ts)) + f".{int(d.ts % 1 * 1e6):06d}"
                     where = d.container or str(d.netns)
-                    sp = f":{d.sport}" if d.proto not in ("icmp", "icmpv6") else f" type {d.sport}"
-                    dp = f":{d.dport}" if d.proto not in ("icmp", "icmpv6") else f" code {d.dport}"
+                    icmp = d.proto in ("icmp", "icmpv6")
+                    sp = f" type {d.sport}" if icmp else f":{d.sport}"
+                    dp = f" code {d.dport}" if icmp else f":{d.dport}"
                     click.echo(f"{t} {where:18s} {d.proto:5s} {d.src}{sp} -> {d.dst}{dp}  {d.reason}")
             sys.stdout.flush()
+
+        while end is None or _time.monotonic() < end:
+            left = 100 if end is None else max(1, min(100, int((end - _time.monotonic()) * 1000)))
+            show(be.poll(left))
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
@@ -378,7 +384,10 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
             signal.signal(s, h)
         if be.bpf is not None:
             try:
-                be.poll(0)
+                try:
+                    show(be.poll(0))          # what is still in the buffers
+                except (KeyboardInterrupt, _Stop, BrokenPipeError):
+                    pass
                 _drops_summary(be, shown, as_json)
             finally:
                 be.close()

@@ -189,7 +189,7 @@ class KprobeBackend(RestrictedBackend):
         c["conntrack"] = ctt
         c["conntrack_sources"] = sources
         c["kretprobe_missed"] = self.nmissed()
-        c["lost"] += ctt["submit_failed"]
+        c["lost"] = max(self.lost, c["totals"]["submit_failed"] + ctt["submit_failed"])
         c["attached"] = list(self.attached)
         c["not_attached"] = list(self.missing)
         return c

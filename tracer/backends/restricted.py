@@ -257,8 +257,10 @@ class RestrictedBackend:
                             "ct_attached": bool(k.ct_attached), "drops": v.value})
         netns_seen = {k.netns for k, _ in self.bpf["ctless_seq"].items()}
         table_full = {n: sum(max(v, 0) for v in self.stats.delta(n).values()) for n in netns_seen}
+        # A failed submit and the perf ring's "lost" record are the same event:
+        # count it once.
         return {"totals": totals, "sources": sources, "table_full_by_netns": table_full,
-                "lost": self.lost + totals["submit_failed"]}
+                "lost": max(self.lost, totals["submit_failed"])}
 
     def close(self) -> None:
         if self.bpf is not None:

@@ -465,106 +465,97 @@ COMMIT
             if delay > 0:
                 time.sleep(delay)
 
-    def tcp_short(self, container: str, count: int, rate: float | None = None,
-                  dst: tuple[str, int] = (UPLINK_PEER, TCP_PORT)) -> Report:
-        """Request/response TCP connections, closed by both ends: TIME_WAIT."""
-        rep = Report("tcp_short", container, count)
+    def _generate(self, kind: str, container: str, count: int, rate: float | None, one) -> Report:
+        """Run `one(i, src) -> (flow, ok)` count times inside the container,
+        paced to `rate` flows per second, into a Report."""
+        rep = Report(kind, container, count)
         src = self.container_ip(container)
         t0 = time.perf_counter()
         with netns.entered(container):
             for i in range(count):
                 self._pace(t0, i, rate)
-                s = socket.socket()
-                s.settimeout(2)
-                sport = 0
-                try:
-                    s.bind((src, 0))
-                    sport = s.getsockname()[1]
-                    s.connect(dst)
-                    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                    if not s.recv(64):
-                        raise OSError("no answer")
-                    s.shutdown(socket.SHUT_WR)
-                    s.recv(64)            # the server's FIN
-                    rep.flows.append(Flow("tcp", src, sport, *dst))
-                except OSError:
-                    rep.failed.append(Flow("tcp", src, sport, *dst))
-                finally:
-                    s.close()
+                flow, ok = one(i, src)
+                (rep.flows if ok else rep.failed).append(flow)
         rep.seconds = time.perf_counter() - t0
         return rep
+
+    def tcp_short(self, container: str, count: int, rate: float | None = None,
+                  dst: tuple[str, int] = (UPLINK_PEER, TCP_PORT)) -> Report:
+        """Request/response TCP connections, closed by both ends: TIME_WAIT."""
+        def one(i, src):
+            s = socket.socket()
+            s.settimeout(2)
+            sport = 0
+            try:
+                s.bind((src, 0))
+                sport = s.getsockname()[1]
+                s.connect(dst)
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                if not s.recv(64):
+                    raise OSError("no answer")
+                s.shutdown(socket.SHUT_WR)
+                s.recv(64)            # the server's FIN
+                return Flow("tcp", src, sport, *dst), True
+            except OSError:
+                return Flow("tcp", src, sport, *dst), False
+            finally:
+                s.close()
+        return self._generate("tcp_short", container, count, rate, one)
 
     def tcp_established(self, container: str, count: int, rate: float | None = None,
                         dst: tuple[str, int] = (UPLINK_PEER, TCP_PORT)) -> Report:
         """Long-lived connections (held until release()/down): ESTABLISHED."""
-        rep = Report("tcp_established", container, count)
-        src = self.container_ip(container)
-        t0 = time.perf_counter()
-        with netns.entered(container):
-            for i in range(count):
-                self._pace(t0, i, rate)
-                s = socket.socket()
-                s.settimeout(2)
-                try:
-                    s.bind((src, 0))
-                    sport = s.getsockname()[1]
-                    s.connect(dst)
-                    s.sendall(b"hello")
-                    s.recv(64)
-                    self.held.append(s)
-                    rep.flows.append(Flow("tcp", src, sport, *dst))
-                except OSError:
-                    s.close()
-                    rep.failed.append(Flow("tcp", src, 0, *dst))
-        rep.seconds = time.perf_counter() - t0
-        return rep
+        def one(i, src):
+            s = socket.socket()
+            s.settimeout(2)
+            sport = 0
+            try:
+                s.bind((src, 0))
+                sport = s.getsockname()[1]
+                s.connect(dst)
+                s.sendall(b"hello")
+                s.recv(64)
+                self.held.append(s)
+                return Flow("tcp", src, sport, *dst), True
+            except OSError:
+                s.close()
+                return Flow("tcp", src, sport, *dst), False
+        return self._generate("tcp_established", container, count, rate, one)
 
     def syn_sent(self, container: str, count: int, rate: float | None = None) -> Report:
         """Connections whose SYN the peer drops: SYN_SENT (sockets held)."""
-        rep = Report("syn_sent", container, count)
-        src = self.container_ip(container)
         dst = (UPLINK_PEER, BLACKHOLE_PORT)
-        t0 = time.perf_counter()
-        with netns.entered(container):
-            for i in range(count):
-                self._pace(t0, i, rate)
-                s = socket.socket()
-                s.bind((src, 0))
-                sport = s.getsockname()[1]
-                s.setblocking(False)
-                try:
-                    s.connect(dst)
-                except BlockingIOError:
-                    pass
-                self.held.append(s)
-                rep.flows.append(Flow("tcp", src, sport, *dst))
-        rep.seconds = time.perf_counter() - t0
-        return rep
+
+        def one(i, src):
+            s = socket.socket()
+            s.bind((src, 0))
+            sport = s.getsockname()[1]
+            s.setblocking(False)
+            try:
+                s.connect(dst)
+            except BlockingIOError:
+                pass
+            self.held.append(s)
+            return Flow("tcp", src, sport, *dst), True
+        return self._generate("syn_sent", container, count, rate, one)
 
     def udp_flows(self, container: str, count: int, rate: float | None = None,
                   dst: tuple[str, int] = (UPLINK_PEER, UDP_PORT), timeout: float = 1.0,
                   drop_watch=None) -> Report:
         """Query/answer UDP flows, one socket (one source port) each; a flow
         counts as done when its answer arrives, as failed when none does."""
-        rep = Report("udp", container, count)
-        src = self.container_ip(container)
-        t0 = time.perf_counter()
-        with netns.entered(container):
-            for i in range(count):
-                self._pace(t0, i, rate)
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        def one(i, src):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                flow = Flow("udp", src, self._bind_next(s, container, src), *dst)
                 try:
-                    sport = self._bind_next(s, container, src)
-                    flow = Flow("udp", src, sport, *dst)
                     s.sendto(b"q%d" % i, dst)
-                    ok = _await_answer(s, timeout, drop_watch)
+                    return flow, _await_answer(s, timeout, drop_watch)
                 except OSError:
-                    ok = False
-                finally:
-                    s.close()
-                (rep.flows if ok else rep.failed).append(flow)
-        rep.seconds = time.perf_counter() - t0
-        return rep
+                    return flow, False
+            finally:
+                s.close()
+        return self._generate("udp", container, count, rate, one)
 
     def _bind_next(self, s: socket.socket, container: str, src: str) -> int:
         """Bind a UDP socket to the container's next unused source port, so

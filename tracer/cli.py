@@ -419,3 +419,169 @@ def _drops_summary(be, shown: int, as_json: bool = False) -> None:
         where = be.stats.name(s["netns"]) or s["netns"]
         kind = "with conntrack entry" if s["ct_attached"] else "without conntrack entry"
         err(f"  {s['drops']:>8} {s['proto']:5s} from {s['src'] or '?':<39} netns {where} ({kind})")
+
+
+@main.command()
+@click.option("--netns", "-n", metavar="NAME|PID", help="The table of another network namespace.")
+@click.option("--interval", "-i", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="S", help="Refresh every S seconds (rates are per interval).")
+@click.option("--group", "-g", type=click.Choice(["src", "dst", "dport", "state", "container"]),
+              default="src", show_default=True, help="Group entries by.")
+@click.option("--sort", type=click.Choice(["entries", "inserts", "deletes", "drops"]), default="entries",
+              show_default=True, help="Sort groups by.")
+@click.option("--top", "-t", "top_n", type=click.IntRange(min=1), default=15, show_default=True,
+              metavar="N", help="Rows in the main table.")
+@click.option("--proto", "-p", multiple=True, callback=_proto, help="Only this protocol; repeatable.")
+@click.option("--port", multiple=True, callback=_port, metavar="PORT", help="Only this port; repeatable.")
+@click.option("--src", multiple=True, callback=_cidr, metavar="CIDR", help="Only sources in CIDR.")
+@click.option("--once", is_flag=True, help="Print one frame after one interval and exit.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per interval, one per line.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
+@click.option("--ready-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Write this file once tracing has started.")
+@click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
+              show_default=True, help="Force a backend.")
+@click.option("--rate", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Most drop events per second and CPU sent to user space (counts stay exact).")
+def top(netns, interval, group, sort, top_n, proto, port, src, once, as_json, duration, ready_file,
+        backend, rate):
+    """Live view of the conntrack table: how full it is, who fills it
+    (sources, containers), how fast, and what is being dropped.
+
+    \b
+    Keys: g group, s sort, p pause, h help, q quit.
+    Examples:
+      sudo cttrace top                        # this namespace's table
+      sudo cttrace top --netns 4242 -g container
+      sudo cttrace top --json --interval 5    # for scripts
+    """
+    import select
+    import signal
+    import time as _time
+
+    from tracer import features as feat
+    from tracer import netns as ns
+    from tracer.aggregate import GROUPS, SORTS
+    from tracer.attribution import Attribution
+    from tracer.backends import choose, make
+    from tracer.backends.restricted import BackendError
+    from tracer.top import RowFilter, TopEngine
+
+    if os.geteuid() != 0:
+        abort("top needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run with sudo")
+    if netns is not None:
+        try:
+            ns.resolve(netns)
+        except ns.NetnsError as e:
+            abort(str(e))
+    name, why = choose(feat.detect(full=False), backend)
+    if name is None:
+        abort(why)
+    names = Attribution()
+    names.refresh()
+    names.start()
+    engine = None
+    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    interactive = sys.stdout.isatty() and sys.stdin.isatty() and not (as_json or once)
+    term = None
+    try:
+        try:
+            engine = TopEngine(make(name, rate), netns, RowFilter(proto, port, src), names)
+            engine.be.start()
+            engine.start()
+        except (BackendError, ctnetlink_error()) as e:
+            abort(str(e))
+        except ns.NetnsError as e:
+            abort(str(e))
+        if ready_file:
+            with open(ready_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        from rich.console import Console
+        from tracer.views.top import render
+        console = Console()
+        end = _time.monotonic() + duration if duration else None
+        state = {"group": group, "sort": sort, "paused": False, "help": False}
+
+        def frame():
+            return engine.frame(state["group"], state["sort"], top_n, state["paused"])
+
+        def wait_interval(on_key=None):
+            due = _time.monotonic() + interval
+            while _time.monotonic() < due:
+                if end is not None and _time.monotonic() >= end:
+                    return
+                engine.pump()
+                if on_key is not None and select.select([sys.stdin], [], [], 0.05)[0]:
+                    if on_key(sys.stdin.read(1)):
+                        return
+                elif on_key is None:
+                    _time.sleep(0.05)
+
+        if not interactive:
+            while True:
+                wait_interval()
+                engine.sample()
+                f = frame()
+                if as_json:
+                    f.pop("history", None)
+                    click.echo(json.dumps(f))
+                    sys.stdout.flush()
+                else:
+                    console.print(render(f, full_screen=False))
+                if once or (end is not None and _time.monotonic() >= end):
+                    break
+            return
+
+        import termios
+        import tty
+        from rich.live import Live
+        fd = sys.stdin.fileno()
+        term = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+
+        def on_key(k: str) -> bool:
+            if k == "q":
+                raise _Stop()
+            if k == "g":
+                state["group"] = GROUPS[(GROUPS.index(state["group"]) + 1) % len(GROUPS)]
+            elif k == "s":
+                state["sort"] = SORTS[(SORTS.index(state["sort"]) + 1) % len(SORTS)]
+            elif k == "p":
+                state["paused"] = not state["paused"]
+            elif k in "h?":
+                state["help"] = not state["help"]
+            else:
+                return False
+            return True      # redraw now
+
+        with Live(console=console, screen=True, auto_refresh=False) as live:
+            shown = None
+            while end is None or _time.monotonic() < end:
+                if not state["paused"] or shown is None:
+                    shown = frame()
+                else:
+                    shown = {**shown, "group": state["group"], "sort": state["sort"], "paused": True}
+                live.update(render(shown, show_help=state["help"]), refresh=True)
+                before = _time.monotonic()
+                wait_interval(on_key)
+                if _time.monotonic() - before >= interval * 0.99:
+                    engine.sample()
+                elif not state["paused"]:
+                    shown = None
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        if term is not None:
+            import termios
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, term)
+        for s, h in old.items():
+            signal.signal(s, h)
+        if engine is not None:
+            engine.close()
+        else:
+            names.stop()
+
+
+def ctnetlink_error():
+    from tracer.ctnetlink import NetlinkError
+    return NetlinkError

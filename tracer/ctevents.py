@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from tracer import ctnetlink
 from tracer import netns as ns
 
-NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY = 1, 3
+NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE = 0, 2
 INSERT, DELETE = "insert", "delete"
 
@@ -30,7 +30,9 @@ class EventBatch:
 class CtEvents:
     """A subscription to one namespace's conntrack NEW/DESTROY events."""
 
-    def __init__(self, netns: str | None = None, rcvbuf: int = 32 << 20):
+    def __init__(self, netns: str | None = None, rcvbuf: int = 32 << 20, updates: bool = False):
+        """`updates`: also state changes (UPDATE group; they arrive as INSERT
+        events of a known entry)."""
         with ns.entered(netns):
             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
                               | socket.SOCK_CLOEXEC, ctnetlink.NETLINK_NETFILTER)
@@ -40,6 +42,8 @@ class CtEvents:
             except OSError:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
+            if updates:
+                groups |= 1 << (NFNLGRP_CONNTRACK_UPDATE - 1)
             s.bind((0, groups))
         except OSError as e:
             s.close()

@@ -262,6 +262,18 @@ class RestrictedBackend:
         return {"totals": totals, "sources": sources, "table_full_by_netns": table_full,
                 "lost": max(self.lost, totals["submit_failed"])}
 
+    def drops_by_src(self, netns: int, counters: dict | None = None) -> dict[str, int]:
+        """Exact cumulative drops of packets from each source, in one namespace."""
+        c = counters or self.counters()
+        out: dict[str, int] = {}
+        for s in c["sources"]:
+            if s["netns"] == netns:
+                out[s["src"]] = out.get(s["src"], 0) + s["drops"]
+        for s in c.get("conntrack_sources", ()):
+            if s["netns"] == netns and (s["table_full"] or s["insert_failed"]):
+                out[s["src"]] = out.get(s["src"], 0) + s["table_full"] + s["insert_failed"]
+        return out
+
     def close(self) -> None:
         if self.bpf is not None:
             try:

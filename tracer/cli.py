@@ -161,6 +161,13 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
     else:
         summary = _live(rep, netns, flt, source)
     rep.update(summary.to_dict(top=top if (top or as_json) else 10))
+    if path is None and rep["by_src"]:
+        from tracer.attribution import collect
+        try:
+            names = collect()
+            rep["containers"] = {ip: names.by_ip[ip] for ip in rep["by_src"] if ip in names.by_ip}
+        except Exception as e:        # attribution is best effort
+            warn(f"container attribution unavailable: {e}")
     if flt.active:
         rep["filters"] = flt.describe()
     if as_json:
@@ -336,6 +343,8 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
     if name is None:
         abort(why)
     be = make(name, rate)
+    from tracer.attribution import Attribution
+    names = Attribution()
     if dump_bpf:
         try:
             text, flags = be.program()
@@ -351,6 +360,8 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
         except BackendError as e:
             abort(str(e))
         click.echo(f"cttrace: backend {be.name} ({why}); blind spots: {be.blind_spots}", err=True)
+        names.refresh()
+        names.start()
         if ready_file:
             with open(ready_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -361,7 +372,7 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
             for d in events:
                 if not wanted(d):
                     continue
-                d.container = be.stats.name(d.netns)
+                d.container = names.ip(d.src) or names.netns(d.netns) or be.stats.name(d.netns)
                 shown += 1
                 if as_json:
                     click.echo(json.dumps(d.to_dict()))
@@ -380,6 +391,7 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
+        names.stop()
         for s, h in old.items():
             signal.signal(s, h)
         if be.bpf is not None:

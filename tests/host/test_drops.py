@@ -83,7 +83,8 @@ def test_table_full_drops_exactly(lab, tmp_path):
     got = {(e["proto"], e["src"], e["sport"], e["dst"], e["dport"]) for e in full}
     want = {(f.proto, f.src, f.sport, f.dst, f.dport) for f in r.dropped}
     assert got == want
-    assert all(e["netns"] == node_inum and e["container"] == lab.node for e in events)
+    by_ip = {lab.container_ip(c): c for c in lab.containers}
+    assert all(e["netns"] == node_inum and e["container"] == by_ip[e["src"]] for e in events)
     rules = [e for e in events if e["reason"] == "rule"]
     assert sorted(e["sport"] for e in rules) == sorted(f.sport for f in rule.failed)
     assert all(e["dport"] == 5353 and e["ct_attached"] for e in rules)

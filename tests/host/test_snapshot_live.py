@@ -118,3 +118,14 @@ def test_non_root_gets_one_line(ns):
 def test_no_namespace_left_behind():
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [l for l in out.splitlines() if l.startswith(lab.PREFIX)]
+
+
+def test_containers_are_attributed():
+    L = lab
+    L.lab_down("ctlabsn-")
+    with L.Lab(containers=2, prefix="ctlabsn-") as lb:
+        lb.tcp_established(lb.containers[0], 3)
+        lb.udp_flows(lb.containers[1], 4)
+        d = cttrace_json("snapshot", "--netns", lb.node)
+        for c in lb.containers:
+            assert d["containers"][lb.container_ip(c)] == c

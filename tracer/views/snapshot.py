@@ -58,14 +58,15 @@ def _header(rep: dict) -> Panel:
     return Panel(lines, title="cttrace snapshot", title_align="left")
 
 
-def _table(title: str, data: dict, total: int, other: dict | None) -> Table:
+def _table(title: str, data: dict, total: int, other: dict | None, names: dict | None = None) -> Table:
     t = Table(title=title, title_justify="left", box=None, pad_edge=False,
               show_header=False)
     t.add_column("key", overflow="fold", max_width=40)
     t.add_column("n", justify="right")
     t.add_column("%", justify="right", style="dim")
     for k, n in data.items():
-        t.add_row(Text(k), f"{n:,}", f"{100 * n / total:.1f}" if total else "")
+        label = f"{k} ({names[k]})" if names and k in names else k
+        t.add_row(Text(label), f"{n:,}", f"{100 * n / total:.1f}" if total else "")
     if other:
         t.add_row(Text(f"({other['keys']:,} more)", style="dim"), f"{other['entries']:,}",
                   f"{100 * other['entries'] / total:.1f}" if total else "")
@@ -81,7 +82,8 @@ def render(rep: dict) -> Group:
             data = {k: n for k, n in data.items() if not k.startswith("tcp/")}
         if not data:
             continue
-        tables.append(_table(title, data, rep["total"], rep.get("others", {}).get(key)))
+        tables.append(_table(title, data, rep["total"], rep.get("others", {}).get(key),
+                             rep.get("containers") if key in ("by_src", "by_dst") else None))
     if tables:
         parts.append(Columns(tables, padding=(1, 4)))
     elif rep["total"] == 0:

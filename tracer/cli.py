@@ -597,3 +597,266 @@ def top(netns, interval, group, sort, top_n, proto, port, src, once, as_json, du
 def ctnetlink_error():
     from tracer.ctnetlink import NetlinkError
     return NetlinkError
+
+
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+@main.command()
+@click.option("--netns", "-n", metavar="NAME|PID", help="Check another network namespace's table.")
+@click.option("--window", type=click.FloatRange(min=0.1, max=60), default=1.0, show_default=True,
+              metavar="S", help="Watch the kernel's counters for S seconds (are drops happening now?).")
+@click.option("--capture", "capture_path", metavar="FILE", help="Diagnose a capture file instead of this host.")
+@click.option("--json", "as_json", is_flag=True, help="Print {findings: [...], state: {...}} as JSON.")
+def doctor(netns, window, capture_path, as_json):
+    """Check the conntrack table and its settings, and say exactly how to
+    fix what is wrong. Reads only; never changes the system.
+
+    \b
+    Examples:
+      sudo cttrace doctor
+      sudo cttrace doctor --netns 4242 --json
+      cttrace doctor --capture incident.ctcap
+    """
+    from dataclasses import asdict
+
+    from tracer.doctor import diagnose
+
+    if capture_path is not None:
+        from tracer.capture import CaptureError, read_capture
+        try:
+            cap = read_capture(capture_path)
+        except CaptureError as e:
+            abort(str(e))
+        state = cap.host_state()
+    else:
+        if os.geteuid() != 0:
+            abort("doctor reads the live table through ctnetlink and needs root: run with sudo, "
+                  "or diagnose a capture with --capture FILE")
+        from tracer import ctnetlink
+        from tracer import netns as ns
+        from tracer.attribution import collect
+        from tracer.hoststate import read_live
+        try:
+            state = read_live(netns, window, names=collect())
+        except (ns.NetnsError, ctnetlink.NetlinkError) as e:
+            abort(str(e))
+    findings = diagnose(state)
+    if as_json:
+        st = asdict(state)
+        st.pop("rules", None)
+        click.echo(json.dumps({"findings": [f.to_dict() for f in findings], "state": st}))
+        return
+    _print_findings(findings, state)
+
+
+def _print_findings(findings, state) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.text import Text
+    con = Console()
+    fill = f"{state.count:,}/{state.max:,}" if state.count is not None and state.max else "?"
+    con.print(f"cttrace doctor: netns {state.netns}, table {fill}, {len(findings)} finding(s)")
+    if not findings:
+        con.print("nothing to fix")
+    for f in findings:
+        body = Text()
+        body.append(f.message + "\n", style="bold")
+        body.append("evidence: " + f.evidence + "\n", style="dim")
+        body.append("fix:\n" + f.fix)
+        con.print(Panel(body, title=f"{f.severity}: {f.id}", title_align="left",
+                        border_style=SEVERITY_STYLE.get(f.severity, "")))
+
+
+def _parse_duration(ctx, param, value):
+    if value is None:
+        return None
+    v = value.strip().lower()
+    mult = 1.0
+    for suffix, m in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
+        if v.endswith(suffix):
+            v, mult = v[: -len(suffix)], m
+            break
+    try:
+        secs = float(v) * mult
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration (e.g. 30s, 2m)") from None
+    if secs <= 0:
+        raise click.BadParameter("must be positive")
+    return secs
+
+
+@main.command()
+@click.option("--output", "-o", required=True, metavar="FILE", help="The capture file (created mode 0600).")
+@click.option("--duration", "-d", default="30s", show_default=True, callback=_parse_duration,
+              metavar="TIME", help="How long to record (30s, 2m, ...).")
+@click.option("--max-events", type=click.IntRange(min=1), metavar="N", help="Stop after N records.")
+@click.option("--netns", "-n", metavar="NAME|PID", help="Record another network namespace's table.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, metavar="S",
+              help="Table counters every S seconds.")
+@click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
+              show_default=True)
+@click.option("--ready-file", type=click.Path(dir_okay=False), metavar="PATH", hidden=True)
+def capture(output, duration, max_events, netns, interval, backend, ready_file):
+    """Record inserts, deletes, drops and table counters to a file, with
+    the host's settings and rules, for `cttrace report` on any machine.
+    Ctrl-C ends it early and keeps what was recorded.
+
+    \b
+    Example:  sudo cttrace capture --duration 30s -o incident.ctcap
+    """
+    import platform
+    import signal
+    import time as _time
+    from dataclasses import asdict
+
+    from tracer import ctnetlink, table
+    from tracer import features as feat
+    from tracer import netns as ns
+    from tracer.attribution import Attribution
+    from tracer.backends import choose, make
+    from tracer.backends.restricted import BackendError
+    from tracer.capture import CaptureError, Writer, row_record
+    from tracer.ctevents import DELETE, CtEvents
+    from tracer.hoststate import read_live
+
+    if os.geteuid() != 0:
+        abort("capture needs root (BPF and ctnetlink): run with sudo")
+    try:
+        ns.resolve(netns) if netns else None
+    except ns.NetnsError as e:
+        abort(str(e))
+    name, why = choose(feat.detect(full=False), backend)
+    if name is None:
+        abort(why)
+    names = Attribution()
+    names.refresh()
+    be = make(name, 100000)
+    w = ev = None
+    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    counts = {"insert": 0, "delete": 0, "drop": 0}
+    try:
+        try:
+            be.start()
+            ev = CtEvents(netns)
+            with ns.entered(netns):
+                inum = ns.inode()
+            start_state = read_live(netns, 0.1, names=names.names)
+            header = {"created": _time.time(), "host": platform.node(), "kernel": platform.release(),
+                      "backend": be.name, "netns": netns or "host", "netns_inode": inum,
+                      "interval": interval, "state": asdict(start_state)}
+            w = Writer(output, header)
+        except (BackendError, ctnetlink.NetlinkError, ns.NetnsError, CaptureError) as e:
+            abort(str(e))
+        names.start()
+
+        def stats():
+            with ns.entered(netns):
+                st = table.read()
+            w.write({"k": "stats", "t": _time.time(), "count": st.count, "max": st.max,
+                     "kernel": st.totals})
+
+        stats()
+        if ready_file:
+            with open(ready_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        end = _time.monotonic() + duration
+        next_stats = _time.monotonic() + interval
+        progress = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+            progress = Progress(transient=True)
+            progress.start()
+            task = progress.add_task("capturing", total=duration)
+        while _time.monotonic() < end and not (max_events and w.records >= max_events):
+            for d in be.poll(50):
+                if d.netns == inum:
+                    d.container = names.ip(d.src) or names.netns(d.netns)
+                    w.write({"k": "drop", "t": d.ts, **d.to_dict()})
+                    counts["drop"] += 1
+            batch = ev.poll(0)
+            now = _time.time()
+            for kind, row in batch.events:
+                k = "delete" if kind is DELETE else "insert"
+                w.write(row_record(k, row, now, names.ip))
+                counts[k] += 1
+            if batch.overrun:
+                w.write({"k": "lost", "t": now, "what": "netlink events (receive buffer overrun)", "n": 1})
+            if _time.monotonic() >= next_stats:
+                stats()
+                w.flush()
+                next_stats += interval
+            if progress:
+                progress.update(task, completed=duration - (end - _time.monotonic()),
+                                description=f"inserts {counts['insert']:,} deletes {counts['delete']:,} "
+                                            f"drops {counts['drop']:,}")
+        if progress:
+            progress.stop()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        names.stop()
+        if w is not None:
+            try:
+                stats()
+                c = be.counters()
+                sources = be.drops_by_src(inum, c)
+                end_state = read_live(netns, 0.1, names=names.names)
+                w.write({"k": "end", "t": _time.time(), "totals": counts, "sources": sources,
+                         "lost": c["lost"], "state": asdict(end_state)})
+            finally:
+                w.close()
+                click.echo(f"cttrace: {w.records:,} records written to {output} "
+                           f"({counts['insert']:,} inserts, {counts['delete']:,} deletes, "
+                           f"{counts['drop']:,} drops)", err=True)
+        if ev is not None:
+            ev.close()
+        be.close()
+
+
+@main.command()
+@click.argument("path", metavar="FILE")
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as one JSON object.")
+@click.option("--html", "html_path", metavar="OUT", help="Also write a self-contained HTML report to OUT.")
+@click.option("--top", "-t", type=click.IntRange(min=1), default=10, show_default=True, metavar="N")
+def report(path, as_json, html_path, top):
+    """Analyse a capture (or a table export) on any machine, no root needed:
+    timeline of fill and drops, top sources and containers, state mix, drop
+    bursts, and the doctor's findings for the captured host.
+
+    \b
+    Examples:
+      cttrace report incident.ctcap
+      cttrace report incident.ctcap --html incident.html
+      cttrace report table-export.txt.gz     # a /proc or conntrack -L export
+    """
+    from tracer.capture import CaptureError, read_capture
+    from tracer.report import analyse, render, to_html
+
+    try:
+        cap = read_capture(path)
+    except CaptureError as e:
+        if "not a cttrace capture" in str(e) and os.path.isfile(path):
+            ctx = click.get_current_context()
+            ctx.invoke(snapshot, path=path, as_json=as_json, top=top)
+            return
+        abort(str(e))
+    if cap.truncated:
+        warn(f"{path}: the capture is truncated (cut short while recording): "
+             f"analysing the {len(cap.records):,} records it holds")
+    if cap.bad_records:
+        warn(f"{path}: {cap.bad_records} corrupted records skipped")
+    rep = analyse(cap, top)
+    if html_path:
+        try:
+            with open(html_path, "w") as f:
+                f.write(to_html(rep))
+        except OSError as e:
+            abort(f"{html_path}: cannot write: {e.strerror}")
+    if as_json:
+        click.echo(json.dumps(rep))
+    else:
+        from rich.console import Console
+        Console().print(render(rep))

@@ -1,0 +1,154 @@
+"""`cttrace report`: the analysis of a capture (pure), and its renderings:
+terminal (rich), JSON, and a self-contained HTML page with SVG charts."""
+
+from __future__ import annotations
+
+import html
+import time
+from collections import Counter
+
+from tracer.capture import Capture
+from tracer.doctor import diagnose
+
+
+def analyse(cap: Capture, top: int = 10) -> dict:
+    stats = cap.of("stats")
+    ins, dels, drops = cap.of("insert"), cap.of("delete"), cap.of("drop")
+    t0 = stats[0]["t"] if stats else (cap.records[0]["t"] if cap.records else 0)
+    t1 = stats[-1]["t"] if stats else t0
+    k0 = stats[0]["kernel"] if stats else {}
+    k1 = stats[-1]["kernel"] if stats else {}
+    delta = lambda k: max(k1.get(k, 0) - k0.get(k, 0), 0)  # noqa: E731
+    # per-second timeline
+    secs = max(int(t1 - t0) + 1, 1) if stats else 0
+    tl = [{"t": i, "count": None, "max": None, "drops": 0, "inserts": 0, "deletes": 0}
+          for i in range(secs)]
+    prev = None
+    for s in stats:
+        i = min(int(s["t"] - t0), secs - 1)
+        tl[i]["count"], tl[i]["max"] = s.get("count"), s.get("max")
+        if prev is not None:
+            tl[i]["drops"] += max(s["kernel"].get("drop", 0) - prev["kernel"].get("drop", 0), 0)
+        prev = s
+    for recs, key in ((ins, "inserts"), (dels, "deletes")):
+        for r in recs:
+            i = int(r["t"] - t0)
+            if 0 <= i < secs:
+                tl[i][key] += 1
+    by_src_ins = Counter(r["src"] for r in ins)
+    names = {r["src"]: r.get("container") for r in ins + drops if r.get("container")}
+    end = cap.of("end")
+    exact = (end[-1].get("sources") if end else None) or {}
+    drop_src = Counter(exact) if exact else Counter(r["src"] for r in drops)
+    bursts = sorted((x for x in tl if x["drops"]), key=lambda x: -x["drops"])[:5]
+    state = cap.host_state()
+    start_state = cap.header.get("state") or {}
+    lost = sum(r.get("n", 1) for r in cap.of("lost"))
+    return {
+        "capture": {"host": cap.header.get("host"), "kernel": cap.header.get("kernel"),
+                    "backend": cap.header.get("backend"), "netns": cap.header.get("netns"),
+                    "started": t0, "seconds": round(t1 - t0, 3), "records": len(cap.records),
+                    "truncated": cap.truncated, "bad_records": cap.bad_records},
+        "totals": {"inserts": len(ins), "deletes": len(dels), "drops": delta("drop"),
+                   "drop_events": len(drops), "early_drops": delta("early_drop"),
+                   "insert_failed": delta("insert_failed"), "lost": lost},
+        "fill": {"start": _fill(stats[0]) if stats else None, "end": _fill(stats[-1]) if stats else None,
+                 "max": stats[-1].get("max") if stats else None},
+        "timeline": tl,
+        "top_sources_by_inserts": [{"src": s, "inserts": n, "container": names.get(s)}
+                                   for s, n in by_src_ins.most_common(top)],
+        "top_sources_by_drops": [{"src": s, "drops": n, "container": names.get(s)}
+                                 for s, n in drop_src.most_common(top)],
+        "state_mix": {"start": start_state.get("by_state", {}), "end": state.by_state},
+        "drop_bursts": [{"second": x["t"], "drops": x["drops"]} for x in bursts],
+        "findings": [f.to_dict() for f in diagnose(state)],
+    }
+
+
+def _fill(s: dict):
+    return s["count"] / s["max"] if s.get("count") is not None and s.get("max") else None
+
+
+# -- terminal -------------------------------------------------------------------------------
+def render(rep: dict):
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from tracer.views.top import sparkline
+    c, t = rep["capture"], rep["totals"]
+    head = Text()
+    head.append(f"{c['host']} · kernel {c['kernel']} · backend {c['backend']} · netns {c['netns']}\n")
+    head.append(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['started']))}, {c['seconds']:.0f} s, "
+                f"{c['records']:,} records" + (" (TRUNCATED)" if c["truncated"] else "") + "\n")
+    head.append(f"inserts {t['inserts']:,}  deletes {t['deletes']:,}  table-full drops {t['drops']:,}  "
+                f"early drops {t['early_drops']:,}  insert failures {t['insert_failed']:,}  lost {t['lost']}\n",
+                style="bold")
+    tl = rep["timeline"]
+    fills = [(x["count"] or 0) / x["max"] if x.get("max") else 0 for x in tl]
+    head.append(f"fill   {sparkline(fills, 60, top=1.0)}\n", style="cyan")
+    head.append(f"drops  {sparkline([x['drops'] for x in tl], 60)}\n", style="red")
+    head.append(f"insert {sparkline([x['inserts'] for x in tl], 60)}", style="green")
+    parts = [Panel(head, title="cttrace report", title_align="left")]
+    for key, col, title in (("top_sources_by_inserts", "inserts", "top sources by inserts"),
+                            ("top_sources_by_drops", "drops", "top sources by drops")):
+        tab = Table(title=title, title_justify="left")
+        tab.add_column("source")
+        tab.add_column(col, justify="right")
+        tab.add_column("container")
+        for r in rep[key]:
+            tab.add_row(Text(r["src"]), f"{r[col]:,}", Text(r.get("container") or ""))
+        parts.append(tab)
+    for f in rep["findings"]:
+        parts.append(Panel(Text(f"{f['message']}\nevidence: {f['evidence']}\nfix:\n{f['fix']}"),
+                           title=f"{f['severity']}: {f['id']}", title_align="left"))
+    return Group(*parts)
+
+
+# -- HTML -------------------------------------------------------------------------------------
+def _svg_line(values: list, w: int = 720, h: int = 160, color: str = "#1f77b4", top=None,
+              label: str = "") -> str:
+    vals = [v or 0 for v in values] or [0]
+    hi = top if top is not None else (max(vals) or 1)
+    n = max(len(vals) - 1, 1)
+    pts = " ".join(f"{i * (w - 40) / n + 30:.1f},{h - 20 - (v / hi) * (h - 40):.1f}"
+                   for i, v in enumerate(vals))
+    return (f'<svg class="chart" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+            f'aria-label="{html.escape(label)}">'
+            f'<rect x="30" y="20" width="{w - 40}" height="{h - 40}" fill="#fafafa" stroke="#ccc"/>'
+            f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>'
+            f'<text x="32" y="14" font-size="12">{html.escape(label)} (max {hi:,.2f})</text></svg>')
+
+
+def to_html(rep: dict) -> str:
+    c, t, tl = rep["capture"], rep["totals"], rep["timeline"]
+    fills = [(x["count"] or 0) / x["max"] if x.get("max") else 0 for x in tl]
+    esc = html.escape
+
+    def table(rows, cols):
+        head = "".join(f"<th>{esc(h)}</th>" for h, _ in cols)
+        body = "".join("<tr>" + "".join(f"<td>{esc(str(r.get(k) if r.get(k) is not None else ''))}</td>"
+                                         for _, k in cols) + "</tr>" for r in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    findings = "".join(f'<div class="f {esc(f["severity"])}"><b>{esc(f["severity"])}: {esc(f["message"])}</b>'
+                       f'<p>{esc(f["evidence"])}</p><pre>{esc(f["fix"])}</pre></div>'
+                       for f in rep["findings"]) or "<p>No findings.</p>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>cttrace report: {esc(str(c['host']))}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}pre{{background:#f4f4f4;padding:6px}}
+.f{{border-left:4px solid #888;padding-left:8px;margin:1em 0}}.critical{{border-color:#c00}}
+.warning{{border-color:#e90}}.info{{border-color:#07c}}</style></head><body>
+<h1>cttrace report</h1>
+<p>{esc(str(c['host']))} · kernel {esc(str(c['kernel']))} · backend {esc(str(c['backend']))} · netns {esc(str(c['netns']))}<br>
+{esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['started'])))}, {c['seconds']:.0f} s{' (truncated capture)' if c['truncated'] else ''}</p>
+<p><b>inserts {t['inserts']:,} · deletes {t['deletes']:,} · table-full drops {t['drops']:,} ·
+early drops {t['early_drops']:,} · insert failures {t['insert_failed']:,} · lost events {t['lost']}</b></p>
+<h2>Table fill</h2>{_svg_line(fills, color="#1f77b4", top=1.0, label="fill (count/max)")}
+<h2>Table-full drops per second</h2>{_svg_line([x['drops'] for x in tl], color="#d62728", label="drops/s")}
+<h2>Inserts per second</h2>{_svg_line([x['inserts'] for x in tl], color="#2ca02c", label="inserts/s")}
+<h2>Top sources</h2>{table(rep['top_sources_by_inserts'], [('source', 'src'), ('inserts', 'inserts'), ('container', 'container')])}
+{table(rep['top_sources_by_drops'], [('source', 'src'), ('drops', 'drops'), ('container', 'container')])}
+<h2>Findings</h2>{findings}
+</body></html>"""

@@ -1,0 +1,140 @@
+"""Capture files: writer, tolerant reader, bad input (fuzzed); report and
+doctor rules on known states; the HTML report."""
+
+import gzip
+import json
+import os
+import random
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from tracer.capture import CaptureError, Writer, read_capture
+from tracer.cli import main
+from tracer.doctor import HostState, diagnose
+from tracer.report import analyse, to_html
+
+
+def make_capture(path, seconds=5, truncate=False):
+    state = {"netns": "node", "count": 90, "max": 100, "buckets": 100, "by_state": {"ESTABLISHED": 60},
+             "by_proto_dport": {"udp/4789": 3}, "by_src": {"10.0.0.1": 80}, "total": 90,
+             "containers": {"10.0.0.1": "web-1"}, "stats": {}, "rates": {}, "sysctls": {}, "rules": ""}
+    w = Writer(str(path), {"host": "h", "kernel": "k", "backend": "tracepoint", "netns": "node",
+                           "interval": 1.0, "state": state})
+    t0 = 1000.0
+    for i in range(seconds + 1):
+        w.write({"k": "stats", "t": t0 + i, "count": 90 + i, "max": 100,
+                 "kernel": {"drop": 10 * i, "early_drop": i, "insert_failed": 0}})
+        for j in range(3):
+            w.write({"k": "insert", "t": t0 + i + 0.1 * j, "proto": "udp", "src": "10.0.0.1",
+                     "sport": 1000 + j, "dst": "10.0.0.9", "dport": 53, "container": "web-1"})
+        w.write({"k": "drop", "t": t0 + i + 0.5, "reason": "table_full", "proto": "udp",
+                 "src": "10.0.0.2", "sport": 5, "dst": "10.0.0.9", "dport": 53, "container": None})
+    w.write({"k": "end", "t": t0 + seconds, "totals": {}, "sources": {"10.0.0.2": 10 * seconds},
+             "state": state})
+    w.close()
+    return path
+
+
+def test_round_trip_and_analysis(tmp_path):
+    p = make_capture(tmp_path / "c")
+    assert oct(os.stat(p).st_mode & 0o777) == "0o600"
+    cap = read_capture(str(p))
+    assert not cap.truncated and cap.bad_records == 0
+    rep = analyse(cap)
+    assert rep["totals"]["drops"] == 50 and rep["totals"]["inserts"] == 18
+    assert rep["totals"]["early_drops"] == 5
+    assert rep["top_sources_by_drops"][0] == {"src": "10.0.0.2", "drops": 50, "container": None}
+    assert rep["top_sources_by_inserts"][0]["container"] == "web-1"
+    assert [x["drops"] for x in rep["timeline"]] == [0, 10, 10, 10, 10, 10]
+    ids = {f["id"] for f in rep["findings"]}
+    assert {"table_full", "dropping_now", "tracked_vxlan"} <= ids
+
+
+def test_truncated_capture_is_read_and_said(tmp_path):
+    p = make_capture(tmp_path / "c", seconds=50)
+    raw = p.read_bytes()
+    (tmp_path / "t").write_bytes(raw[: len(raw) // 2])
+    cap = read_capture(str(tmp_path / "t"))
+    assert cap.truncated and cap.records
+    r = CliRunner().invoke(main, ["report", "--json", str(tmp_path / "t")])
+    assert r.exit_code == 0 and "truncated" in r.stderr
+    json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b"", "empty"),
+    (b"ipv4 2 tcp 6 1 ESTABLISHED garbage\n", None),     # a text file: report falls back to snapshot
+    (gzip.compress(b"not json\n"), "no conntrack entries"),   # a gzip: maybe an export
+    (gzip.compress(json.dumps({"format": "cttrace-capture", "version": 99}).encode() + b"\n"), "newer cttrace"),
+    (gzip.compress(b"")[:5], "truncated before its header"),
+])
+def test_bad_captures_are_one_line(tmp_path, content, msg):
+    p = tmp_path / "bad"
+    p.write_bytes(content)
+    r = CliRunner().invoke(main, ["report", str(p)])
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("cttrace: error:") and "Traceback" not in r.stderr
+    if msg:
+        assert msg in lines[-1]
+
+
+def test_missing_and_directory(tmp_path):
+    for arg, msg in ((str(tmp_path / "nope"), "no such file"), (str(tmp_path), "directory")):
+        r = CliRunner().invoke(main, ["report", arg])
+        assert r.exit_code == 1 and msg in r.stderr
+
+
+def test_fuzzed_captures_never_crash(tmp_path):
+    good = make_capture(tmp_path / "c", seconds=8).read_bytes()
+    plain = gzip.decompress(good)
+    rnd = random.Random(7)
+    runner = CliRunner()
+    for i in range(150):
+        data = bytearray(rnd.choice((good, gzip.compress(plain))))
+        for _ in range(rnd.randint(1, 8)):
+            op = rnd.random()
+            pos = rnd.randrange(len(data))
+            if op < 0.5:
+                data[pos] = rnd.randrange(256)
+            elif op < 0.8:
+                del data[pos:pos + rnd.randint(1, 40)]
+            else:
+                data[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 20)))
+        p = tmp_path / f"f{i}"
+        p.write_bytes(bytes(data))
+        r = runner.invoke(main, ["report", "--json", str(p)])
+        assert r.exit_code in (0, 1), (i, r.exception)
+        assert r.exception is None or isinstance(r.exception, SystemExit), (i, repr(r.exception))
+        if r.exit_code == 1:
+            assert r.stderr.strip().splitlines()[-1].startswith("cttrace: error:")
+
+
+def test_doctor_rules_on_known_states():
+    quiet = HostState(count=10, max=1000, buckets=1000, total=10)
+    assert diagnose(quiet) == []
+    h = HostState(count=990, max=1000, buckets=100, stats={"drop": 5, "insert_failed": 2},
+                  rates={"drop": 3.0}, window=1.0, total=1000,
+                  by_state={"ESTABLISHED": 700}, sysctls={"tcp_timeout_established": 432000},
+                  by_proto_dport={"udp/4789": 40, "udp/6081": 2}, by_src={"10.0.0.1": 600},
+                  containers={"10.0.0.1": "web-1"},
+                  rules="-A PREROUTING -p udp -m udp --dport 6081 -j CT --notrack")
+    found = {f.id: f for f in diagnose(h)}
+    assert found["table_full"].severity == "critical"
+    assert "nf_conntrack_max=262144" in found["table_full"].fix
+    assert found["dropping_now"].severity == "critical"
+    assert "insert_failed" in found and "hash_chains" in found and "established_timeout" in found
+    assert "tracked_vxlan" in found and "tracked_geneve" not in found
+    assert "web-1" in found["heavy_source"].message
+    nft = HostState(by_proto_dport={"udp/4789": 5}, total=5,
+                    rules="table ip raw {\n chain pre {\n  udp dport 4789 notrack\n }\n}")
+    assert "tracked_vxlan" not in {f.id for f in diagnose(nft)}
+
+
+def test_html_is_self_contained(tmp_path):
+    rep = analyse(read_capture(str(make_capture(tmp_path / "c"))))
+    page = to_html(rep)
+    assert page.count("<svg") == 3 and "<polyline" in page
+    assert not re.search(r"<script|https?://", page)

@@ -14,7 +14,6 @@
 """
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import re

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -18,7 +19,7 @@ from tracer import __version__
 EXIT_ERROR = 1
 
 
-def abort(message: str, code: int = EXIT_ERROR) -> "NoReturn":  # noqa: F821
+def abort(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"cttrace: error: {message}", err=True)
     sys.exit(code)
 
@@ -261,6 +262,25 @@ def features(as_json, quick):
     click.echo(f"backend: {backend or 'none'} ({why})")
 
 
+def _tracing_start(what: str, netns: str | None, backend: str) -> tuple[str, str]:
+    """Checks common to the tracing commands: root, the namespace, a backend.
+    Returns (backend name, why it was chosen); aborts otherwise."""
+    from tracer import features as feat
+    from tracer import netns as ns
+    from tracer.backends import choose
+    if os.geteuid() != 0:
+        abort(f"{what} needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run with sudo")
+    if netns is not None:
+        try:
+            ns.resolve(netns)
+        except ns.NetnsError as e:
+            abort(str(e))
+    name, why = choose(feat.detect(full=False), backend)
+    if name is None:
+        abort(why)
+    return name, why
+
+
 class _Stop(Exception):
     pass
 
@@ -304,14 +324,12 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
     import signal
     import time as _time
 
-    from tracer import features as feat
     from tracer import netns as ns
-    from tracer.backends import choose, make
+    from tracer.backends import make
     from tracer.backends.restricted import BackendError
     from tracer.conntrack import parse_proto, proto_name
 
-    if os.geteuid() != 0:
-        abort("tracing drops needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run with sudo")
+    name, why = _tracing_start("tracing drops", None, backend)
     try:
         inodes = {os.stat(ns.resolve(n)).st_ino for n in netns}
     except ns.NetnsError as e:
@@ -339,9 +357,6 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
                     return False
         return True
 
-    name, why = choose(feat.detect(full=False), backend)
-    if name is None:
-        abort(why)
     be = make(name, rate)
     from tracer.attribution import Attribution
     names = Attribution()
@@ -471,24 +486,14 @@ def top(netns, interval, group, sort, top_n, proto, port, src, once, as_json, du
     import signal
     import time as _time
 
-    from tracer import features as feat
     from tracer import netns as ns
     from tracer.aggregate import GROUPS, SORTS
     from tracer.attribution import Attribution
-    from tracer.backends import choose, make
+    from tracer.backends import make
     from tracer.backends.restricted import BackendError
     from tracer.top import RowFilter, TopEngine
 
-    if os.geteuid() != 0:
-        abort("top needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run with sudo")
-    if netns is not None:
-        try:
-            ns.resolve(netns)
-        except ns.NetnsError as e:
-            abort(str(e))
-    name, why = choose(feat.detect(full=False), backend)
-    if name is None:
-        abort(why)
+    name, why = _tracing_start("top", netns, backend)
     names = Attribution()
     names.refresh()
     names.start()
@@ -711,24 +716,15 @@ def capture(output, duration, max_events, netns, interval, backend, ready_file):
     from dataclasses import asdict
 
     from tracer import ctnetlink, table
-    from tracer import features as feat
     from tracer import netns as ns
     from tracer.attribution import Attribution
-    from tracer.backends import choose, make
+    from tracer.backends import make
     from tracer.backends.restricted import BackendError
     from tracer.capture import CaptureError, Writer, row_record
     from tracer.ctevents import DELETE, CtEvents
     from tracer.hoststate import read_live
 
-    if os.geteuid() != 0:
-        abort("capture needs root (BPF and ctnetlink): run with sudo")
-    try:
-        ns.resolve(netns) if netns else None
-    except ns.NetnsError as e:
-        abort(str(e))
-    name, why = choose(feat.detect(full=False), backend)
-    if name is None:
-        abort(why)
+    name, why = _tracing_start("capture", netns, backend)
     names = Attribution()
     names.refresh()
     be = make(name, 100000)

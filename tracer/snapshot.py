@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Iterable, Protocol
 
-from tracer.conntrack import (FLAG_NAMES, PORT_PROTOS, STATE_NAMES, parse_proto,
-                              proto_name)
+from tracer.conntrack import FLAG_NAMES, PORT_PROTOS, parse_proto, proto_name
 
 PROTO, STATE, SRC, DST, DPORT, EXTRA1, EXTRA2 = range(7)
 

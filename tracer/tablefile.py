@@ -22,11 +22,10 @@ import os
 import zlib
 import re
 import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from tracer.conntrack import FLAG_BITS, F_UNREPLIED, STATE_NAMES, canonical_addr
+from tracer.conntrack import FLAG_BITS, canonical_addr
 from tracer.snapshot import Columns, Filter
 
 BLOCK = 8 << 20

@@ -55,3 +55,23 @@ def cttrace(*args, check=True, user=None):
 
 def cttrace_json(*args):
     return json.loads(cttrace(*args, "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def needs_tracepoint():
+    """Skip unless skb:kfree_skb carries drop reasons (the tracepoint backend)."""
+    from tracer.features import check_tracepoint, mount_tracefs
+    mount_tracefs()
+    c = check_tracepoint()
+    if not c.ok:
+        pytest.skip(f"needs tracepoint skb:kfree_skb with drop reasons: {c.detail}")
+
+
+def lab_fixture(prefix: str, **kw):
+    """A function-scoped fixture: a fresh lab under `prefix`, always torn down."""
+    @pytest.fixture
+    def _lab():
+        lab.lab_down(prefix)
+        with lab.Lab(prefix=prefix, **kw) as lb:
+            yield lb
+    return _lab

@@ -11,27 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests import lab as L
-from tests.host.conftest import CTTRACE
+from tests.host.conftest import CTTRACE, lab_fixture
 from tracer import ctnetlink
 from tracer.ctevents import DELETE, INSERT, CtEvents
-from tracer.features import check_tracepoint, mount_tracefs
 
 PREFIX = "ctlabd-"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _needs_tracepoint():
-    mount_tracefs()
-    c = check_tracepoint()
-    if not c.ok:
-        pytest.skip(f"needs tracepoint skb:kfree_skb with drop reasons: {c.detail}")
-
-
-@pytest.fixture
-def lab():
-    L.lab_down(PREFIX)
-    with L.Lab(containers=2, prefix=PREFIX) as lab:
-        yield lab
+pytestmark = pytest.mark.usefixtures("needs_tracepoint")
+lab = lab_fixture(PREFIX, containers=2)
 
 
 class Drops:

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import time
 
-import pytest
 
 from tests import lab
 from tests.host.conftest import cttrace, cttrace_json

@@ -10,7 +10,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from tracer.capture import CaptureError, Writer, read_capture
+from tracer.capture import Writer, read_capture
 from tracer.cli import main
 from tracer.doctor import HostState, diagnose
 from tracer.report import analyse, to_html

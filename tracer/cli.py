@@ -856,3 +856,79 @@ def report(path, as_json, html_path, top):
     else:
         from rich.console import Console
         Console().print(render(rep))
+
+
+def _listen(ctx, param, value):
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:9466")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:9466", show_default=True, callback=_listen,
+              metavar="HOST:PORT", help="Where /metrics is served (loopback unless you say otherwise).")
+@click.option("--netns", "-n", metavar="NAME|PID", help="Export another network namespace's table.")
+@click.option("--top-k", type=click.IntRange(min=1, max=10000), default=20, show_default=True,
+              metavar="K", help="Sources with series of their own; the rest are source=\"other\".")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True, metavar="S",
+              help="How often the kernel's counters are read.")
+@click.option("--backend", type=click.Choice(["auto", "kprobe", "fentry", "tracepoint"]), default="auto",
+              show_default=True)
+@click.option("--ready-file", type=click.Path(dir_okay=False), metavar="PATH", hidden=True)
+def serve(listen, netns, top_k, interval, backend, ready_file):
+    """Export conntrack metrics for Prometheus at http://HOST:PORT/metrics:
+    table entries and limit, the kernel's counters, drops by reason, inserts,
+    deletes, drops and live entries per source and container (bounded to K+1
+    series), events lost, backend and kernel.
+
+    \\b
+    Examples:
+      sudo cttrace serve                               # 127.0.0.1:9466
+      sudo cttrace serve --listen 0.0.0.0:9466 --top-k 50
+    """
+    import platform
+    import signal
+    import threading
+
+    from tracer import ctnetlink
+    from tracer import netns as ns
+    from tracer.attribution import Attribution
+    from tracer.backends import make
+    from tracer.backends.restricted import BackendError
+    from tracer.serve import run
+    from tracer.top import RowFilter, TopEngine
+
+    name, why = _tracing_start("serve", netns, backend)
+    names = Attribution()
+    names.refresh()
+    names.start()
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    engine = None
+    try:
+        try:
+            engine = TopEngine(make(name, 2000), netns, RowFilter(), names)
+            engine.be.start()
+            engine.start()
+        except (BackendError, ctnetlink.NetlinkError, ns.NetnsError) as e:
+            abort(str(e))
+
+        def ready():
+            click.echo(f"cttrace: serving http://{listen[0]}:{listen[1]}/metrics (backend {name})", err=True)
+            if ready_file:
+                with open(ready_file, "w") as f:
+                    f.write(f"{os.getpid()}\\n")
+        try:
+            run(engine, listen, top_k, interval, stop, on_ready=ready, kernel=platform.release())
+        except OSError as e:
+            abort(f"cannot serve on {listen[0]}:{listen[1]}: {e.strerror or e}")
+        except Exception as e:      # never a silent stale endpoint: fail loudly
+            abort(f"the poll loop failed ({type(e).__name__}: {e}); exiting so that a supervisor restarts it")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if engine is not None:
+            engine.close()
+        else:
+            names.stop()

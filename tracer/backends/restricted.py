@@ -274,6 +274,25 @@ class RestrictedBackend:
                 out[s["src"]] = out.get(s["src"], 0) + s["table_full"] + s["insert_failed"]
         return out
 
+    def forget_sources(self, netns: int, srcs: set[str]) -> None:
+        """Drop per-source map entries of sources folded away (bounded maps
+        on long runs); a drop racing with this is lost from the per-source
+        count only, never from the totals."""
+        if not srcs or self.bpf is None:
+            return
+        for name in ("sources", "ct_sources"):
+            try:
+                m = self.bpf[name]
+            except KeyError:
+                continue
+            for k in list(m.keys()):
+                a = getattr(k, "saddr", None) or getattr(k, "addr", None)
+                if k.netns == netns and addr(k.family, a) in srcs:
+                    try:
+                        del m[k]
+                    except KeyError:
+                        pass
+
     def close(self) -> None:
         if self.bpf is not None:
             try:

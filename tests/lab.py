@@ -479,20 +479,33 @@ COMMIT
         rep.seconds = time.perf_counter() - t0
         return rep
 
+    @staticmethod
+    def _exchange(src: str, dst: tuple[str, int], payload: bytes) -> tuple[socket.socket, int]:
+        """A connected TCP socket from `src` that sent `payload` and got an answer
+        (or an OSError); returns (socket, source port)."""
+        s = socket.socket()
+        s.settimeout(2)
+        try:
+            s.bind((src, 0))
+            sport = s.getsockname()[1]
+            s.connect(dst)
+            s.sendall(payload)
+            if not s.recv(64):
+                raise OSError("no answer")
+            return s, sport
+        except OSError:
+            s.close()
+            raise
+
     def tcp_short(self, container: str, count: int, rate: float | None = None,
                   dst: tuple[str, int] = (UPLINK_PEER, TCP_PORT)) -> Report:
         """Request/response TCP connections, closed by both ends: TIME_WAIT."""
         def one(i, src):
-            s = socket.socket()
-            s.settimeout(2)
-            sport = 0
             try:
-                s.bind((src, 0))
-                sport = s.getsockname()[1]
-                s.connect(dst)
-                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                if not s.recv(64):
-                    raise OSError("no answer")
+                s, sport = self._exchange(src, dst, b"GET / HTTP/1.0\r\n\r\n")
+            except OSError:
+                return Flow("tcp", src, 0, *dst), False
+            try:
                 s.shutdown(socket.SHUT_WR)
                 s.recv(64)            # the server's FIN
                 return Flow("tcp", src, sport, *dst), True
@@ -506,20 +519,12 @@ COMMIT
                         dst: tuple[str, int] = (UPLINK_PEER, TCP_PORT)) -> Report:
         """Long-lived connections (held until release()/down): ESTABLISHED."""
         def one(i, src):
-            s = socket.socket()
-            s.settimeout(2)
-            sport = 0
             try:
-                s.bind((src, 0))
-                sport = s.getsockname()[1]
-                s.connect(dst)
-                s.sendall(b"hello")
-                s.recv(64)
-                self.held.append(s)
-                return Flow("tcp", src, sport, *dst), True
+                s, sport = self._exchange(src, dst, b"hello")
             except OSError:
-                s.close()
-                return Flow("tcp", src, sport, *dst), False
+                return Flow("tcp", src, 0, *dst), False
+            self.held.append(s)
+            return Flow("tcp", src, sport, *dst), True
         return self._generate("tcp_established", container, count, rate, one)
 
     def syn_sent(self, container: str, count: int, rate: float | None = None) -> Report:

@@ -51,6 +51,8 @@ class LiveTable:
     def _a(self, raw: bytes) -> str:
         a = self._addr.get(raw)
         if a is None:
+            if len(self._addr) > 200_000:      # a cache, not a history: stay bounded
+                self._addr.clear()
             a = self._addr[raw] = _addr(raw)
         return a
 
@@ -164,16 +166,19 @@ def top_rows(live: LiveTable, rates: dict, group: str, sort: str, n: int,
              name_of) -> list[dict]:
     """The biggest groups: key, entries, share, rates, container name."""
     total = len(live) or 1
+    members: dict = {}
     if group == "container":
         counts: Counter = Counter()
         for src, c in live.by["src"].items():
-            counts[name_of(src) or src] += c
+            name = name_of(src) or src
+            counts[name] += c
+            members.setdefault(name, []).append(src)
     else:
         counts = live.by[group]
     rows = []
     for key, entries in counts.items():
         if group in ("src", "container"):
-            srcs = [key] if group == "src" else [s for s in live.by["src"] if (name_of(s) or s) == key]
+            srcs = [key] if group == "src" else members[key]
             ins = sum(rates.get("inserts", {}).get(s, 0.0) for s in srcs)
             dels = sum(rates.get("deletes", {}).get(s, 0.0) for s in srcs)
             drops = sum(rates.get("drops", {}).get(s, 0.0) for s in srcs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import zlib
 from dataclasses import dataclass, field, fields
@@ -78,10 +79,22 @@ class Capture:
             a, b = stats[0], stats[-1]
             dt = max(b["t"] - a["t"], 1e-6)
             h.window = dt
-            h.rates = {k: max(b["kernel"].get(k, 0) - a["kernel"].get(k, 0), 0) / dt for k in b["kernel"]}
+            h.rates = {k: v / dt for k, v in counter_deltas(stats).items()}
             h.stats = b["kernel"]
             h.count, h.max = b.get("count"), b.get("max")
         return h
+
+
+def counter_deltas(stats: list) -> dict:
+    """Increase of each kernel counter over consecutive stats records; a
+    counter that went down was reset (the namespace was re-created): count
+    its new value from zero."""
+    out: dict = {}
+    for p, s in zip(stats, stats[1:]):
+        for k, v in s["kernel"].items():
+            old = p["kernel"].get(k, 0)
+            out[k] = out.get(k, 0) + (v - old if v >= old else v)
+    return out
 
 
 def read_capture(path: str) -> Capture:
@@ -114,25 +127,84 @@ def read_capture(path: str) -> Capture:
     if not isinstance(v, int) or v > VERSION:
         raise CaptureError(f"{path} was written by a newer cttrace (capture format {v}; this one "
                            f"reads up to {VERSION}): upgrade cttrace to analyse it")
+    header["state"] = _clean_state(header.get("state"))
     cap = Capture(header=header, truncated=truncated)
     body = lines[1:]
     for i, line in enumerate(body):
         if not line:
             continue
         try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict) or "k" not in rec or not isinstance(rec.get("t"), (int, float)):
-                raise ValueError
-        except ValueError:
+            rec = _valid(json.loads(line))
+        except (ValueError, RecursionError):
             if i == len(body) - 1:          # a cut-short last record
                 cap.truncated = True
             else:
                 cap.bad_records += 1
             continue
         cap.records.append(rec)
+    # wall-clock time can step back while recording: analyse in time order
+    cap.records.sort(key=lambda r: r["t"])
     if not cap.of("end"):
         cap.truncated = True
     return cap
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _counts(d) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and _num(v) for k, v in d.items())
+
+
+_TUPLE = {"src": str}
+
+
+def _valid(rec) -> dict:
+    """The record if its fields have the types the analysis relies on."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("k"), str) or not _num(rec.get("t")) \
+            or not 0 <= rec["t"] < 1e11:
+        raise ValueError("bad record")
+    k = rec["k"]
+    if k == "stats":
+        if not _counts(rec.get("kernel")):
+            raise ValueError("bad stats")
+        for f in ("count", "max"):
+            if rec.get(f) is not None and not _num(rec[f]):
+                raise ValueError("bad stats")
+    elif k in ("insert", "delete", "drop"):
+        if not isinstance(rec.get("src"), str) or not (rec.get("container") is None or
+                                                       isinstance(rec.get("container"), str)):
+            raise ValueError("bad tuple")
+    elif k == "lost":
+        if not _num(rec.get("n", 1)):
+            raise ValueError("bad lost")
+    elif k == "end":
+        if rec.get("sources") is not None and not _counts(rec["sources"]):
+            raise ValueError("bad end")
+        rec["state"] = _clean_state(rec.get("state"))
+    return rec
+
+
+def _clean_state(raw) -> dict:
+    """Keep the fields of a recorded HostState that have the right types."""
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for f in fields(HostState):
+        v = raw.get(f.name)
+        if v is None:
+            continue
+        if f.name in ("count", "max", "buckets", "total", "window") and _num(v):
+            out[f.name] = v
+        elif f.name in ("sysctls", "stats", "rates", "by_state", "by_proto_dport", "by_src") and _counts(v):
+            out[f.name] = v
+        elif f.name == "containers" and isinstance(v, dict) and all(
+                isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
+            out[f.name] = v
+        elif f.name in ("rules", "netns") and isinstance(v, str):
+            out[f.name] = v
+    return out
 
 
 def _gunzip(raw: bytes) -> tuple[bytes, bool]:

@@ -522,16 +522,23 @@ def top(netns, interval, group, sort, top_n, proto, port, src, once, as_json, du
         def frame():
             return engine.frame(state["group"], state["sort"], top_n, state["paused"])
 
-        def wait_interval(on_key=None):
-            due = _time.monotonic() + interval
+        keys = {"open": True}
+
+        def wait_interval(on_key=None, due=None):
+            """Pump events until `due` (or a key that needs a redraw)."""
+            due = due if due is not None else _time.monotonic() + interval
             while _time.monotonic() < due:
                 if end is not None and _time.monotonic() >= end:
                     return
                 engine.pump()
-                if on_key is not None and select.select([sys.stdin], [], [], 0.05)[0]:
-                    if on_key(sys.stdin.read(1)):
+                if on_key is not None and keys["open"] and \
+                        select.select([sys.stdin.fileno()], [], [], 0.05)[0]:
+                    k = os.read(sys.stdin.fileno(), 1)      # unbuffered: no key waits in Python
+                    if not k:
+                        keys["open"] = False                # end of input: no more keys
+                    elif on_key(k.decode("latin-1")):
                         return
-                elif on_key is None:
+                else:
                     _time.sleep(0.05)
 
         if not interactive:
@@ -573,18 +580,21 @@ def top(netns, interval, group, sort, top_n, proto, port, src, once, as_json, du
 
         with Live(console=console, screen=True, auto_refresh=False) as live:
             shown = None
+            view = (state["group"], state["sort"])
+            next_sample = _time.monotonic() + interval
             while end is None or _time.monotonic() < end:
-                if not state["paused"] or shown is None:
+                # paused: the numbers stay, but a new grouping or sort is applied
+                if not state["paused"] or shown is None or view != (state["group"], state["sort"]):
                     shown = frame()
-                else:
-                    shown = {**shown, "group": state["group"], "sort": state["sort"], "paused": True}
+                    view = (state["group"], state["sort"])
+                shown["paused"] = state["paused"]
                 live.update(render(shown, show_help=state["help"]), refresh=True)
-                before = _time.monotonic()
-                wait_interval(on_key)
-                if _time.monotonic() - before >= interval * 0.99:
+                wait_interval(on_key, due=next_sample)
+                if _time.monotonic() >= next_sample:     # on schedule, whatever the keys
                     engine.sample()
-                elif not state["paused"]:
-                    shown = None
+                    next_sample += interval
+                    if next_sample < _time.monotonic():
+                        next_sample = _time.monotonic() + interval
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
@@ -631,9 +641,11 @@ def doctor(netns, window, capture_path, as_json):
         from tracer.capture import CaptureError, read_capture
         try:
             cap = read_capture(capture_path)
+            state = cap.host_state()
         except CaptureError as e:
             abort(str(e))
-        state = cap.host_state()
+        except Exception as e:
+            abort(f"{capture_path}: cannot read the host's state from this capture ({e})")
     else:
         if os.geteuid() != 0:
             abort("doctor reads the live table through ctnetlink and needs root: run with sudo, "
@@ -835,6 +847,8 @@ def report(path, as_json, html_path, top):
         cap = read_capture(path)
     except CaptureError as e:
         if "not a cttrace capture" in str(e) and os.path.isfile(path):
+            if html_path:
+                warn("--html is for captures; analysing the table export without it")
             ctx = click.get_current_context()
             ctx.invoke(snapshot, path=path, as_json=as_json, top=top)
             return
@@ -844,18 +858,23 @@ def report(path, as_json, html_path, top):
              f"analysing the {len(cap.records):,} records it holds")
     if cap.bad_records:
         warn(f"{path}: {cap.bad_records} corrupted records skipped")
-    rep = analyse(cap, top)
+    try:
+        rep = analyse(cap, top)
+        page = to_html(rep) if html_path else None
+        view = None if as_json else render(rep)
+    except Exception as e:       # records are validated; this is the last net
+        abort(f"{path}: cannot analyse this capture ({type(e).__name__}: {e}): it may be corrupted")
     if html_path:
         try:
             with open(html_path, "w") as f:
-                f.write(to_html(rep))
+                f.write(page)
         except OSError as e:
             abort(f"{html_path}: cannot write: {e.strerror}")
     if as_json:
         click.echo(json.dumps(rep))
     else:
         from rich.console import Console
-        Console().print(render(rep))
+        Console().print(view)
 
 
 def _listen(ctx, param, value):
@@ -882,7 +901,7 @@ def serve(listen, netns, top_k, interval, backend, ready_file):
     deletes, drops and live entries per source and container (bounded to K+1
     series), events lost, backend and kernel.
 
-    \\b
+    \b
     Examples:
       sudo cttrace serve                               # 127.0.0.1:9466
       sudo cttrace serve --listen 0.0.0.0:9466 --top-k 50
@@ -918,7 +937,7 @@ def serve(listen, netns, top_k, interval, backend, ready_file):
             click.echo(f"cttrace: serving http://{listen[0]}:{listen[1]}/metrics (backend {name})", err=True)
             if ready_file:
                 with open(ready_file, "w") as f:
-                    f.write(f"{os.getpid()}\\n")
+                    f.write(f"{os.getpid()}\n")
         try:
             run(engine, listen, top_k, interval, stop, on_ready=ready, kernel=platform.release())
         except OSError as e:

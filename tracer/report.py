@@ -4,11 +4,15 @@ terminal (rich), JSON, and a self-contained HTML page with SVG charts."""
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections import Counter
 
-from tracer.capture import Capture
+from tracer.capture import Capture, counter_deltas
 from tracer.doctor import diagnose
+
+
+MAX_POINTS = 3600
 
 
 def analyse(cap: Capture, top: int = 10) -> dict:
@@ -16,24 +20,37 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     ins, dels, drops = cap.of("insert"), cap.of("delete"), cap.of("drop")
     t0 = stats[0]["t"] if stats else (cap.records[0]["t"] if cap.records else 0)
     t1 = stats[-1]["t"] if stats else t0
-    k0 = stats[0]["kernel"] if stats else {}
-    k1 = stats[-1]["kernel"] if stats else {}
-    delta = lambda k: max(k1.get(k, 0) - k0.get(k, 0), 0)  # noqa: E731
-    # per-second timeline
-    secs = max(int(t1 - t0) + 1, 1) if stats else 0
-    tl = [{"t": i, "count": None, "max": None, "drops": 0, "inserts": 0, "deletes": 0}
-          for i in range(secs)]
+    deltas = counter_deltas(stats)
+    delta = lambda k: int(deltas.get(k, 0))  # noqa: E731
+    # timeline: one point per second, or wider buckets for long captures
+    width = max(1, math.ceil((t1 - t0 + 1) / MAX_POINTS))
+    n = (int((t1 - t0) // width) + 1) if stats else 0
+    tl = [{"t": i * width, "count": None, "max": None, "drops": 0, "inserts": 0, "deletes": 0}
+          for i in range(n)]
+
+    def bucket(t: float) -> int | None:
+        i = int((t - t0) // width)
+        return i if 0 <= i < n else None
+
     prev = None
     for s in stats:
-        i = min(int(s["t"] - t0), secs - 1)
+        i = bucket(s["t"])
         tl[i]["count"], tl[i]["max"] = s.get("count"), s.get("max")
-        if prev is not None:
-            tl[i]["drops"] += max(s["kernel"].get("drop", 0) - prev["kernel"].get("drop", 0), 0)
+        if prev is not None:     # the interval's increase, at its middle
+            old, new = prev["kernel"].get("drop", 0), s["kernel"].get("drop", 0)
+            j = bucket((prev["t"] + s["t"]) / 2)
+            tl[j if j is not None else i]["drops"] += int(new - old if new >= old else new)
         prev = s
+    last = None
+    for x in tl:                 # samples every interval > 1 s: carry the fill forward
+        if x["count"] is None and last is not None:
+            x["count"], x["max"] = last
+        elif x["count"] is not None:
+            last = (x["count"], x["max"])
     for recs, key in ((ins, "inserts"), (dels, "deletes")):
         for r in recs:
-            i = int(r["t"] - t0)
-            if 0 <= i < secs:
+            i = bucket(r["t"])
+            if i is not None:
                 tl[i][key] += 1
     by_src_ins = Counter(r["src"] for r in ins)
     names = {r["src"]: r.get("container") for r in ins + drops if r.get("container")}
@@ -43,7 +60,7 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     bursts = sorted((x for x in tl if x["drops"]), key=lambda x: -x["drops"])[:5]
     state = cap.host_state()
     start_state = cap.header.get("state") or {}
-    lost = sum(r.get("n", 1) for r in cap.of("lost"))
+    lost = int(sum(r.get("n", 1) for r in cap.of("lost")))
     return {
         "capture": {"host": cap.header.get("host"), "kernel": cap.header.get("kernel"),
                     "backend": cap.header.get("backend"), "netns": cap.header.get("netns"),
@@ -55,6 +72,7 @@ def analyse(cap: Capture, top: int = 10) -> dict:
         "fill": {"start": _fill(stats[0]) if stats else None, "end": _fill(stats[-1]) if stats else None,
                  "max": stats[-1].get("max") if stats else None},
         "timeline": tl,
+        "timeline_seconds_per_point": width,
         "top_sources_by_inserts": [{"src": s, "inserts": n, "container": names.get(s)}
                                    for s, n in by_src_ins.most_common(top)],
         "top_sources_by_drops": [{"src": s, "drops": n, "container": names.get(s)}

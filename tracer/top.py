@@ -89,7 +89,15 @@ class TopEngine:
         with ns.entered(self.netns):
             rows = ctnetlink.dump().rows
         self.live.reset([r for r in rows if self.flt.row(r)])
-        self.events.poll(0)          # events before the dump are in it already
+        # Events queued meanwhile: those from before the dump are in it already
+        # (a known entry is left as the dump shows it), those after it are not.
+        for kind, row in self.events.poll(0).events:
+            if not self.flt.row(row):
+                continue
+            if kind is DELETE:
+                self.live.delete(row)
+            elif LiveTable.key(row) not in self.live.entries:
+                self.live.insert(row)
         self.resyncs += 1
 
     def pump(self) -> None:

@@ -47,7 +47,7 @@ def test_round_trip_and_analysis(tmp_path):
     assert rep["totals"]["early_drops"] == 5
     assert rep["top_sources_by_drops"][0] == {"src": "10.0.0.2", "drops": 50, "container": None}
     assert rep["top_sources_by_inserts"][0]["container"] == "web-1"
-    assert [x["drops"] for x in rep["timeline"]] == [0, 10, 10, 10, 10, 10]
+    assert [x["drops"] for x in rep["timeline"]] == [10, 10, 10, 10, 10, 0]   # in the second they happened
     ids = {f["id"] for f in rep["findings"]}
     assert {"table_full", "dropping_now", "tracked_vxlan"} <= ids
 
@@ -138,3 +138,52 @@ def test_html_is_self_contained(tmp_path):
     page = to_html(rep)
     assert page.count("<svg") == 3 and "<polyline" in page
     assert not re.search(r"<script|https?://", page)
+
+
+def _cap(path, records, state=None):
+    hdr = {"format": "cttrace-capture", "version": 1, "host": "h", "kernel": "k", "backend": "b",
+           "netns": "n", "state": state if state is not None else {}}
+    path.write_bytes(gzip.compress("\n".join(json.dumps(r) for r in [hdr, *records]).encode() + b"\n"))
+    return path
+
+
+S = lambda t, d, **kw: {"k": "stats", "t": t, "count": 1, "max": 10, "kernel": {"drop": d}, **kw}  # noqa: E731
+
+
+@pytest.mark.parametrize("records,state", [
+    ([{"k": "stats", "t": 1000.0}], None),                                   # no kernel
+    ([S(1000.0, 0), {"k": "stats", "t": 1001.0, "kernel": {"drop": "1"}}], None),
+    ([S(1000.0, 0), {"k": "insert", "t": 1000.5}], None),                    # no src
+    ([S(1000.0, 0), {"k": "insert", "t": 1000.5, "src": ["x"]}], None),
+    ([S(1000.0, 0), {"k": "drop", "t": 1000.5, "src": 5}], None),
+    ([S(1000.0, 0), S(1001.0, 1, count="x")], None),
+    ([S(1000.0, 0), {"k": "lost", "t": 1000.5, "n": "3"}], None),
+    ([S(1000.0, 0), {"k": "end", "t": 1001.0, "sources": {"a": "1"}}], None),
+    ([S(1000.0, 0), S(1001.0, 1)], ["not", "a", "dict"]),
+    ([S(1000.0, 0), S(1001.0, 1)], {"by_state": "x", "max": "100", "rules": 5, "sysctls": [1]}),
+    ([S(0.0, 0), S(3e8, 5)], None),                                          # a huge span
+    ([S(1005.0, 0), S(1000.0, 3), S(1003.0, 5)], None),                      # out of order
+])
+def test_hostile_capture_records(tmp_path, records, state):
+    p = _cap(tmp_path / "c", records, state)
+    for args in (["report"], ["report", "--json"], ["report", "--html", str(tmp_path / "o.html")],
+                 ["doctor", "--capture"]):
+        r = CliRunner().invoke(main, [*args, str(p)])
+        assert r.exception is None or isinstance(r.exception, SystemExit), (args, repr(r.exception))
+        assert r.exit_code in (0, 1)
+
+
+def test_nan_and_deep_nesting_are_bad_records(tmp_path):
+    p = tmp_path / "c"
+    hdr = json.dumps({"format": "cttrace-capture", "version": 1})
+    p.write_bytes(gzip.compress((hdr + '\n{"k":"stats","t":NaN,"kernel":{}}\n' + "[" * 100000 + "\n"
+                                 + json.dumps(S(1000.0, 0)) + "\n").encode()))
+    cap = read_capture(str(p))
+    assert cap.bad_records == 2 and len(cap.records) == 1
+
+
+def test_counter_reset_is_counted(tmp_path):
+    p = _cap(tmp_path / "c", [S(1000.0, 100), S(1001.0, 150), S(1002.0, 10), S(1003.0, 60)])
+    rep = analyse(read_capture(str(p)))
+    assert rep["totals"]["drops"] == 50 + 10 + 50
+    assert sum(x["drops"] for x in rep["timeline"]) == 110

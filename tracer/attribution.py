@@ -50,17 +50,22 @@ def _inode(path: str) -> int | None:
         return None
 
 
-def docker(root: str = DOCKER, proc: str = "/proc") -> list[dict]:
-    """[{id, name, ips, netns}] of Docker containers (running ones get a netns)."""
-    out = []
+def _state_files(root: str, name: str):
+    """(id, parsed JSON) of root/<id>/<name> for every runtime state directory."""
     try:
         ids = os.listdir(root)
     except OSError:
-        return out
+        return
     for cid in ids:
-        cfg = _read_json(os.path.join(root, cid, "config.v2.json"))
-        if not cfg:
-            continue
+        data = _read_json(os.path.join(root, cid, name))
+        if data:
+            yield cid, data
+
+
+def docker(root: str = DOCKER, proc: str = "/proc") -> list[dict]:
+    """[{id, name, ips, netns}] of Docker containers (running ones get a netns)."""
+    out = []
+    for cid, cfg in _state_files(root, "config.v2.json"):
         nets = (cfg.get("NetworkSettings") or {}).get("Networks") or {}
         ips = [ip for n in nets.values() for ip in (n.get("IPAddress"), n.get("GlobalIPv6Address")) if ip]
         pid = (cfg.get("State") or {}).get("Pid") or 0
@@ -72,14 +77,7 @@ def docker(root: str = DOCKER, proc: str = "/proc") -> list[dict]:
 def cri(root: str = CRI) -> list[dict]:
     """[{id, name, netns_path}] of Kubernetes pod sandboxes under containerd."""
     out = []
-    try:
-        ids = os.listdir(root)
-    except OSError:
-        return out
-    for cid in ids:
-        spec = _read_json(os.path.join(root, cid, "config.json"))
-        if not spec:
-            continue
+    for cid, spec in _state_files(root, "config.json"):
         ann = spec.get("annotations") or {}
         if ann.get("io.kubernetes.cri.container-type") not in (None, "sandbox"):
             continue

@@ -281,6 +281,17 @@ def _tracing_start(what: str, netns: str | None, backend: str) -> tuple[str, str
     return name, why
 
 
+def _close_tracing(old_handlers: dict, engine, names) -> None:
+    """Restore signal handlers; detach the engine (backend, events) and stop attribution."""
+    import signal
+    for sig, h in old_handlers.items():
+        signal.signal(sig, h)
+    if engine is not None:
+        engine.close()          # closes its attribution too
+    else:
+        names.stop()
+
+
 class _Stop(Exception):
     pass
 
@@ -320,42 +331,23 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
       sudo cttrace drops --reason table_full --json
       sudo cttrace drops --netns 4242 --duration 30
     """
-    import ipaddress
     import signal
     import time as _time
 
     from tracer import netns as ns
     from tracer.backends import make
     from tracer.backends.restricted import BackendError
-    from tracer.conntrack import parse_proto, proto_name
+    from tracer.top import RowFilter
 
     name, why = _tracing_start("tracing drops", None, backend)
     try:
         inodes = {os.stat(ns.resolve(n)).st_ino for n in netns}
     except ns.NetnsError as e:
         abort(str(e))
-    protos = {proto_name(parse_proto(p)) for p in proto}
-    src_nets = [ipaddress.ip_network(c, strict=False) for c in src]
-    dst_nets = [ipaddress.ip_network(c, strict=False) for c in dst]
+    flt = RowFilter(proto, port, src, dst)
 
     def wanted(d) -> bool:
-        if inodes and d.netns not in inodes:
-            return False
-        if protos and d.proto not in protos:
-            return False
-        if port and d.sport not in port and d.dport not in port:
-            return False
-        if reason and d.reason not in reason:
-            return False
-        for nets, a in ((src_nets, d.src), (dst_nets, d.dst)):
-            if nets:
-                try:
-                    ip = ipaddress.ip_address(a)
-                except ValueError:
-                    return False
-                if not any(ip.version == n.version and ip in n for n in nets):
-                    return False
-        return True
+        return (not inodes or d.netns in inodes) and (not reason or d.reason in reason) and flt.drop(d)
 
     be = make(name, rate)
     from tracer.attribution import Attribution
@@ -601,12 +593,7 @@ def top(netns, interval, group, sort, top_n, proto, port, src, once, as_json, du
         if term is not None:
             import termios
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, term)
-        for s, h in old.items():
-            signal.signal(s, h)
-        if engine is not None:
-            engine.close()
-        else:
-            names.stop()
+        _close_tracing(old, engine, names)
 
 
 def ctnetlink_error():
@@ -945,9 +932,4 @@ def serve(listen, netns, top_k, interval, backend, ready_file):
         except Exception as e:      # never a silent stale endpoint: fail loudly
             abort(f"the poll loop failed ({type(e).__name__}: {e}); exiting so that a supervisor restarts it")
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if engine is not None:
-            engine.close()
-        else:
-            names.stop()
+        _close_tracing(old, engine, names)

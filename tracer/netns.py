@@ -40,6 +40,28 @@ def resolve(spec: str) -> str:
     return path
 
 
+def known(run_netns: str = "/run/netns", proc: str = "/proc") -> tuple[dict[int, str], dict[int, str]]:
+    """({inode: a path to enter it}, {inode: ip-netns name}) of every network
+    namespace that is named or has a process; named paths win."""
+    paths: dict[int, str] = {}
+    names: dict[int, str] = {}
+    try:
+        named = sorted(os.listdir(run_netns))
+    except OSError:
+        named = []
+    candidates = [(os.path.join(run_netns, n), n) for n in named] + \
+        [(f"{proc}/{p}/ns/net", None) for p in os.listdir(proc) if p.isdigit()]
+    for path, name in candidates:
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            continue
+        paths.setdefault(ino, path)
+        if name:
+            names[ino] = name
+    return paths, names
+
+
 def inode(path: str = "/proc/thread-self/ns/net") -> int:
     return os.stat(path).st_ino
 

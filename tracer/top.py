@@ -19,18 +19,36 @@ from tracer import netns as ns
 from tracer.aggregate import GROUPS, SORTS, LiveTable, Rates, Sample, top_rows
 from tracer.attribution import Attribution
 from tracer.ctevents import DELETE, CtEvents
-from tracer.conntrack import PORT_PROTOS, parse_proto
+from tracer.conntrack import PORT_PROTOS, parse_proto, proto_name
 
 
 class RowFilter:
-    """--proto/--port/--src on raw rows and on drops."""
+    """--proto/--port/--src/--dst, on raw ctnetlink rows and on drops (the
+    one filter of top, drops and capture). Address tests are cached."""
 
-    def __init__(self, protos=(), ports=(), src=()):
+    def __init__(self, protos=(), ports=(), src=(), dst=()):
         self.protos = {parse_proto(p) for p in protos}
+        self.proto_names = {proto_name(p) for p in self.protos}
         self.ports = set(ports)
-        self.nets = [ipaddress.ip_network(c, strict=False) for c in src]
-        self.active = bool(self.protos or self.ports or self.nets)
-        self._ok: dict = {}
+        self.src = [ipaddress.ip_network(c, strict=False) for c in src]
+        self.dst = [ipaddress.ip_network(c, strict=False) for c in dst]
+        self.active = bool(self.protos or self.ports or self.src or self.dst)
+        self._in: dict = {}
+
+    def _within(self, nets, addr) -> bool:
+        """addr (text or packed bytes) in one of nets; cached per (nets, addr)."""
+        key = (id(nets), addr)
+        ok = self._in.get(key)
+        if ok is None:
+            if len(self._in) > 100_000:
+                self._in.clear()
+            try:
+                ip = ipaddress.ip_address(addr)
+                ok = any(ip.version == n.version and ip in n for n in nets)
+            except ValueError:
+                ok = False
+            self._in[key] = ok
+        return ok
 
     def row(self, row: tuple) -> bool:
         if not self.active:
@@ -40,28 +58,18 @@ class RowFilter:
         if self.ports and not (row[0] in PORT_PROTOS and (row[4] in self.ports or
                                                           (len(row) > 7 and row[7] in self.ports))):
             return False
-        if self.nets:
-            ok = self._ok.get(row[2])
-            if ok is None:
-                ip = ipaddress.ip_address(row[2])
-                ok = self._ok[row[2]] = any(ip.version == n.version and ip in n for n in self.nets)
-            return ok
-        return True
+        return (not self.src or self._within(self.src, row[2])) and \
+            (not self.dst or self._within(self.dst, row[3]))
 
     def drop(self, d) -> bool:
         if not self.active:
             return True
-        if self.protos and parse_proto(d.proto) not in self.protos:
+        if self.protos and d.proto not in self.proto_names:
             return False
         if self.ports and d.sport not in self.ports and d.dport not in self.ports:
             return False
-        if self.nets:
-            try:
-                ip = ipaddress.ip_address(d.src)
-            except ValueError:
-                return False
-            return any(ip.version == n.version and ip in n for n in self.nets)
-        return True
+        return (not self.src or self._within(self.src, d.src)) and \
+            (not self.dst or self._within(self.dst, d.dst))
 
 
 class TopEngine:

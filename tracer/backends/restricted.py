@@ -100,23 +100,10 @@ class NetnsStats:
         self.last: dict[int, list[dict]] = {}
 
     def _scan(self) -> None:
-        if os.path.isdir("/run/netns"):
-            for name in os.listdir("/run/netns"):
-                p = f"/run/netns/{name}"
-                try:
-                    inum = os.stat(p).st_ino
-                except OSError:
-                    continue
-                self.paths.setdefault(inum, p)
-                self.names[inum] = name
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                p = f"/proc/{pid}/ns/net"
-                try:
-                    inum = os.stat(p).st_ino
-                except OSError:
-                    continue
-                self.paths.setdefault(inum, p)
+        paths, names = ns.known()
+        for ino, p in paths.items():
+            self.paths.setdefault(ino, p)
+        self.names.update(names)
 
     def _read(self, inum: int) -> list[dict] | None:
         path = self.paths.get(inum)

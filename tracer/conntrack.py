@@ -22,6 +22,10 @@ PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
 # Protocols whose tuple carries ports (sport/dport).
 PORT_PROTOS = frozenset((6, 17, 33, 132, 136))
 
+# Columns of a table reader's raw rows (snapshot.py) and of ctnetlink rows,
+# which add the source port as an eighth column.
+PROTO, STATE, SRC, DST, DPORT, EXTRA1, EXTRA2, SPORT = range(8)
+
 TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT",
               "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2")
 SCTP_STATES = ("NONE", "CLOSED", "COOKIE_WAIT", "COOKIE_ECHOED", "ESTABLISHED",

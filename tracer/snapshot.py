@@ -15,15 +15,15 @@ while producing every breakdown from one pass.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
-from tracer.conntrack import FLAG_NAMES, PORT_PROTOS, parse_proto, proto_name
+from tracer.conntrack import (DPORT, DST, EXTRA1, EXTRA2, FLAG_NAMES, PORT_PROTOS, PROTO,  # noqa: F401
+                              SRC, STATE, proto_name)
+from tracer.filters import Filter  # noqa: F401  (the one filter; snapshot.Filter is kept for callers)
 
-PROTO, STATE, SRC, DST, DPORT, EXTRA1, EXTRA2 = range(7)
 
 
 class Decoder(Protocol):
@@ -67,83 +67,6 @@ class Columns:
         self.src.update(other.src)
         self.dst.update(other.dst)
         self.total += other.total
-
-
-class Filter:
-    """Entry filters (--proto, --state, --src, --dst, --dport).
-
-    Each test runs once per distinct raw value (cached), so filtering a
-    million rows costs a few dictionary look-ups per row.
-    """
-
-    def __init__(self, protos: Iterable[str] = (), states: Iterable[str] = (),
-                 src: Iterable[str] = (), dst: Iterable[str] = (),
-                 dports: Iterable[int] = ()):
-        self.protos = frozenset(parse_proto(p) for p in protos)
-        self.states = frozenset(s.strip().upper() for s in states)
-        self.src = tuple(ipaddress.ip_network(c, strict=False) for c in src)
-        self.dst = tuple(ipaddress.ip_network(c, strict=False) for c in dst)
-        self.dports = frozenset(int(p) for p in dports)
-        self.active = bool(self.protos or self.states or self.src or self.dst or self.dports)
-
-    def describe(self) -> dict:
-        out: dict[str, list] = {}
-        if self.protos:
-            out["proto"] = sorted(proto_name(p) for p in self.protos)
-        if self.states:
-            out["state"] = sorted(self.states)
-        if self.src:
-            out["src"] = [str(n) for n in self.src]
-        if self.dst:
-            out["dst"] = [str(n) for n in self.dst]
-        if self.dports:
-            out["dport"] = sorted(self.dports)
-        return out
-
-    def apply(self, rows: list[tuple], dec: Decoder, cache: dict) -> list[tuple]:
-        """The rows that pass every filter. `cache` persists across calls."""
-        if not self.active:
-            return rows
-        tests = []
-        if self.protos:
-            tests.append((PROTO, lambda v: dec.proto(v) in self.protos, cache.setdefault("p", {})))
-        if self.states:
-            tests.append(((PROTO, STATE), lambda v: _state_of(dec, v) in self.states, cache.setdefault("s", {})))
-        if self.src:
-            tests.append((SRC, lambda v: _in_nets(dec.addr(v), self.src), cache.setdefault("src", {})))
-        if self.dst:
-            tests.append((DST, lambda v: _in_nets(dec.addr(v), self.dst), cache.setdefault("dst", {})))
-        if self.dports:
-            tests.append(((PROTO, DPORT), lambda v: _dport_of(dec, v) in self.dports, cache.setdefault("d", {})))
-        out = rows
-        for col, test, memo in tests:
-            kept = []
-            for r in out:
-                key = (r[col[0]], r[col[1]]) if isinstance(col, tuple) else r[col]
-                ok = memo.get(key)
-                if ok is None:
-                    ok = memo[key] = bool(test(key))
-                if ok:
-                    kept.append(r)
-            out = kept
-        return out
-
-
-def _state_of(dec: Decoder, v: tuple) -> str:
-    proto = dec.proto(v[0])
-    return dec.state(proto, v[1]) if proto is not None else ""
-
-
-def _dport_of(dec: Decoder, v: tuple) -> int | None:
-    proto = dec.proto(v[0])
-    return dec.dport(v[1]) if proto in PORT_PROTOS else None
-
-
-def _in_nets(addr: tuple[str, str] | None, nets) -> bool:
-    if addr is None:
-        return False
-    ip = ipaddress.ip_address(addr[1])
-    return any(ip.version == n.version and ip in n for n in nets)
 
 
 @dataclass

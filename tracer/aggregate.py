@@ -1,14 +1,26 @@
-"""Pure live-table state for `cttrace top`: entries by source, destination,
-port and state, followed from a dump plus insert/update/delete events, and
-per-interval rates. No I/O here: the engine (tracer/top.py) feeds it.
+"""Pure live-table state for `cttrace top`, `serve` and `capture`: entries
+by source, destination, port and state, followed from dumps plus
+insert/update/delete events, and per-interval rates. No I/O here: the feed
+(tracer/livetable.py) drives it.
 
-Rows are ctnetlink rows: (proto, state, src, dst, dport, flags, (mark, zone), sport)
-with raw addresses; an entry is identified by (proto, src, sport, dst, dport, zone).
+Rows are ctnetlink rows (tracer/ctnetlink.py, R_* columns) with raw
+addresses. An entry is identified by (proto, zone, src, dst, sport, dport)
+or, for ICMP/ICMPv6, (proto, zone, src, dst, id, type, code): two pings are
+two entries, as in the kernel.
+
+Memory: one dict item per entry, key = the identity packed into a short
+bytes object (15 bytes for IPv4, 39 for IPv6), value = a small int
+(state, "made before we listened", reconcile generation) that CPython
+shares between entries. About 90 bytes per IPv4 entry in all; everything
+the views show (counts per source, destination, port, state) lives in the
+per-group Counters, whose size follows the number of distinct keys, not
+the number of entries.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -16,6 +28,18 @@ from tracer.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
 
 GROUPS = ("src", "dst", "dport", "state", "container")
 SORTS = ("entries", "inserts", "deletes", "drops")
+DIMS = ("src", "dst", "dport", "state")
+
+_KEY = struct.Struct(">BHHH")
+_KEYP = _KEY.pack
+_KEYU = _KEY.unpack_from
+
+# The value of an entry: state number (STATE_NONE: a protocol without
+# states) | LEGACY | generation << 6. All values are < 256, so CPython keeps
+# one shared int object per value.
+STATE_MASK, STATE_NONE = 0x1F, 0x1F
+LEGACY = 0x20          # seen in a dump only: may have no event extension
+GEN_SHIFT, GEN_MASK = 6, 0xC0
 
 
 def _addr(raw: bytes) -> str:
@@ -23,10 +47,18 @@ def _addr(raw: bytes) -> str:
 
 
 def _state(proto: int, raw) -> str:
-    if raw is None:
+    if raw is None or raw == STATE_NONE:
         return proto_name(proto)
     names = STATE_NAMES.get(proto, ())
     return names[raw] if raw < len(names) else str(raw)
+
+
+def entry_key(row: tuple) -> bytes:
+    """The identity of the entry a ctnetlink row describes."""
+    ic = row[8] if len(row) > 8 else None
+    if ic is None:
+        return _KEYP(row[0], row[6][1], row[7] or 0, row[4] or 0) + row[2] + row[3]
+    return _KEYP(row[0], row[6][1], ic & 0xFFFF, ic >> 16) + row[2] + row[3]
 
 
 @dataclass
@@ -39,15 +71,32 @@ class Interval:
 
 
 class LiveTable:
-    """Entries of one namespace's table, with counts kept per dimension."""
+    """Entries of one namespace's table, with counts kept per dimension.
+
+    Public: `by[group]` (Counter per "src", "dst", "dport", "state"),
+    `inserts`/`deletes` (cumulative Counters of NEW/DESTROY events by
+    source), `len()`, `legacy` (entries known from a dump only).
+    Events: `insert` (NEW), `update` (UPDATE), `delete` (DESTROY).
+    Dumps: `reset(rows)`, or a reconcile `begin()`, `seen(row)` per dumped
+    row, `sweep()`: entries neither dumped nor touched by an event since
+    begin() are gone from the kernel and are removed.
+    """
 
     def __init__(self) -> None:
-        self.entries: dict[tuple, tuple[str, str, str, str]] = {}
-        self.by = {g: Counter() for g in ("src", "dst", "dport", "state")}
+        self.entries: dict[bytes, int] = {}
+        self.by = {g: Counter() for g in DIMS}
         self.inserts: Counter = Counter()      # cumulative, by source
         self.deletes: Counter = Counter()
+        self.legacy = 0
+        self.legacy_min_timeout: int | None = None   # of the last dump
+        self._gen = 0
+        self._dead: set | None = None          # keys deleted during a reconcile
         self._addr: dict[bytes, str] = {}
+        self._port: dict[tuple, str] = {}
 
+    key = staticmethod(entry_key)
+
+    # --- dimensions -------------------------------------------------------
     def _a(self, raw: bytes) -> str:
         a = self._addr.get(raw)
         if a is None:
@@ -56,52 +105,131 @@ class LiveTable:
             a = self._addr[raw] = _addr(raw)
         return a
 
-    @staticmethod
-    def key(row: tuple) -> tuple:
-        return (row[0], row[2], row[7] if len(row) > 7 else None, row[3], row[4], row[6][1])
+    def _dport(self, proto: int, port) -> str:
+        k = (proto, port)
+        d = self._port.get(k)
+        if d is None:
+            if len(self._port) > 100_000:
+                self._port.clear()
+            d = self._port[k] = f"{proto_name(proto)}/{port}" \
+                if proto in PORT_PROTOS and port is not None else proto_name(proto)
+        return d
 
-    def _dims(self, row: tuple) -> tuple[str, str, str, str]:
-        proto = row[0]
-        dport = f"{proto_name(proto)}/{row[4]}" if proto in PORT_PROTOS and row[4] is not None \
-            else proto_name(proto)
-        return (self._a(row[2]), self._a(row[3]), dport, _state(proto, row[1]))
+    def _dims_key(self, k: bytes, code: int) -> tuple[str, str, str, str]:
+        proto, _, _, dport = _KEYU(k)
+        half = (len(k) - 7) // 2
+        return (self._a(k[7:7 + half]), self._a(k[7 + half:]), self._dport(proto, dport),
+                _state(proto, code & STATE_MASK))
 
-    def _add(self, k: tuple, dims: tuple) -> None:
-        self.entries[k] = dims
-        for g, v in zip(("src", "dst", "dport", "state"), dims):
-            self.by[g][v] += 1
+    def _count(self, k: bytes, code: int, d: int) -> None:
+        by = self.by
+        for g, v in zip(DIMS, self._dims_key(k, code)):
+            c = by[g]
+            n = c[v] + d
+            if n > 0:
+                c[v] = n
+            else:
+                del c[v]
+        if code & LEGACY:
+            self.legacy += d
 
-    def _remove(self, k: tuple) -> tuple | None:
-        dims = self.entries.pop(k, None)
-        if dims is not None:
-            for g, v in zip(("src", "dst", "dport", "state"), dims):
-                c = self.by[g]
-                c[v] -= 1
-                if c[v] <= 0:
-                    del c[v]
-        return dims
+    def _set(self, k: bytes, code: int) -> None:
+        old = self.entries.get(k)
+        if old == code:
+            return
+        if old is not None:
+            if (old ^ code) & (STATE_MASK | LEGACY):
+                self._count(k, old, -1)
+                self._count(k, code, +1)
+        else:
+            self._count(k, code, +1)
+        self.entries[k] = code
 
-    def reset(self, rows: list) -> None:
-        """Start over from a dump (at start, and after lost events)."""
+    def _code(self, row: tuple, legacy: bool = False) -> int:
+        st = row[1]
+        return (STATE_NONE if st is None else st & STATE_MASK) | (LEGACY if legacy else 0) | \
+            (self._gen << GEN_SHIFT)
+
+    def src_of(self, row: tuple) -> str:
+        return self._a(row[2])
+
+    # --- events -------------------------------------------------------------
+    def insert(self, row: tuple) -> None:
+        """A NEW event (or, for callers of old, any event that is not a delete)."""
+        k = entry_key(row)
+        if self._dead is not None:
+            self._dead.discard(k)
+        if k not in self.entries:
+            self.inserts[self._a(row[2])] += 1
+        self._set(k, self._code(row))
+
+    def update(self, row: tuple) -> None:
+        """An UPDATE event: a state change of an entry (never an insert). An
+        unknown entry (events were lost) is added, uncounted as an insert."""
+        k = entry_key(row)
+        if self._dead is not None:
+            self._dead.discard(k)
+        self._set(k, self._code(row))
+
+    def delete(self, row: tuple) -> None:
+        k = entry_key(row)
+        code = self.entries.pop(k, None)
+        if self._dead is not None:
+            self._dead.add(k)
+        if code is not None:
+            self._count(k, code, -1)
+            self.deletes[self._a(row[2])] += 1
+
+    # --- dumps --------------------------------------------------------------
+    def reset(self, rows) -> None:
+        """Start over from a complete dump."""
         self.entries.clear()
         for c in self.by.values():
             c.clear()
+        self.legacy = 0
+        self.begin()
         for row in rows:
-            self._add(self.key(row), self._dims(row))
+            self.seen(row)
+        self.sweep()
 
-    def insert(self, row: tuple) -> None:
-        k = self.key(row)
-        dims = self._dims(row)
-        if k in self.entries:            # an update (state change) of a known entry
-            self._remove(k)
-        else:
-            self.inserts[dims[0]] += 1
-        self._add(k, dims)
+    def begin(self) -> None:
+        """A reconcile starts: a dump of the table follows (`seen`), then `sweep`."""
+        self._gen = (self._gen + 1) & 3
+        self._dead = set()
+        self.legacy_min_timeout = None
 
-    def delete(self, row: tuple) -> None:
-        dims = self._remove(self.key(row))
-        if dims is not None:
-            self.deletes[dims[0]] += 1
+    def seen(self, row: tuple) -> None:
+        """One entry of the reconcile's dump."""
+        k = entry_key(row)
+        if k in self._dead:                     # deleted after the dump read it
+            return
+        old = self.entries.get(k)
+        if old is not None and (old & GEN_MASK) >> GEN_SHIFT == self._gen:
+            return                              # an event since begin() is newer news
+        legacy = old is None or bool(old & LEGACY)
+        self._set(k, self._code(row, legacy))
+        if legacy:
+            t = row[9] if len(row) > 9 else None
+            if t is not None and (self.legacy_min_timeout is None or t < self.legacy_min_timeout):
+                self.legacy_min_timeout = t
+
+    def sweep(self) -> int:
+        """End of a reconcile: remove the entries the dump did not show
+        (expired or deleted without an event). Returns how many."""
+        gen = self._gen << GEN_SHIFT
+        stale = [k for k, c in self.entries.items() if c & GEN_MASK != gen]
+        for k in stale:
+            self._count(k, self.entries.pop(k), -1)
+        self._dead = None
+        return len(stale)
+
+    def abort(self) -> None:
+        """The reconcile's dump failed: keep what is known, sweep nothing."""
+        self._dead = None
+
+    @property
+    def reconciling(self) -> bool:
+        return self._dead is not None
 
     def __len__(self) -> int:
         return len(self.entries)

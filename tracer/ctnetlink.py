@@ -1,8 +1,16 @@
 """ctnetlink (NETLINK_NETFILTER, subsystem CTNETLINK): table dumps and stats.
 
-Rows: (proto, state, src, dst, dport, flags, (mark, zone), sport) — the
-first seven as snapshot.Columns counts them (see snapshot.py), sport for
-events that need the whole tuple.
+Rows are plain tuples (a NamedTuple would cost a Python call per entry on
+the hot path); `Row` documents them and names the columns, and the R_*
+constants index them:
+
+    (proto, state, src, dst, dport, flags, (mark, zone), sport, icmp, timeout)
+
+The first seven are what snapshot.Columns counts (see snapshot.py); sport,
+icmp (type << 24 | code << 16 | id, for ICMP and ICMPv6, else None) and
+timeout (seconds left, from CTA_TIMEOUT; None where the message has none,
+e.g. DESTROY events) identify and age an entry in the live table
+(tracer/livetable.py).
 
 Written by hand rather than with pyroute2: a snapshot of a 200,000-entry
 table must take about as long as `conntrack -L` itself, and a generic
@@ -24,6 +32,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import NamedTuple
 
 from tracer.conntrack import (F_ASSURED, F_HW_OFFLOAD, F_OFFLOAD, F_UNREPLIED,
                               IPS_ASSURED, IPS_HW_OFFLOAD, IPS_OFFLOAD,
@@ -42,9 +51,31 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 
-CTA_TUPLE_ORIG, CTA_STATUS, CTA_PROTOINFO, CTA_MARK, CTA_ZONE = 1, 3, 4, 8, 18
+CTA_TUPLE_ORIG, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_ZONE = 1, 3, 4, 7, 8, 18
 CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_TUPLE_ZONE = 1, 2, 3
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+# enum ctattr_l4proto: ICMP (4, 5, 6) and ICMPv6 (7, 8, 9) id, type, code
+CTA_PROTO_ICMP = {4: "icmp_id", 5: "icmp_type", 6: "icmp_code",
+                  7: "icmp_id", 8: "icmp_type", 9: "icmp_code"}
+
+# Columns of a row (see the module docstring). The first eight equal
+# tracer.conntrack's PROTO .. SPORT.
+R_PROTO, R_STATE, R_SRC, R_DST, R_DPORT, R_FLAGS, R_MARKZONE, R_SPORT, R_ICMP, R_TIMEOUT = range(10)
+
+
+class Row(NamedTuple):
+    """What each column of a ctnetlink row holds (documentation and tests;
+    the readers build plain tuples of the same shape)."""
+    proto: int                 # IP protocol number
+    state: int | None          # TCP/SCTP/DCCP state number (conntrack.STATE_NAMES), else None
+    src: bytes                 # original source address, 4 or 16 bytes
+    dst: bytes                 # original destination address
+    dport: int | None          # original destination port (port protocols)
+    flags: int                 # conntrack.F_* bits
+    markzone: tuple            # (mark or None, zone)
+    sport: int | None          # original source port
+    icmp: int | None           # type << 24 | code << 16 | id (ICMP, ICMPv6)
+    timeout: int | None        # seconds until the entry expires (CTA_TIMEOUT)
 
 # enum ctattr_stats_cpu, named as `conntrack -S` prints them
 STATS_CPU = {2: "found", 4: "invalid", 8: "insert", 9: "insert_failed", 10: "drop",
@@ -65,9 +96,10 @@ class NetlinkError(Exception):
 
 @dataclass
 class DumpResult:
-    rows: list = field(default_factory=list)
+    rows: list = field(default_factory=list)   # empty when a sink took them
     interrupted: bool = False      # the table changed under the dump (NLM_F_DUMP_INTR)
     unreadable: int = 0            # messages without an original tuple (counted, not shown)
+    count: int = 0                 # rows read
 
 
 class NetlinkDecoder:
@@ -173,7 +205,8 @@ class _Layout:
     with another (all needed values), instead of a Python loop per attribute.
     """
 
-    __slots__ = ("headers", "expect", "values", "main", "status", "markzone", "sport")
+    __slots__ = ("headers", "expect", "values", "main", "status", "markzone", "sport",
+                 "icmp", "timeout")
 
     def __init__(self, hdr_offsets: list[int], expect: tuple, fields: dict[str, tuple[int, str]]):
         self.headers = struct.Struct(_fmt([(o, "I") for o in hdr_offsets]))
@@ -188,6 +221,9 @@ class _Layout:
         self.status = ix.get("status", zero)
         self.markzone = itemgetter(ix.get("mark", none), ix.get("zone", zero))
         self.sport = ix.get("sport", none)
+        self.icmp = (ix.get("icmp_type", zero), ix.get("icmp_code", zero), ix["icmp_id"]) \
+            if "icmp_id" in ix else None
+        self.timeout = ix.get("timeout", none)
 
     def row(self, buf, off: int) -> tuple | None:
         if self.headers.unpack_from(buf, off) != self.expect:
@@ -197,7 +233,9 @@ class _Layout:
         flags = _FLAGS.get(status)
         if flags is None:
             flags = _FLAGS[status] = _flags(status)
-        return self.main(v) + (flags, self.markzone(v), v[self.sport])
+        ic = self.icmp
+        icmp = None if ic is None else v[ic[0]] << 24 | v[ic[1]] << 16 | v[ic[2]]
+        return self.main(v) + (flags, self.markzone(v), v[self.sport], icmp, v[self.timeout])
 
 
 _DEFAULTS = (None, 0)
@@ -247,6 +285,9 @@ def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
                             fields["dport"] = (p3 + 4 - off, "H")
                         elif t3 == CTA_PROTO_SRC_PORT and l3 >= 6:
                             fields["sport"] = (p3 + 4 - off, "H")
+                        elif t3 in CTA_PROTO_ICMP and l3 >= 5:
+                            name = CTA_PROTO_ICMP[t3]
+                            fields[name] = (p3 + 4 - off, "H" if name == "icmp_id" and l3 >= 6 else "B")
                 elif t2 == CTA_TUPLE_ZONE and l2 >= 6:
                     fields["zone"] = (p2 + 4 - off, "H")
         elif t == CTA_STATUS and alen >= 8:
@@ -261,6 +302,8 @@ def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
                 break
         elif t == CTA_MARK and alen >= 8:
             fields["mark"] = (pos + 4 - off, "I")
+        elif t == CTA_TIMEOUT and alen >= 8:
+            fields["timeout"] = (pos + 4 - off, "I")
         elif t == CTA_ZONE and alen >= 6:
             fields["zone"] = (pos + 4 - off, "H")
     if "src" not in fields or "dst" not in fields:
@@ -288,53 +331,119 @@ def _receiver(sock: socket.socket, out: queue.SimpleQueue) -> None:
         out.put(e)
 
 
-def dump() -> DumpResult:
-    """All conntrack entries of the current network namespace, as rows."""
+class _Parser:
+    """Rows of ctnetlink messages, with the layouts learnt so far."""
+
+    def __init__(self) -> None:
+        self.layouts: dict[tuple[int, int], _Layout] = {}
+        self.unreadable = 0
+        self.interrupted = False
+        self.done = False
+
+    def rows(self, buf, n: int) -> list:
+        """The rows of one received buffer; sets .done at the end of the dump."""
+        out: list = []
+        append = out.append
+        layouts = self.layouts
+        off = 0
+        while off + 16 <= n:
+            mlen, mtype, mflags, _, _ = _HDR(buf, off)
+            if mtype == NLMSG_DONE:
+                self.done = True
+                break
+            if mtype == NLMSG_ERROR:
+                err = -_ERR(buf, off + 16)[0]
+                self.done = True
+                if err:
+                    _raise_for(err)
+                break
+            if mlen < 20 or off + mlen > n:
+                raise NetlinkError("malformed netlink message from the kernel")
+            if mflags & NLM_F_DUMP_INTR:
+                self.interrupted = True
+            key = (mlen, buf[off + 16])
+            layout = layouts.get(key)
+            row = layout.row(buf, off) if layout is not None else None
+            if row is None:
+                row, layout = _walk(buf, off, mlen)
+                if layout is not None:
+                    layouts[key] = layout
+            if row is not None:
+                append(row)
+            else:
+                self.unreadable += 1
+            off += (mlen + 3) & ~3
+        return out
+
+
+def dump(sink=None) -> DumpResult:
+    """All conntrack entries of the current network namespace, as rows.
+
+    With `sink`, each received batch of rows (a few hundred) is passed to
+    sink(rows) and not kept: a million-entry table is counted without
+    holding a million tuples (DumpResult.rows stays empty)."""
     res = DumpResult()
-    rows = res.rows
-    append = rows.append
-    layouts: dict[tuple[int, int], _Layout] = {}
+    p = _Parser()
+    keep = res.rows.extend if sink is None else sink
     with _open() as sock:
         _request(sock, IPCTNL_MSG_CT_GET)
         chunks: queue.SimpleQueue = queue.SimpleQueue()
         rx = threading.Thread(target=_receiver, args=(sock, chunks), daemon=True)
         rx.start()
         try:
-            while True:
+            while not p.done:
                 item = chunks.get()
                 if isinstance(item, OSError):
                     _raise_for(item.errno)
                 if isinstance(item, BaseException):
                     raise item
-                buf, n = item
-                off = 0
-                while off + 16 <= n:
-                    mlen, mtype, mflags, _, _ = _HDR(buf, off)
-                    if mtype == NLMSG_DONE:
-                        return res
-                    if mtype == NLMSG_ERROR:
-                        err = -_ERR(buf, off + 16)[0]
-                        if err:
-                            _raise_for(err)
-                        return res
-                    if mlen < 20 or off + mlen > n:
-                        raise NetlinkError("malformed netlink message from the kernel")
-                    if mflags & NLM_F_DUMP_INTR:
-                        res.interrupted = True
-                    key = (mlen, buf[off + 16])
-                    layout = layouts.get(key)
-                    row = layout.row(buf, off) if layout is not None else None
-                    if row is None:
-                        row, layout = _walk(buf, off, mlen)
-                        if layout is not None:
-                            layouts[key] = layout
-                    if row is not None:
-                        append(row)
-                    else:
-                        res.unreadable += 1
-                    off += (mlen + 3) & ~3
+                rows = p.rows(*item)
+                res.count += len(rows)
+                keep(rows)
         finally:
             rx.join()
+    res.interrupted, res.unreadable = p.interrupted, p.unreadable
+    return res
+
+
+class DumpReader:
+    """A dump read a little at a time (`read`), for callers that must not
+    stop for the seconds a big table takes (the live table's reconcile).
+
+    The kernel builds the next part of a dump when the previous one has
+    been received, so a paused reader costs the kernel nothing and nothing
+    is lost. The socket is opened in the namespace current at creation."""
+
+    def __init__(self) -> None:
+        self.sock = _open()
+        self.p = _Parser()
+        self.count = 0
+        self._buf = bytearray(64 << 10)
+        try:
+            _request(self.sock, IPCTNL_MSG_CT_GET)
+        except OSError as e:
+            self.sock.close()
+            _raise_for(e.errno)
+
+    @property
+    def done(self) -> bool:
+        return self.p.done
+
+    def read(self, max_rows: int) -> list:
+        """Up to about `max_rows` rows (whole received buffers); [] when done."""
+        out: list = []
+        while not self.p.done and len(out) < max_rows:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except OSError as e:
+                self.p.done = True
+                _raise_for(e.errno)
+            out += self.p.rows(self._buf, n)
+        self.count += len(out)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def stats_cpu() -> list[dict[str, int]]:

@@ -22,8 +22,7 @@ are deleted silently; with 0 no entry sends anything. So the feed:
 3. schedules reconciles by cost: never sooner than COST_FACTOR times the
    last dump's own run time after it (so dumps take at most 1/COST_FACTOR
    of a core: about 4 s per 100 s at 1,000,000 entries), and only when
-   needed: events off, legacy entries left (not before the earliest
-   legacy timeout from the last dump), or events lost (ENOBUFS);
+   needed: events off, legacy entries left, or events lost (ENOBUFS);
 4. with events on and no legacy entry left, counts are exact from events.
 
 An overrun during a dump never starts another dump at once: the next one
@@ -51,7 +50,9 @@ class LiveSource:
     MIN_PERIOD = 1.0              # seconds between reconciles of a small table
     START_ROWS = 50_000           # rows per step of the first dump (events between steps)
 
-    def __init__(self, netns: str | None, accept=lambda row: True, clock=time.monotonic):
+    def __init__(self, netns: str | None, accept=lambda row: True, clock=time.monotonic,
+                 rcvbuf: int = 32 << 20):
+        self.rcvbuf = rcvbuf
         self.netns = netns
         self.accept = accept
         self.clock = clock
@@ -74,7 +75,7 @@ class LiveSource:
     def start(self) -> "LiveSource":
         with ns.entered(self.netns):
             self.mode = events_mode()
-        self.events = CtEvents(self.netns, updates=True)   # subscribe first, then dump
+        self.events = CtEvents(self.netns, rcvbuf=self.rcvbuf, updates=True)   # subscribe first, then dump
         self._begin("start")
         while self._reader is not None:
             self._events()
@@ -128,10 +129,9 @@ class LiveSource:
         if self.mode == 0:
             return "events off"
         if self.live.legacy:
-            t = self.live.legacy_min_timeout
-            if t is None or now >= self._reconciled_at + t:
-                return "entries older than the listener"
-            return None
+            # they may expire, close or be deleted without a word: a TCP
+            # entry's timeout says nothing about a `conntrack -D`
+            return "entries older than the listener"
         if self.mode is None:
             return "events unknown"
         return None
@@ -208,12 +208,12 @@ class LiveSource:
             out["note"] = ("nf_conntrack_events=0: the kernel sends no conntrack events; live "
                            f"counts come from a dump every {self.period():.0f} s or so, and "
                            "inserts/deletes per source are not seen")
-        elif self.live.legacy:
-            out["note"] = (f"{self.live.legacy:,} entries are older than this listener and send "
-                           "no events (nf_conntrack_events=2): they are re-read from a dump "
-                           f"every {self.period():.0f} s or so")
         elif self._dirty:
             out["note"] = "events were lost (receive buffer overrun): a dump will reconcile"
+        elif self.live.legacy:
+            out["note"] = (f"{self.live.legacy:,} entries are older than this listener and may "
+                           "send no events (nf_conntrack_events=2): they are re-read from a dump "
+                           f"every {self.period():.0f} s or so")
         return out
 
 

@@ -1,0 +1,161 @@
+"""The live table without root: ctnetlink messages built byte by byte (as
+the kernel sends them) decoded into rows, event kinds (NEW, UPDATE,
+DESTROY), bounded polls, and LiveTable's counting and reconcile logic."""
+
+import socket
+import struct
+
+from tracer import ctevents, ctnetlink
+from tracer.aggregate import LiveTable, entry_key
+from tracer.ctnetlink import (R_DPORT, R_ICMP, R_PROTO, R_SPORT, R_SRC, R_STATE, R_TIMEOUT, Row,
+                              _walk)
+
+NESTED = 0x8000
+
+
+def nla(t: int, payload: bytes, nested: bool = False) -> bytes:
+    body = struct.pack("=HH", 4 + len(payload), t | (NESTED if nested else 0)) + payload
+    return body + b"\0" * (-len(body) % 4)
+
+
+def message(proto=17, src="198.18.0.1", dst="198.18.0.2", sport=4000, dport=53, icmp=None,
+            state=None, status=0, timeout=30, mtype=0, flags=0, v6=False) -> bytes:
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    a = socket.inet_pton(fam, src)
+    b = socket.inet_pton(fam, dst)
+    ip = nla(3 if v6 else 1, a) + nla(4 if v6 else 2, b)
+    if icmp is None:
+        l4 = nla(1, bytes([proto])) + nla(2, struct.pack(">H", sport)) + nla(3, struct.pack(">H", dport))
+    else:
+        typ, code, ident = icmp
+        base = 7 if v6 else 4
+        l4 = nla(1, bytes([proto])) + nla(base, struct.pack(">H", ident)) + \
+            nla(base + 1, bytes([typ])) + nla(base + 2, bytes([code]))
+    attrs = nla(1, nla(1, ip, True) + nla(2, l4, True), True) + nla(3, struct.pack(">I", status))
+    if timeout is not None:
+        attrs += nla(7, struct.pack(">I", timeout))
+    if state is not None:
+        attrs += nla(4, nla(1, nla(1, bytes([state])), True), True)
+    attrs += nla(8, struct.pack(">I", 0))
+    body = struct.pack("=BBH", fam, 0, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), (1 << 8) | mtype, flags, 0, 0) + body
+
+
+def decode(msg: bytes):
+    buf = bytearray(msg)
+    return _walk(buf, 0, len(msg))
+
+
+def test_row_columns_and_layout_reuse():
+    row, layout = decode(message(sport=4000, dport=53, timeout=29))
+    assert row[R_PROTO] == 17 and row[R_SPORT] == 4000 and row[R_DPORT] == 53
+    assert row[R_TIMEOUT] == 29 and row[R_ICMP] is None and row[R_STATE] is None
+    assert Row(*row).src == socket.inet_aton("198.18.0.1")
+    # the next message of the same shape is read by the learnt layout
+    again = layout.row(bytearray(message(sport=4001, dport=54, timeout=7)), 0)
+    assert again[R_SPORT] == 4001 and again[R_DPORT] == 54 and again[R_TIMEOUT] == 7
+    assert len(row) == len(Row._fields)
+
+
+def test_icmp_rows_carry_id_type_code():
+    a, _ = decode(message(proto=1, icmp=(8, 0, 77)))
+    b, _ = decode(message(proto=1, icmp=(8, 0, 78)))
+    assert a[R_ICMP] == 8 << 24 | 0 << 16 | 77 and a[R_DPORT] is None
+    assert entry_key(a) != entry_key(b)              # two pings, two entries
+    c, _ = decode(message(proto=58, src="2001:db8::1", dst="2001:db8::2", icmp=(128, 0, 9), v6=True))
+    assert c[R_ICMP] == 128 << 24 | 9 and len(c[R_SRC]) == 16
+    t = LiveTable()
+    for r in (a, b, c):
+        t.insert(r)
+    assert len(t) == 3 and t.by["state"]["icmp"] == 2 and t.by["dport"]["icmpv6"] == 1
+
+
+class _FakeEvents(ctevents.CtEvents):
+    def __init__(self, sock):              # no netlink: messages come from a socketpair
+        self.sock = sock
+        self.overruns = self.inserts = self.updates = self.deletes = 0
+        self._buf = bytearray(1 << 16)
+        self._layouts = {}
+
+
+def test_event_kinds_and_bounded_poll():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    b.setblocking(False)
+    ev = _FakeEvents(b)
+    try:
+        a.send(message(flags=0x600, state=None))                  # NEW: NLM_F_CREATE|NLM_F_EXCL
+        a.send(message(flags=0))                                  # UPDATE
+        a.send(message(mtype=2, timeout=None))                    # DESTROY
+        batch = ev.poll(0)
+        assert [k for k, _ in batch.events] == [ctevents.INSERT, ctevents.UPDATE, ctevents.DELETE]
+        assert (ev.inserts, ev.updates, ev.deletes) == (1, 1, 1) and not batch.more
+        for i in range(10):
+            a.send(message(sport=5000 + i, flags=0x600))
+        first = ev.poll(0, max_events=4)
+        assert len(first.events) == 4 and first.more          # the rest stays queued
+        rest = ev.poll(0, max_events=100)
+        assert len(rest.events) == 6 and not rest.more
+    finally:
+        a.close()
+        b.close()
+
+
+def rows(n, src="198.18.0.1", state=None, proto=17, first=1000):
+    s = socket.inet_aton(src)
+    return [(proto, state, s, socket.inet_aton("198.18.1.1"), 53, 0, (0, 0), first + i, None, 30)
+            for i in range(n)]
+
+
+def test_update_is_not_an_insert_and_deletes_count_once():
+    t = LiveTable()
+    r = rows(1, proto=6, state=1)[0]
+    t.insert(r)
+    t.update(r[:1] + (3,) + r[2:])                  # SYN_SENT -> ESTABLISHED
+    assert t.inserts["198.18.0.1"] == 1 and len(t) == 1
+    assert dict(t.by["state"]) == {"ESTABLISHED": 1}
+    t.delete(r)
+    t.delete(r)
+    assert t.deletes["198.18.0.1"] == 1 and len(t) == 0
+    assert all(not c for c in t.by.values())
+
+
+def test_reconcile_removes_what_the_dump_did_not_show():
+    t = LiveTable()
+    old = rows(5)
+    t.reset(old)                                     # legacy: from a dump only
+    assert t.legacy == 5 and t.by["src"]["198.18.0.1"] == 5
+    new = rows(2, src="198.18.0.2")
+    t.begin()
+    t.insert(new[0])                                 # during the dump: kept
+    t.delete(old[4])                                 # deleted before the dump read it ...
+    for r in old[:2] + [old[4]]:                     # ... the dump shows 0, 1 and (stale) 4
+        t.seen(r)
+    t.seen(new[1])                                   # a new entry whose NEW event was lost
+    gone = t.sweep()
+    assert gone == 2                                 # 2 and 3 expired without an event
+    assert dict(t.by["src"]) == {"198.18.0.1": 2, "198.18.0.2": 2}
+    assert t.legacy == 3 and len(t) == 4
+    t.update(old[0])                                 # an event: it has the event extension
+    assert t.legacy == 2
+
+
+def test_failed_reconcile_sweeps_nothing():
+    t = LiveTable()
+    t.reset(rows(3))
+    t.begin()
+    t.seen(rows(3)[0])
+    t.abort()
+    t.begin()
+    for r in rows(3):
+        t.seen(r)
+    assert t.sweep() == 0 and len(t) == 3
+
+
+def test_memory_per_entry_is_small():
+    import sys
+    t = LiveTable()
+    t.reset(rows(20000))
+    per = (sys.getsizeof(t.entries) + sum(sys.getsizeof(k) for k in t.entries)) / len(t)
+    assert per < 100, per                           # no Python tuple per entry
+    values = {id(v) for v in t.entries.values()}
+    assert len(values) == 1                         # one shared small int

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracer.conntrack import proto_name
 
@@ -94,3 +94,58 @@ def decode_drop(data, boot_offset: float) -> Drop:
                 proto=proto_name(e.proto), src=addr(e.family, e.saddr), sport=e.sport,
                 dst=addr(e.family, e.daddr), dport=e.dport, reason=_KIND_REASON.get(e.kind, ""),
                 ct_attached=bool(e.ct_attached), seq=e.seq)
+
+
+@dataclass
+class SourceCounts:
+    """Exact counts of one original source in one namespace, from BPF maps.
+    `rule` is netfilter drops that conntrack did not cause; on the tracepoint
+    backend, `netfilter` is drops without an entry whose cause is told apart
+    only in total (the kernel's per-CPU `drop` stat), never per source."""
+    netns: int
+    src: str
+    family: str = ""
+    inserts: int = 0
+    deletes: int = 0
+    table_full: int = 0
+    insert_failed: int = 0
+    rule: int = 0
+    netfilter: int = 0
+
+    @property
+    def drops(self) -> int:
+        return self.table_full + self.insert_failed + self.rule + self.netfilter
+
+
+@dataclass
+class Counters:
+    """What every backend's counters() returns: exact in-kernel totals,
+    per source, and what was lost on the way. Fields a backend cannot know
+    are None."""
+    backend: str
+    netfilter_drops: int = 0          # skb:kfree_skb NETFILTER_DROP, after the backend's own
+    ctless_drops: int = 0             # ... of which without a conntrack entry
+    table_full: dict[int, int] = field(default_factory=dict)   # by netns inode
+    conntrack: dict[str, int] | None = None   # the conntrack probes' totals (CT_STATS), kprobe only
+    sources: list[SourceCounts] = field(default_factory=list)
+    events_sent: int = 0
+    over_rate_limit: int = 0          # events not sent (rate limit); their counts are exact
+    lost: int = 0                     # events lost (perf buffer full)
+    keys_full: int = 0                # per-source map full: in the totals, not per source
+    missed: int | None = None         # probe runs the kernel skipped; None: unknown
+    attached: list[str] = field(default_factory=list)
+    not_attached: list[str] = field(default_factory=list)
+
+    def drops_by_src(self, netns: int) -> dict[str, int]:
+        """Exact cumulative drops of packets from each source, in one namespace."""
+        out: dict[str, int] = {}
+        for s in self.sources:
+            if s.netns == netns and s.drops:
+                out[s.src] = out.get(s.src, 0) + s.drops
+        return out
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        d = asdict(self)
+        d["table_full"] = {str(k): v for k, v in self.table_full.items()}
+        return d

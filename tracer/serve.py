@@ -1,8 +1,11 @@
 """`cttrace serve`: a Prometheus exporter on the backend chosen at run time.
 
-Reuses top's engine (tracer/top.py) for the live table, the events and the
-exact counters; this module adds the bounded-cardinality bookkeeping and the
-prometheus_client collector.
+A user of the tracing session (tracer/session.py), like `top`: the session
+pumps drop and table events; this module adds the bounded-cardinality
+bookkeeping and the prometheus_client collector. As node_exporter does, the
+table's state and the probes' counters are read when Prometheus scrapes;
+only the per-source series are kept up to date by the pump loop (every
+--interval), so that a source keeps its label while it is active.
 
 Cardinality: at most K sources get series of their own ("sticky": a source
 keeps its series while it is active); every other source is summed into
@@ -82,24 +85,26 @@ class SourceSeries:
 
 
 class Collector:
-    """prometheus_client collector reading the engine's state under a lock."""
+    """prometheus_client collector: reads the kernel (table state, per-CPU
+    stats) and the probes' maps at scrape time, and the session's live
+    table and series under the pump loop's lock (never its private state)."""
 
-    def __init__(self, engine, series: SourceSeries, lock: threading.Lock, kernel_release: str):
-        self.engine = engine
+    def __init__(self, session, series: SourceSeries, lock: threading.Lock, kernel_release: str):
+        self.session = session
         self.series = series
         self.lock = lock
         self.kernel = kernel_release
-        self.failed = False
 
     def collect(self):
+        s = self.session
         with self.lock:
-            e = self.engine
-            st = e._state
-            c = e._counters
-            rates = e.rates
-            live = dict(e.live.by["src"])
+            st = s.read_table()
+            c = s.backend.counters()
+            lost = s.lost()
+            live = dict(s.live.live.by["src"])
             series = {m: self.series.series(m) for m in METRICS}
-            names = e.names
+            sampled = s.rates.prev.t if s.rates.prev else 0
+        names = s.names
         entries = GaugeMetricFamily("cttrace_conntrack_entries",
                                     "Entries in the conntrack table (as node_nf_conntrack_entries)")
         entries.add_metric([], st.count or 0)
@@ -141,61 +146,69 @@ class Collector:
                 other += n
         g.add_metric(["other", ""], other)
         yield g
-        lost = CounterMetricFamily("cttrace_events_lost", "Events lost on their way to cttrace "
-                                   "(counts stay exact)", labels=["kind"])
-        lost.add_metric(["perf"], c["lost"])
-        lost.add_metric(["netlink_overrun"], e.overruns)
-        lost.add_metric(["over_rate_limit"], c["totals"]["sampled_out"])
-        lost.add_metric(["bpf_map_full"], c["totals"]["keys_full"])
-        yield lost
+        lf = CounterMetricFamily("cttrace_events_lost", "Events lost on their way to cttrace "
+                                 "(counts stay exact)", labels=["kind"])
+        lf.add_metric(["perf"], lost["events"])
+        lf.add_metric(["netlink_overrun"], lost.get("netlink_overruns", 0))
+        lf.add_metric(["over_rate_limit"], lost["over_rate_limit"])
+        lf.add_metric(["bpf_map_full"], lost["bpf_map_full"])
+        yield lf
         info = GaugeMetricFamily("cttrace_info", "Backend and kernel", labels=["backend", "kernel", "netns"])
-        info.add_metric([e.be.name, self.kernel, str(e.inum)], 1)
+        info.add_metric([s.backend.name, self.kernel, str(s.inum)], 1)
         yield info
-        up = GaugeMetricFamily("cttrace_last_sample_age_seconds", "Seconds since the last sample "
-                               "of the kernel's counters (stale data shows here)")
-        up.add_metric([], max(time.monotonic() - (rates.prev.t if rates.prev else 0), 0))
+        up = GaugeMetricFamily("cttrace_last_sample_age_seconds", "Seconds since the pump loop last "
+                               "sampled the probes' per-source counters (a stuck loop shows here)")
+        up.add_metric([], max(time.monotonic() - sampled, 0))
         yield up
 
 
-def run(engine, listen: tuple[str, int], k: int, interval: float, stop: threading.Event,
-        on_ready=None, kernel: str = "") -> None:
-    """Serve /metrics until `stop`; the poll loop feeds the state under a lock.
-    Raises what breaks the loop (the caller exits non-zero: never a silent
-    stale endpoint)."""
+def update_series(session, series: SourceSeries, now: float, prune: bool) -> None:
+    """Fold the session's cumulative per-source counts into the series;
+    forget (in the live table's counters and the BPF maps) what is folded."""
+    live = session.live.live
+    drops = session.counters.drops_by_src(session.inum)
+    srcs = set(live.inserts) | set(live.deletes) | set(drops)
+    values = {src: {"inserts": live.inserts.get(src, 0), "deletes": live.deletes.get(src, 0),
+                    "drops": drops.get(src, 0)} for src in srcs}
+    gone = series.update(now, values, live.by["src"])
+    if prune:
+        gone += series.prunable(live.by["src"])
+    for src in gone:
+        series.fold(src)
+        live.inserts.pop(src, None)
+        live.deletes.pop(src, None)
+    session.backend.forget_sources(session.inum, set(gone))
+
+
+def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None,
+        kernel: str = "") -> None:
+    """Serve /metrics until the session is asked to stop; the pump loop
+    feeds the session under a lock. Raises what breaks the loop (the caller
+    exits non-zero: never a silent stale endpoint)."""
     from prometheus_client import start_http_server
     from prometheus_client.core import REGISTRY
 
     lock = threading.Lock()
     series = SourceSeries(k=k)
-    collector = Collector(engine, series, lock, kernel)
+    collector = Collector(session, series, lock, kernel)
     REGISTRY.register(collector)
     server, thread = start_http_server(listen[1], addr=listen[0])
     try:
         next_sample = next_prune = time.monotonic()
         if on_ready:
             on_ready()
-        while not stop.is_set():
+        while not session.stopping:
             with lock:
-                engine.pump()
+                session.pump()
                 now = time.monotonic()
                 if now >= next_sample:
-                    engine.sample()
-                    drops = engine.be.drops_by_src(engine.inum, engine._counters)
-                    live = engine.live
-                    srcs = set(live.inserts) | set(live.deletes) | set(drops)
-                    values = {s: {"inserts": live.inserts.get(s, 0), "deletes": live.deletes.get(s, 0),
-                                  "drops": drops.get(s, 0)} for s in srcs}
-                    gone = series.update(now, values, live.by["src"])
+                    session.sample()
+                    prune = now >= next_prune
+                    update_series(session, series, now, prune)
                     next_sample = now + interval
-                    if now >= next_prune:
-                        gone += series.prunable(live.by["src"])
+                    if prune:
                         next_prune = now + 60
-                    for src in gone:
-                        series.fold(src)
-                        live.inserts.pop(src, None)
-                        live.deletes.pop(src, None)
-                    engine.be.forget_sources(engine.inum, set(gone))
-            stop.wait(0.05)
+            time.sleep(0.05)
     finally:
         server.shutdown()
         REGISTRY.unregister(collector)

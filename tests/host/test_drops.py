@@ -1,4 +1,4 @@
-"""`cttrace drops` and the restricted backend on this machine's kernel,
+"""`cttrace drops` and the tracepoint backend on this machine's kernel,
 against the lab's ground truth."""
 
 import json

@@ -1,4 +1,4 @@
-"""The restricted-kernel backend: what works without kprobes and fentry.
+"""The tracepoint backend, for restricted kernels (no kprobes, no fentry).
 
 - drops: tracepoint skb:kfree_skb, filtered in BPF to NETFILTER_DROP
   (bpf/drops_tracepoint.c); exact per-source counters in a BPF map; events
@@ -27,19 +27,15 @@ import time
 from importlib import resources
 
 from tracer import netns as ns
+from tracer.backends import BackendError
 from tracer import table
 from tracer.btf import BTF, BTFError
-from tracer.events import (RULE, STATS, TABLE_FULL, CpuKeyC, DropEventC, DropKeyC, addr,
-                           decode_drop)
-from tracer.conntrack import proto_name
+from tracer.events import (RULE, STATS, TABLE_FULL, Counters, CpuKeyC, DropEventC, DropKeyC,
+                           SourceCounts, addr, decode_drop)
 
 NAME = "tracepoint"
 BLIND_SPOTS = ("no kprobes/fentry on this kernel: inserts and deletes come from ctnetlink "
                "events; early drops and insert failures are counters only")
-
-
-class BackendError(Exception):
-    """The backend cannot run here; the message names what is missing and the fix."""
 
 
 def bpf_source(name: str = "drops_tracepoint.c") -> str:
@@ -161,8 +157,9 @@ class Classifier:
         return RULE
 
 
-class RestrictedBackend:
-    """Same protocol as every backend: start(), poll(), counters(), close()."""
+class TracepointBackend:
+    """The protocol of every backend: start(), poll(), counters() -> Counters,
+    forget_sources(), close(); a context manager that always detaches."""
 
     name = NAME
     blind_spots = BLIND_SPOTS
@@ -179,7 +176,7 @@ class RestrictedBackend:
     def program(self) -> tuple[str, list[str]]:
         return bpf_source(), cflags(load_btf(), self.rate, self.burst)
 
-    def start(self) -> "RestrictedBackend":
+    def start(self) -> "TracepointBackend":
         from tracer import features
         if features.mount_tracefs() is None:
             raise BackendError("tracefs is not mounted and could not be: "
@@ -233,33 +230,31 @@ class RestrictedBackend:
             out.append(d)
         return out
 
-    def counters(self) -> dict:
+    def _family(self, f: int) -> str:
+        return {4: "ipv4", 6: "ipv6"}.get(f, "")
+
+    def counters(self) -> Counters:
         """Exact totals: BPF stats, per-source counts, the kernel's drop deltas."""
         st = self.bpf["stats"]
-        totals = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(STATS)}
-        sources = []
+        t = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(STATS)}
+        by: dict[tuple[int, str], SourceCounts] = {}
         for k, v in self.bpf["sources"].items():
-            sources.append({"netns": k.netns, "family": {4: "ipv4", 6: "ipv6"}.get(k.family, ""),
-                            "proto": proto_name(k.proto), "src": addr(k.family, k.saddr),
-                            "ct_attached": bool(k.ct_attached), "drops": v.value})
+            src = addr(k.family, k.saddr)
+            s = by.get((k.netns, src))
+            if s is None:
+                s = by[(k.netns, src)] = SourceCounts(k.netns, src, self._family(k.family))
+            if k.ct_attached:
+                s.rule += v.value            # an entry was attached: conntrack did not refuse it
+            else:
+                s.netfilter += v.value       # table-full or a raw/INVALID rule: told apart in total
         netns_seen = {k.netns for k, _ in self.bpf["ctless_seq"].items()}
-        table_full = {n: sum(max(v, 0) for v in self.stats.delta(n).values()) for n in netns_seen}
+        full = {n: sum(max(v, 0) for v in self.stats.delta(n).values()) for n in netns_seen}
         # A failed submit and the perf ring's "lost" record are the same event:
         # count it once.
-        return {"totals": totals, "sources": sources, "table_full_by_netns": table_full,
-                "lost": max(self.lost, totals["submit_failed"])}
-
-    def drops_by_src(self, netns: int, counters: dict | None = None) -> dict[str, int]:
-        """Exact cumulative drops of packets from each source, in one namespace."""
-        c = counters or self.counters()
-        out: dict[str, int] = {}
-        for s in c["sources"]:
-            if s["netns"] == netns:
-                out[s["src"]] = out.get(s["src"], 0) + s["drops"]
-        for s in c.get("conntrack_sources", ()):
-            if s["netns"] == netns and (s["table_full"] or s["insert_failed"]):
-                out[s["src"]] = out.get(s["src"], 0) + s["table_full"] + s["insert_failed"]
-        return out
+        return Counters(backend=self.name, netfilter_drops=t["drops"], ctless_drops=t["ctless"],
+                        table_full=full, sources=list(by.values()), events_sent=t["emitted"],
+                        over_rate_limit=t["sampled_out"], lost=max(self.lost, t["submit_failed"]),
+                        keys_full=t["keys_full"], attached=["skb:kfree_skb"])
 
     def forget_sources(self, netns: int, srcs: set[str]) -> None:
         """Drop per-source map entries of sources folded away (bounded maps
@@ -287,7 +282,7 @@ class RestrictedBackend:
             finally:
                 self.bpf = None
 
-    def __enter__(self) -> "RestrictedBackend":
+    def __enter__(self) -> "TracepointBackend":
         return self.start()
 
     def __exit__(self, *exc) -> None:

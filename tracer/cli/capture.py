@@ -1,0 +1,115 @@
+"""`cttrace capture`: record inserts, deletes, drops and the table's
+counters, with the host's settings and rules, for `cttrace report`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+
+import click
+
+from tracer.cli import abort, say, session
+from tracer.cli.options import backend_option, duration, netns_option, ready_file_option
+
+
+@click.command()
+@click.option("--output", "-o", required=True, metavar="FILE", help="The capture file (created mode 0600).")
+@click.option("--duration", "-d", "length", default="30s", show_default=True, callback=duration,
+              metavar="TIME", help="How long to record (30s, 2m, ...).")
+@click.option("--max-events", type=click.IntRange(min=1), metavar="N", help="Stop after N records.")
+@netns_option("Record another network namespace's table.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, metavar="S",
+              help="Table counters every S seconds.")
+@backend_option
+@ready_file_option(hidden=True)
+def capture(output, length, max_events, netns, interval, backend, ready_file):
+    """Record inserts, deletes, drops and table counters to a file, with
+    the host's settings and rules, for `cttrace report` on any machine.
+    Ctrl-C ends it early and keeps what was recorded.
+
+    \b
+    Example:  sudo cttrace capture --duration 30s -o incident.ctcap
+    """
+    from tracer.capture import CaptureError, Writer, row_record
+    from tracer.ctevents import DELETE
+    from tracer.hoststate import read_live
+    from tracer.session import Options
+
+    opts = Options(backend=backend, rate=100000, netns=netns, table_events=True, only_table_netns=True)
+    counts = {"insert": 0, "delete": 0, "drop": 0}
+    with session("capture", opts) as s:
+        def stats():
+            st = s.read_table()
+            w.write({"k": "stats", "t": time.time(), "count": st.count, "max": st.max,
+                     "kernel": st.totals})
+
+        try:
+            start_state = read_live(netns, 0.1, names=s.names.names)
+            w = Writer(output, {"created": time.time(), "host": platform.node(),
+                                "kernel": platform.release(), "backend": s.backend.name,
+                                "netns": netns or "host", "netns_inode": s.inum,
+                                "interval": interval, "state": asdict(start_state)})
+        except CaptureError as e:
+            abort(str(e))
+        try:
+            stats()
+            if ready_file:
+                with open(ready_file, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+            end = time.monotonic() + length
+            next_stats = time.monotonic() + interval
+            progress = _progress(length)
+            while not s.stopping and time.monotonic() < end and \
+                    not (max_events and w.records >= max_events):
+                for d in s.pump(50):
+                    w.write({"k": "drop", "t": d.ts, **d.to_dict()})
+                    counts["drop"] += 1
+                batch = s.events.poll(0)
+                now = time.time()
+                for kind, row in batch.events:
+                    k = "delete" if kind is DELETE else "insert"
+                    w.write(row_record(k, row, now, s.names.ip))
+                    counts[k] += 1
+                if batch.overrun:
+                    w.write({"k": "lost", "t": now, "what": "netlink events (receive buffer overrun)", "n": 1})
+                if time.monotonic() >= next_stats:
+                    stats()
+                    w.flush()
+                    next_stats += interval
+                if progress:
+                    progress(length - (end - time.monotonic()),
+                             f"inserts {counts['insert']:,} deletes {counts['delete']:,} "
+                             f"drops {counts['drop']:,}")
+            if progress:
+                progress(None, None)
+        finally:
+            try:
+                stats()
+                c = s.backend.counters()
+                end_state = read_live(netns, 0.1, names=s.names.names)
+                w.write({"k": "end", "t": time.time(), "totals": counts,
+                         "sources": c.drops_by_src(s.inum), "lost": c.lost, "state": asdict(end_state)})
+            finally:
+                w.close()
+                say(f"{w.records:,} records written to {output} ({counts['insert']:,} inserts, "
+                    f"{counts['delete']:,} deletes, {counts['drop']:,} drops)")
+
+
+def _progress(total: float):
+    """A transient progress bar on a terminal: update(done, text); (None, None) ends it."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import Progress
+    p = Progress(transient=True)
+    p.start()
+    task = p.add_task("capturing", total=total)
+
+    def update(done, text):
+        if done is None:
+            p.stop()
+        else:
+            p.update(task, completed=done, description=text)
+    return update

@@ -1,0 +1,84 @@
+"""`cttrace drops`: packets dropped by netfilter as they happen, with their
+tuple and why; a summary of the exact counts on exit."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from tracer.cli import abort, say, session
+from tracer.cli.options import flow_filters, ready_file_option, tracing_options
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per drop, one per line.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Stop after S seconds.")
+@ready_file_option()
+@click.option("--netns", "-n", multiple=True, metavar="NAME|PID",
+              help="Only drops in this network namespace; repeatable.")
+@flow_filters()
+@click.option("--reason", type=click.Choice(["table_full", "insert_failed", "rule"]), multiple=True,
+              help="Only drops of this kind; repeatable.")
+@tracing_options
+@click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the BPF program and its flags, and exit.")
+def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, backend, rate, dump_bpf):
+    """Print packets dropped by netfilter as they happen, with their
+    5-tuple and why: table_full (conntrack refused: the table is full),
+    insert_failed (a clash at confirm: NAT port exhaustion, the UDP DNS
+    race; kprobe backend) or rule (an iptables/nftables rule). On exit, a
+    summary goes to stderr.
+
+    \b
+    Examples:
+      sudo cttrace drops                          # every netfilter drop, all namespaces
+      sudo cttrace drops --reason table_full --json
+      sudo cttrace drops --netns 4242 --duration 30
+    """
+    from tracer.filters import Filter
+    from tracer.session import Options
+    from tracer.views.drops import line, summary
+
+    opts = Options(backend=backend, rate=rate, drop_netns=netns, reasons=reason, ready_file=ready_file,
+                   flt=Filter(protos=proto, ports=port, src=src, dst=dst))
+    if dump_bpf:
+        _dump_bpf(opts)
+        return
+
+    def show(events) -> None:
+        for d in events:
+            click.echo(json.dumps(d.to_dict()) if as_json else line(d))
+        sys.stdout.flush()
+
+    with session("tracing drops", opts) as s:
+        say(f"backend {s.backend.name} ({s.backend_why}); blind spots: {s.backend.blind_spots}")
+        end = time.monotonic() + duration if duration else None
+        while not s.stopping and (end is None or time.monotonic() < end):
+            left = 0.1 if end is None else min(0.1, end - time.monotonic())
+            show(s.wait(max(left, 0.001)))
+        try:
+            show(s.pump())                    # what is still in the buffers
+        except BrokenPipeError:
+            pass
+        c = s.backend.counters()
+        for text in summary(c, s.drops_seen, s.backend.stats.name):
+            click.echo(text, err=True)
+        if as_json:
+            click.echo(json.dumps({"summary": {"backend": s.backend.name, "shown": s.drops_seen,
+                                               **c.to_dict()}}), err=True)
+
+
+def _dump_bpf(opts) -> None:
+    from tracer import features
+    from tracer.backends import BackendError, choose, make
+    name, why = choose(features.detect(full=False), opts.backend)
+    if name is None:
+        abort(why)
+    try:
+        text, flags = make(name, opts.rate).program()
+    except BackendError as e:
+        abort(str(e))
+    click.echo(f"// backend {name}; cflags: {' '.join(flags)}\n{text}")

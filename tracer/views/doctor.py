@@ -1,0 +1,25 @@
+"""The doctor's findings as rich panels (pure: findings and state in,
+renderable out). Every string from the system is plain Text, never markup."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.text import Text
+
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def render(findings, state) -> Group:
+    fill = f"{state.count:,}/{state.max:,}" if state.count is not None and state.max else "?"
+    parts = [Text(f"cttrace doctor: netns {state.netns}, table {fill}, {len(findings)} finding(s)")]
+    if not findings:
+        parts.append(Text("nothing to fix"))
+    for f in findings:
+        body = Text()
+        body.append(f.message + "\n", style="bold")
+        body.append("evidence: " + f.evidence + "\n", style="dim")
+        body.append("fix:\n" + f.fix)
+        parts.append(Panel(body, title=Text(f"{f.severity}: {f.id}"), title_align="left",
+                           border_style=SEVERITY_STYLE.get(f.severity, "")))
+    return Group(*parts)

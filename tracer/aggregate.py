@@ -23,6 +23,7 @@ import socket
 import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from tracer.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
 
@@ -51,6 +52,13 @@ def _state(proto: int, raw) -> str:
         return proto_name(proto)
     names = STATE_NAMES.get(proto, ())
     return names[raw] if raw < len(names) else str(raw)
+
+
+_R_STATE = itemgetter(1)
+_R_SRC = itemgetter(2)
+_R_DST = itemgetter(3)
+_R_PDPORT = itemgetter(0, 4)
+_R_PSTATE = itemgetter(0, 1)
 
 
 def entry_key(row: tuple) -> bytes:
@@ -159,8 +167,7 @@ class LiveTable:
         k = entry_key(row)
         if self._dead is not None:
             self._dead.discard(k)
-        if k not in self.entries:
-            self.inserts[self._a(row[2])] += 1
+        self.inserts[self._a(row[2])] += 1      # a kernel insert, even of a dumped entry
         self._set(k, self._code(row))
 
     def update(self, row: tuple) -> None:
@@ -178,7 +185,7 @@ class LiveTable:
             self._dead.add(k)
         if code is not None:
             self._count(k, code, -1)
-            self.deletes[self._a(row[2])] += 1
+        self.deletes[self._a(row[2])] += 1      # a kernel delete, known entry or not
 
     # --- dumps --------------------------------------------------------------
     def reset(self, rows) -> None:
@@ -191,6 +198,44 @@ class LiveTable:
         for row in rows:
             self.seen(row)
         self.sweep()
+
+    def fill(self, batches) -> int:
+        """Start over from a complete dump, given as batches of rows, counted
+        column by column at C speed (the first dump of a big table: no
+        Python call per entry but the key). Returns the rows taken."""
+        self.entries.clear()
+        for c in self.by.values():
+            c.clear()
+        self._gen = (self._gen + 1) & 3
+        self._dead = None
+        base = LEGACY | (self._gen << GEN_SHIFT)
+        codes = {st: (STATE_NONE if st is None else st & STATE_MASK) | base
+                 for st in (None, *range(32))}
+        entries = self.entries
+        src, dst, pdport, pstate = Counter(), Counter(), Counter(), Counter()
+        n = 0
+        for rows in batches:
+            entries.update(zip(map(entry_key, rows), map(codes.__getitem__, map(_R_STATE, rows))))
+            src.update(map(_R_SRC, rows))
+            dst.update(map(_R_DST, rows))
+            pdport.update(map(_R_PDPORT, rows))
+            pstate.update(map(_R_PSTATE, rows))
+            n += len(rows)
+        if n != len(entries):                    # an entry shown twice (a dump under churn)
+            for k, code in entries.items():
+                self._count(k, code, +1)
+            return n
+        by = self.by
+        for raw, c in src.items():
+            by["src"][self._a(raw)] += c
+        for raw, c in dst.items():
+            by["dst"][self._a(raw)] += c
+        for (proto, port), c in pdport.items():
+            by["dport"][self._dport(proto, port)] += c
+        for (proto, st), c in pstate.items():
+            by["state"][_state(proto, st)] += c
+        self.legacy = n
+        return n
 
     def begin(self) -> None:
         """A reconcile starts: a dump of the table follows (`seen`), then `sweep`."""

@@ -31,6 +31,7 @@ waits its turn, so a big table cannot make the feed resync in a loop.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from tracer import ctnetlink
@@ -39,6 +40,10 @@ from tracer.aggregate import LiveTable
 from tracer.ctevents import DELETE, INSERT, CtEvents, events_mode
 
 EVENTS_NAMES = {0: "off", 1: "on", 2: "auto"}
+
+
+def _all(row) -> bool:
+    return True
 
 
 class LiveSource:
@@ -50,11 +55,11 @@ class LiveSource:
     MIN_PERIOD = 1.0              # seconds between reconciles of a small table
     START_ROWS = 50_000           # rows per step of the first dump (events between steps)
 
-    def __init__(self, netns: str | None, accept=lambda row: True, clock=time.monotonic,
+    def __init__(self, netns: str | None, accept=None, clock=time.monotonic,
                  rcvbuf: int = 32 << 20):
         self.rcvbuf = rcvbuf
         self.netns = netns
-        self.accept = accept
+        self.accept = accept or _all
         self.clock = clock
         self.live = LiveTable()
         self.overruns = 0           # ENOBUFS on the event socket (events lost)
@@ -70,20 +75,63 @@ class LiveSource:
         self._next: float | None = None
         self._dirty = False         # events lost since the running/last dump began
         self._why = "start"
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._started = 0.0
 
     # --- life cycle ----------------------------------------------------------
-    def start(self) -> "LiveSource":
+    def start(self, background: bool = False) -> "LiveSource":
+        """Subscribe, then read the whole table. With `background`, the
+        dump is read by a thread and `wait()` must be called before the
+        counts are used (e.g. overlap it with compiling the BPF programs:
+        the kernel builds the dump and BCC compiles without the GIL).
+        Errors of the dump are raised by wait()."""
         with ns.entered(self.netns):
             self.mode = events_mode()
-        self.events = CtEvents(self.netns, rcvbuf=self.rcvbuf, updates=True)   # subscribe first, then dump
-        self._begin("start")
-        while self._reader is not None:
-            self._events()
-            self._step(self.START_ROWS)
-        self.resyncs = 0
+        self.events = CtEvents(self.netns, rcvbuf=self.rcvbuf, updates=True)   # subscribe first
+        with ns.entered(self.netns):
+            reader = ctnetlink.DumpReader()                                     # then dump
+        self._started = self.clock()
+        self._thread = threading.Thread(target=self._initial, args=(reader,), daemon=True,
+                                        name="cttrace-dump")
+        self._thread.start()
+        if not background:
+            self.wait()
+        return self
+
+    def _initial(self, reader) -> None:
+        t0 = time.perf_counter()
+        try:
+            accept = self.accept
+
+            def batches():
+                while not reader.done:
+                    rows = reader.read(self.START_ROWS)
+                    yield rows if accept is _all else [r for r in rows if accept(r)]
+
+            self.live.fill(batches())
+        except BaseException as e:          # raised again by wait(), in the caller's thread
+            self._error = e
+        finally:
+            reader.close()
+            self._last_work = time.perf_counter() - t0
+
+    def wait(self) -> "LiveSource":
+        """Block until the first dump is in (see start)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                e, self._error = self._error, None
+                raise e
+            self._reconciled_at = self._started
+            self._next = self.clock() + self.period()
         return self
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -93,7 +141,12 @@ class LiveSource:
     # --- the pump -----------------------------------------------------------
     def pump(self) -> None:
         """Take in what arrived; at most EVENTS_PER_PUMP events and
-        ROWS_PER_PUMP dumped rows per call."""
+        ROWS_PER_PUMP dumped rows per call. Nothing until the first dump is
+        in (start(background=True))."""
+        if self._thread is not None:
+            if self._thread.is_alive():
+                return
+            self.wait()
         self._events()
         if self._reader is not None:
             self._step(self.ROWS_PER_PUMP)

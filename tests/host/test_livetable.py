@@ -19,7 +19,9 @@ from tracer.tablefile import TextDecoder, parse_line
 
 def truth(ns: L.Netns) -> dict[str, Counter]:
     """Counts per source, destination, port and state of `conntrack -L`."""
-    out = ns.run("conntrack", "-L").stdout
+    r = ns.run("conntrack", "-L", check=False)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
     dec = TextDecoder()
     by = {g: Counter() for g in ("src", "dst", "dport", "state")}
     for line in out.splitlines():
@@ -96,7 +98,7 @@ def test_entries_of_any_age_follow_the_kernel(ns):
         follow(ns, src, within=2 * period + 1.5)
         assert src.live.by["src"]["127.0.0.20"] == 0
         assert src.live.by["src"]["127.0.0.22"] == 50
-        assert src.swept >= 300 and src.overruns == 0
+        assert src.swept >= 300 and src.overruns == 0, (src.status(), src.events.deletes)
     finally:
         src.close()
 

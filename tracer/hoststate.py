@@ -42,7 +42,8 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
     with ns.entered(netns):
         st1 = table.read()
         t1 = time.monotonic()
-        dump = ctnetlink.dump()
+        cols = Columns()
+        ctnetlink.dump(sink=cols.add_rows)      # streamed into the counts: no list of rows
         rules = rules_text()
         sysctls = {k: v for k in TIMEOUTS if (v := _sysctl(k)) is not None}
         left = window - (time.monotonic() - t1)
@@ -50,8 +51,6 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
             time.sleep(left)
         st2 = table.read()
         dt = max(time.monotonic() - t1, 1e-6)
-    cols = Columns()
-    cols.add_rows(dump.rows)
     s = Summary.from_columns(cols, ctnetlink.NetlinkDecoder())
     a, b = st1.totals, st2.totals
     h = HostState(netns=netns or "host", count=st2.count, max=st2.max, buckets=st2.buckets,

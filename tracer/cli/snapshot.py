@@ -101,15 +101,15 @@ def _live(rep: dict, netns: str | None, flt, source: str):
             dec = None
             if source in ("auto", "netlink"):
                 try:
-                    res = ctnetlink.dump()
                     dec = ctnetlink.NetlinkDecoder()
+                    cache: dict = {}           # streamed: no list of every row at once
+                    res = ctnetlink.dump(sink=lambda rows: cols.add_rows(flt.apply(rows, dec, cache)))
                     rep["source"] = "ctnetlink"
                     rep["dump_interrupted"] = res.interrupted
                     if res.unreadable:
                         rep["unreadable"] = res.unreadable
                         warn(f"{res.unreadable} entries without an original tuple were skipped")
-                    cols.add_rows(flt.apply(res.rows, dec, {}))
-                    rep["entries_read"] = len(res.rows)
+                    rep["entries_read"] = res.count
                 except ctnetlink.NetlinkError as e:
                     if source == "netlink" or not os.path.exists("/proc/thread-self/net/nf_conntrack"):
                         abort(str(e))

@@ -160,6 +160,8 @@ def idle_cpu(ns: str, tmp: Path, seconds: float) -> dict:
         time.sleep(seconds)
         cpu = (cpu_s(p.pid) - c0) / (time.perf_counter() - t0)
         st = proc_status(p.pid)
+        if p.poll() is not None:
+            sys.exit(f"bench: top exited ({p.returncode}): {(tmp / 'err').read_text()[-800:]}")
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(60)

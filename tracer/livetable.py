@@ -53,7 +53,7 @@ class LiveSource:
     ROWS_PER_PUMP = 10_000
     COST_FACTOR = 25              # reconcile work <= 1/25 of a core
     MIN_PERIOD = 1.0              # seconds between reconciles of a small table
-    START_ROWS = 50_000           # rows per step of the first dump (events between steps)
+    START_ROWS = 10_000           # rows per step of the first dump (events between steps)
 
     def __init__(self, netns: str | None, accept=None, clock=time.monotonic,
                  rcvbuf: int = 32 << 20):

@@ -10,8 +10,13 @@ records, each with "k" (kind) and "t" (seconds since the epoch):
   drop    a Drop (cttrace drops --json fields)
   lost    what, n                                       (netlink overrun, ...)
   end     totals, sources (exact per-source drops), state (HostState at the end)
-Files are created with mode 0600: they hold addresses. The reader accepts
-a truncated last record (a capture cut short) and says so.
+Files are created with mode 0600 (they hold addresses), never through a
+symbolic link and never over an existing file unless asked (overwrite=True:
+a new file renamed over the old name). The reader accepts a truncated last
+record (a capture cut short) and says so; it reads files from other hosts,
+so it bounds what it decompresses (limit_for: 100 times the compressed size,
+at least 256 MiB, at most 2 GiB), the length of one record (64 MiB) and the
+corrupted records it skips.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import gzip
 import json
 import math
 import os
+import re
+import secrets
+import stat
 import zlib
 from dataclasses import dataclass, field, fields
 
@@ -34,12 +42,13 @@ class CaptureError(Exception):
 
 
 class Writer:
-    def __init__(self, path: str, header: dict):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            os.fchmod(fd, 0o600)
-        except OSError as e:
-            raise CaptureError(f"{path}: cannot create: {e.strerror}") from None
+    """A new capture file, mode 0600. It never follows a symbolic link and
+    never replaces an existing file unless overwrite=True; then the new file
+    is made under a temporary name in the same directory and renamed over
+    the old name (a link there is replaced, never written through)."""
+
+    def __init__(self, path: str, header: dict, overwrite: bool = False):
+        fd = create_private(path, overwrite)
         self._raw = os.fdopen(fd, "wb")
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
         self.records = 0
@@ -55,6 +64,78 @@ class Writer:
     def close(self) -> None:
         self._gz.close()
         self._raw.close()
+
+
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def create_private(path: str, overwrite: bool = False, mode: int = 0o600) -> int:
+    """A file descriptor on a new file at `path` (mode 0600 by default),
+    created with O_CREAT|O_EXCL|O_NOFOLLOW: never through a symbolic link,
+    never over an existing file. With overwrite=True an existing file (or
+    link) at `path` is replaced by rename, never written through; a
+    directory is still refused. Errors are one-line CaptureErrors."""
+    what = _existing(path)
+    if what == "directory":
+        raise CaptureError(f"{path} is a directory; give a file name")
+    if what and not overwrite:
+        raise CaptureError(f"{path} already exists ({what}): not overwriting it; choose another "
+                           "name or use --force to replace it")
+    try:
+        if not what:
+            try:
+                fd = os.open(path, _NEW, mode)
+            except FileExistsError:          # made meanwhile: same refusal
+                raise CaptureError(f"{path} already exists: not overwriting it; choose another "
+                                   "name or use --force to replace it") from None
+        else:
+            fd = _replace(path, mode)
+        os.fchmod(fd, mode)
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot create: {e.strerror}") from None
+    return fd
+
+
+def _existing(path: str) -> str | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None                          # os.open will say what is wrong
+    if stat.S_ISLNK(st.st_mode):
+        return f"a symbolic link to {os.readlink(path)}"
+    if stat.S_ISDIR(st.st_mode):
+        return "directory"
+    return "a file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+
+
+def _replace(path: str, mode: int) -> int:
+    """A new file under a random name next to `path`, renamed over it."""
+    d, base = os.path.split(path)
+    for _ in range(100):
+        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, _NEW, mode)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise CaptureError(f"{path}: cannot make a temporary file next to it")
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd
+
+
+def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o644) -> None:
+    """Write a whole text file (an HTML report) with the same refusals as
+    a capture: no symbolic link followed, no file replaced unless asked."""
+    with os.fdopen(create_private(path, overwrite, mode), "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 @dataclass
@@ -97,10 +178,30 @@ def counter_deltas(stats: list) -> dict:
     return out
 
 
-def read_capture(path: str) -> Capture:
+# Bounds on what `report` decompresses (captures come from other hosts): a
+# capture's JSON lines compress about 5 to 15 times, so a file is allowed
+# RATIO times its compressed size, at least FLOOR and never more than
+# HARD_CAP (parsed records take several times their text in memory); one
+# record (the header and end records carry the host's rules) at most
+# MAX_LINE. Beyond: a one-line CaptureError, nothing more is decompressed.
+RATIO = 100
+FLOOR = 256 << 20
+HARD_CAP = 2 << 30
+MAX_LINE = 64 << 20
+MAX_BAD = 10_000      # corrupted records, when they outnumber the good ones
+CHUNK = 1 << 20
+
+
+def limit_for(compressed: int) -> int:
+    """The most a capture of `compressed` bytes may decompress to."""
+    return min(HARD_CAP, max(FLOOR, RATIO * compressed))
+
+
+def read_capture(path: str, max_bytes: int | None = None, max_line: int = MAX_LINE) -> Capture:
+    """Read a capture, tolerating a cut-short end; max_bytes (default
+    limit_for(the file's size)) bounds the decompressed size."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise CaptureError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -110,17 +211,84 @@ def read_capture(path: str) -> Capture:
                            "their owner or root)") from None
     except OSError as e:
         raise CaptureError(f"{path}: cannot read: {e.strerror}") from None
-    if not raw.startswith(b"\x1f\x8b"):
-        raise CaptureError(f"{path} is not a cttrace capture (not compressed); for table "
-                           "exports use: cttrace snapshot --file")
-    data, truncated = _gunzip(raw)
-    lines = data.split(b"\n")
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if not f.read(2) == b"\x1f\x8b":
+                raise CaptureError(f"{path} is not a cttrace capture (not compressed); for table "
+                                   "exports use: cttrace snapshot --file")
+            f.seek(0)
+            return _parse(path, _Lines(f, path, max_bytes or limit_for(size), max_line))
+        except IsADirectoryError:
+            raise CaptureError(f"{path} is a directory; give a capture file") from None
+        except OSError as e:
+            raise CaptureError(f"{path}: cannot read: {e.strerror}") from None
+
+
+class _Lines:
+    """The lines of a gzip stream, decompressed as far as the data goes,
+    CHUNK bytes of output at a time, within the bounds; iterate for
+    (line, last) where last is the text after the final newline."""
+
+    def __init__(self, f, path: str, max_bytes: int, max_line: int):
+        self.f, self.path, self.max_bytes, self.max_line = f, path, max_bytes, max_line
+        self.truncated = False
+        self.total = 0
+
+    def _chunks(self):
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            while not d.eof:
+                data = d.unconsumed_tail or self.f.read(CHUNK)
+                if not data:
+                    self.truncated = True        # the stream ends before its end
+                    return
+                out = d.decompress(data, CHUNK)
+                self.total += len(out)
+                if self.total > self.max_bytes:
+                    raise CaptureError(
+                        f"{self.path} decompresses to more than {_size(self.max_bytes)} (its compressed "
+                        f"size is {_size(os.fstat(self.f.fileno()).st_size)}): not a capture cttrace "
+                        "wrote (a compression bomb?); not reading further")
+                yield out
+        except zlib.error:
+            self.truncated = True
+
+    def __iter__(self):
+        buf = b""
+        for out in self._chunks():
+            buf += out
+            if b"\n\n" in buf:                # empty lines say nothing: skip them at C speed
+                buf = _BLANKS.sub(b"\n", buf)
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line:
+                    yield line, False
+            if len(buf) > self.max_line:
+                raise CaptureError(f"{self.path}: a record longer than {_size(self.max_line)}: "
+                                   "not a capture cttrace wrote; not reading further")
+        yield buf, True
+
+
+_BLANKS = re.compile(b"\n\n+")
+
+
+def _size(n: int) -> str:
+    for unit, k in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << k:
+            return f"{n / (1 << k):.4g} {unit}"
+    return f"{n} bytes"
+
+
+def _parse(path: str, lines: _Lines) -> Capture:
+    it = iter(lines)
+    first, _ = next(it)
     try:
-        header = json.loads(lines[0])
-    except ValueError:
+        header = json.loads(first)
+    except (ValueError, RecursionError):
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        if truncated and not data:
+        if lines.truncated and not first and lines.total == 0:
             raise CaptureError(f"{path}: the capture is truncated before its header: nothing to read")
         raise CaptureError(f"{path} is not a cttrace capture (no capture header)")
     v = header.get("version")
@@ -128,20 +296,23 @@ def read_capture(path: str) -> Capture:
         raise CaptureError(f"{path} was written by a newer cttrace (capture format {v}; this one "
                            f"reads up to {VERSION}): upgrade cttrace to analyse it")
     header["state"] = _clean_state(header.get("state"))
-    cap = Capture(header=header, truncated=truncated)
-    body = lines[1:]
-    for i, line in enumerate(body):
+    cap = Capture(header=header)
+    for line, last in it:
         if not line:
             continue
         try:
             rec = _valid(json.loads(line))
         except (ValueError, RecursionError):
-            if i == len(body) - 1:          # a cut-short last record
+            if last:                        # a cut-short last record
                 cap.truncated = True
             else:
                 cap.bad_records += 1
+                if cap.bad_records > MAX_BAD and cap.bad_records > len(cap.records):
+                    raise CaptureError(f"{path}: more than {MAX_BAD:,} corrupted records and fewer good "
+                                       "ones: not a capture cttrace wrote; not reading further")
             continue
         cap.records.append(rec)
+    cap.truncated = cap.truncated or lines.truncated
     # wall-clock time can step back while recording: analyse in time order
     cap.records.sort(key=lambda r: r["t"])
     if not cap.of("end"):
@@ -205,26 +376,6 @@ def _clean_state(raw) -> dict:
         elif f.name in ("rules", "netns") and isinstance(v, str):
             out[f.name] = v
     return out
-
-
-def _gunzip(raw: bytes) -> tuple[bytes, bool]:
-    """Decompress as far as the data goes: (bytes, cut short?)."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out = []
-    truncated = False
-    try:
-        pos = 0
-        while pos < len(raw):
-            out.append(d.decompress(raw[pos:pos + 65536]))
-            pos += 65536
-            if d.eof:
-                break
-        if not d.eof:
-            out.append(d.flush())
-            truncated = True
-    except zlib.error:
-        truncated = True
-    return b"".join(out), truncated
 
 
 def row_record(kind: str, row: tuple, t: float, name_of=None) -> dict:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from tests import lab as L  # noqa: E402
 from tracer import netns  # noqa: E402
 
-CTTRACE = str(ROOT / ".venv" / "bin" / "cttrace")
+CTTRACE = [str(ROOT / ".venv" / "bin" / "cttrace")]
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 CT_COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
 SOURCES = 256
@@ -128,7 +128,7 @@ def serve(ns: str, tmp: Path, repeat: int) -> dict:
     out = []
     for k in range(repeat):
         port = 19500 + k
-        p, ready = start([CTTRACE, "serve", "--netns", ns, "--listen", f"127.0.0.1:{port}",
+        p, ready = start([*CTTRACE, "serve", "--netns", ns, "--listen", f"127.0.0.1:{port}",
                           "--interval", "1"], tmp)
         try:
             t0 = time.perf_counter()
@@ -153,7 +153,7 @@ def serve(ns: str, tmp: Path, repeat: int) -> dict:
 
 
 def idle_cpu(ns: str, tmp: Path, seconds: float) -> dict:
-    p, ready = start([CTTRACE, "top", "--json", "--interval", "1", "--netns", ns], tmp)
+    p, ready = start([*CTTRACE, "top", "--json", "--interval", "1", "--netns", ns], tmp)
     try:
         time.sleep(2)
         c0, t0 = cpu_s(p.pid), time.perf_counter()
@@ -180,7 +180,11 @@ def main():
     ap.add_argument("--idle", type=float, default=120.0, help="seconds of idle CPU measurement of top (0: skip)")
     ap.add_argument("--only", default="snapshot,top,serve,doctor")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--cttrace", metavar="CMD", help="command to run cttrace (default: .venv/bin/cttrace), "
+                    "e.g. 'env PYTHONPATH=/tmp/tree .venv/bin/python -m tracer' for another tree")
     a = ap.parse_args()
+    if a.cttrace:
+        CTTRACE[:] = a.cttrace.split()
     only = set(a.only.split(","))
     sizes = [int(s) for s in a.sizes.split(",")]
     results = {"cpus": os.cpu_count(), "sizes": {}}
@@ -189,7 +193,7 @@ def main():
         with tempfile.TemporaryDirectory() as d, L.Netns("scale-empty") as empty:
             tmp = Path(d)
             if "top" in only:
-                results["top_empty"] = runs([CTTRACE, "top", "--once", "--json", "--netns", empty.name],
+                results["top_empty"] = runs([*CTTRACE, "top", "--once", "--json", "--netns", empty.name],
                                             a.repeat)
                 print(f"top --once, empty table: {fmt(results['top_empty'])}", flush=True)
             for size in sizes:
@@ -209,11 +213,11 @@ def main():
                             "doctor": ["doctor", "--netns", ns.name, "--json", "--window", "0.1"]}
                     for name, args in cmds.items():
                         if name in only:
-                            r[name] = runs([CTTRACE, *args], a.repeat)
+                            r[name] = runs([*CTTRACE, *args], a.repeat)
                             print(f"  {name}:".ljust(29) + fmt(r[name]) +
                                   f"  ratio {r[name]['median'] / b:.2f}", flush=True)
                     if "snapshot" in only:
-                        total = json.loads(subprocess.run([CTTRACE, *cmds["snapshot"]], capture_output=True,
+                        total = json.loads(subprocess.run([*CTTRACE, *cmds["snapshot"]], capture_output=True,
                                                           text=True, check=True).stdout)["total"]
                         r["snapshot_total"] = total
                         print(f"  snapshot total {total:,} vs kernel {count:,}", flush=True)

@@ -158,3 +158,116 @@ def test_memory_per_entry_is_small():
     assert per < 100, per                           # no Python tuple per entry
     values = {id(v) for v in t.entries.values()}
     assert len(values) == 1                         # one shared small int
+
+
+# --- the feed's schedule, with a fake clock, fake events and a fake dump ------
+from tracer import livetable  # noqa: E402
+from tracer.ctevents import EventBatch  # noqa: E402
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+class _Events:
+    def __init__(self):
+        self.queue: list = []
+        self.overrun = False
+
+    def poll(self, timeout=0, max_events=None):
+        n = len(self.queue) if max_events is None else max_events
+        b = EventBatch(events=self.queue[:n], overrun=self.overrun, more=len(self.queue) > n)
+        del self.queue[:n]
+        self.overrun = False
+        return b
+
+    def close(self):
+        pass
+
+
+class _Reader:
+    table: list = []
+    dumps = 0
+
+    def __init__(self):
+        self.rows = list(_Reader.table)
+        _Reader.dumps += 1
+        self.count = 0
+
+    @property
+    def done(self):
+        return not self.rows
+
+    def read(self, n):
+        out, self.rows = self.rows[:n], self.rows[n:]
+        return out
+
+    def close(self):
+        pass
+
+
+def feed(monkeypatch, mode, table):
+    clock, ev = _Clock(), _Events()
+    _Reader.table, _Reader.dumps = table, 0
+    monkeypatch.setattr(livetable, "events_mode", lambda: mode)
+    monkeypatch.setattr(livetable, "CtEvents", lambda *a, **k: ev)
+    monkeypatch.setattr(livetable.ctnetlink, "DumpReader", _Reader)
+    src = livetable.LiveSource(None, clock=clock).start()
+    return src, clock, ev
+
+
+def test_events_off_reconciles_once_per_period(monkeypatch):
+    table = rows(50)
+    src, clock, _ = feed(monkeypatch, 0, table)
+    assert len(src.live) == 50 and _Reader.dumps == 1
+    _Reader.table = table[:20]                      # 30 gone, no event said so
+    src.pump()
+    assert _Reader.dumps == 1                       # not due yet
+    clock.t += src.period()
+    src.pump()                                      # starts the reconcile and reads it
+    src.pump()
+    assert len(src.live) == 20 and src.resyncs == 1 and src.swept == 30
+    assert src.status()["events"] == "off" and "events=0" in src.status()["note"]
+
+
+def test_reconcile_is_bounded_per_pump_and_never_back_to_back(monkeypatch):
+    table = rows(100)
+    src, clock, ev = feed(monkeypatch, 2, table)
+    src.ROWS_PER_PUMP = 10
+    clock.t += src.period()
+    src.pump()                                      # begins (legacy entries)
+    steps = 0
+    while src.status()["reconciling"]:
+        src.pump()
+        steps += 1
+    assert steps >= 10                              # 100 rows, 10 per pump
+    ev.overrun = True                               # events lost right after a dump
+    src.pump()
+    dumps = _Reader.dumps
+    for _ in range(50):
+        ev.overrun = True
+        src.pump()
+    assert _Reader.dumps == dumps                   # waits for its period, however much is lost
+    assert src.overruns == 51
+    clock.t += src.period()
+    src.pump()
+    assert _Reader.dumps == dumps + 1
+
+
+def test_exact_from_events_needs_no_reconcile(monkeypatch):
+    src, clock, ev = feed(monkeypatch, 1, [])
+    new = rows(5, src="198.18.0.9")
+    ev.queue = [("insert", r) for r in new]
+    src.pump()
+    assert len(src.live) == 5 and src.status()["exact"] and src.live.inserts["198.18.0.9"] == 5
+    clock.t += 100 * src.period()
+    src.pump()
+    assert _Reader.dumps == 1                       # events on, nothing legacy, nothing lost
+    ev.queue = [("insert", r) for r in rows(300, src="198.18.0.10")]
+    src.EVENTS_PER_PUMP = 100
+    src.pump()
+    assert src.backlog and len(src.live) == 105     # bounded: the rest waits for the next pump

@@ -94,10 +94,13 @@ def render(rep: dict):
     from rich.table import Table
     from rich.text import Text
 
+    from tracer.views.escape import safe, text
     from tracer.views.top import sparkline
     c, t = rep["capture"], rep["totals"]
     head = Text()
-    head.append(f"{c['host']} · kernel {c['kernel']} · backend {c['backend']} · netns {c['netns']}\n")
+    # everything in a capture was written on another host: shown literally, never as markup
+    head.append(f"{safe(c['host'])} · kernel {safe(c['kernel'])} · backend {safe(c['backend'])} · "
+                f"netns {safe(c['netns'])}\n")
     head.append(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['started']))}, {c['seconds']:.0f} s, "
                 f"{c['records']:,} records" + (" (TRUNCATED)" if c["truncated"] else "") + "\n")
     head.append(f"inserts {t['inserts']:,}  deletes {t['deletes']:,}  table-full drops {t['drops']:,}  "
@@ -108,19 +111,19 @@ def render(rep: dict):
     head.append(f"fill   {sparkline(fills, 60, top=1.0)}\n", style="cyan")
     head.append(f"drops  {sparkline([x['drops'] for x in tl], 60)}\n", style="red")
     head.append(f"insert {sparkline([x['inserts'] for x in tl], 60)}", style="green")
-    parts = [Panel(head, title="cttrace report", title_align="left")]
+    parts = [Panel(head, title=Text("cttrace report"), title_align="left")]
     for key, col, title in (("top_sources_by_inserts", "inserts", "top sources by inserts"),
                             ("top_sources_by_drops", "drops", "top sources by drops")):
-        tab = Table(title=title, title_justify="left")
+        tab = Table(title=Text(title), title_justify="left")
         tab.add_column("source")
         tab.add_column(col, justify="right")
         tab.add_column("container")
         for r in rep[key]:
-            tab.add_row(Text(r["src"]), f"{r[col]:,}", Text(r.get("container") or ""))
+            tab.add_row(text(r["src"]), f"{r[col]:,}", text(r.get("container")))
         parts.append(tab)
     for f in rep["findings"]:
-        parts.append(Panel(Text(f"{f['message']}\nevidence: {f['evidence']}\nfix:\n{f['fix']}"),
-                           title=f"{f['severity']}: {f['id']}", title_align="left"))
+        parts.append(Panel(text(f"{f['message']}\nevidence: {f['evidence']}\nfix:\n{f['fix']}", newlines=True),
+                           title=text(f"{f['severity']}: {f['id']}"), title_align="left"))
     return Group(*parts)
 
 

@@ -7,19 +7,21 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.text import Text
 
+from tracer.views.escape import text
+
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def render(findings, state) -> Group:
     fill = f"{state.count:,}/{state.max:,}" if state.count is not None and state.max else "?"
-    parts = [Text(f"cttrace doctor: netns {state.netns}, table {fill}, {len(findings)} finding(s)")]
+    parts = [text(f"cttrace doctor: netns {state.netns}, table {fill}, {len(findings)} finding(s)")]
     if not findings:
         parts.append(Text("nothing to fix"))
     for f in findings:
         body = Text()
-        body.append(f.message + "\n", style="bold")
-        body.append("evidence: " + f.evidence + "\n", style="dim")
-        body.append("fix:\n" + f.fix)
-        parts.append(Panel(body, title=Text(f"{f.severity}: {f.id}"), title_align="left",
+        body.append_text(text(f.message + "\n", style="bold", newlines=True))
+        body.append_text(text("evidence: " + f.evidence + "\n", style="dim", newlines=True))
+        body.append_text(text("fix:\n" + f.fix, newlines=True))
+        parts.append(Panel(body, title=text(f"{f.severity}: {f.id}"), title_align="left",
                            border_style=SEVERITY_STYLE.get(f.severity, "")))
     return Group(*parts)

@@ -8,6 +8,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from tracer.views.escape import safe, text
+
 TITLES = [
     ("by_src", "Original source"), ("by_dst", "Original destination"),
     ("by_proto_dport", "Destination port"), ("by_state", "TCP state"),
@@ -25,9 +27,9 @@ def _fill_bar(count: int, limit: int, width: int = 30) -> Text:
 
 def _header(rep: dict) -> Panel:
     lines = Text()
-    lines.append(f"source: {rep['source']}")   # Text.append: never parsed as markup
+    lines.append(f"source: {safe(rep['source'])}")   # Text.append: never parsed as markup
     if rep.get("netns"):
-        lines.append(f"   netns: {rep['netns']}")
+        lines.append(f"   netns: {safe(rep['netns'])}")
     lines.append("\n")
     lines.append(f"entries: {rep['total']:,}", style="bold")
     if rep.get("filters"):
@@ -66,7 +68,7 @@ def _table(title: str, data: dict, total: int, other: dict | None, names: dict |
     t.add_column("%", justify="right", style="dim")
     for k, n in data.items():
         label = f"{k} ({names[k]})" if names and k in names else k
-        t.add_row(Text(label), f"{n:,}", f"{100 * n / total:.1f}" if total else "")
+        t.add_row(text(label), f"{n:,}", f"{100 * n / total:.1f}" if total else "")
     if other:
         t.add_row(Text(f"({other['keys']:,} more)", style="dim"), f"{other['entries']:,}",
                   f"{100 * other['entries'] / total:.1f}" if total else "")

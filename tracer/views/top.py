@@ -10,6 +10,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from tracer.views.escape import text
+
 SPARK = "▁▂▃▄▅▆▇█"
 KEYS = "q quit  g group  s sort  p pause  h help"
 HELP = ("g: group by source, destination, port, state, container   s: sort by entries, "
@@ -39,66 +41,125 @@ def _rate(v) -> str:
     return f"{v:,.0f}" if v >= 10 or v == 0 else f"{v:.1f}"
 
 
-def header(f: dict) -> Panel:
-    t = Text()
-    if f.get("max"):
-        t.append(f"table {f['count']:,} / {f['max']:,}  ")
-        t.append_text(gauge(f["count"], f["max"]))
-        t.append(f"   buckets {f['buckets']:,}" if f.get("buckets") else "")
-    r = f["rates"]
-    t.append("\n")
-    t.append(f"inserts/s {_rate(r['inserts'])}   deletes/s {_rate(r['deletes'])}   ")
-    t.append(f"table-full drops/s {_rate(r['drops'])}", style="bold red" if r["drops"] else "")
-    t.append(f"   early drops/s {_rate(r['early_drops'])}   insert failures/s {_rate(r['insert_failed'])}")
-    t.append("\n")
-    t.append(f"fill  {sparkline(f['history']['fill'], top=1.0)}\n", style="cyan")
-    t.append(f"drops {sparkline(f['history']['drops'])}\n", style="red")
-    lost = f["lost"]
-    t.append(f"backend {f['backend']} ({f['blind_spots']})", style="dim")
-    t.append(f"   lost events {lost['events']}, netlink overruns {lost['netlink_overruns']}, "
-             f"over rate limit {lost['over_rate_limit']}",
-             style="bold yellow" if lost["events"] or lost["netlink_overruns"] else "dim")
-    title = f"cttrace top — netns {f['netns_name']} ({f['netns']})"
-    if f.get("paused"):
-        title += "  [PAUSED]"
-    return Panel(t, title=title, title_align="left")
+def _pack(items: list, width: int, sep: str = "   ") -> Text:
+    """Items (Text) on as few lines as fit `width`, never split inside one."""
+    out, used = Text(), 0
+    for it in items:
+        n = it.cell_len
+        if used and used + len(sep) + n > width:
+            out.append("\n")
+            used = 0
+        elif used:
+            out.append(sep)
+            used += len(sep)
+        out.append_text(it)
+        used += n
+    return out
+
+
+class Header:
+    """The header panel, laid out for the width it is given: the gauge,
+    the rates and the losses wrap between items (never inside one), the
+    backend's blind spots wrap between words."""
+
+    def __init__(self, f: dict):
+        self.f = f
+
+    def panel(self, width: int) -> Panel:
+        f, inner = self.f, max(width - 4, 20)
+        t = Text()
+        if f.get("max"):
+            t.append_text(_pack([Text(f"table {f['count']:,} / {f['max']:,}"), gauge(f["count"], f["max"])]
+                                + ([Text(f"buckets {f['buckets']:,}")] if f.get("buckets") else []),
+                                inner, "  "))
+            t.append("\n")
+        r = f["rates"]
+        t.append_text(_pack([Text(f"inserts/s {_rate(r['inserts'])}"), Text(f"deletes/s {_rate(r['deletes'])}"),
+                             Text(f"table-full drops/s {_rate(r['drops'])}", style="bold red" if r["drops"] else ""),
+                             Text(f"early drops/s {_rate(r['early_drops'])}"),
+                             Text(f"insert failures/s {_rate(r['insert_failed'])}")], inner))
+        t.append("\n")
+        spark = max(inner - 6, 10)
+        t.append(f"fill  {sparkline(f['history']['fill'], min(40, spark), top=1.0)}\n", style="cyan")
+        t.append(f"drops {sparkline(f['history']['drops'], min(40, spark))}\n", style="red")
+        t.append_text(text(f"backend {f['backend']} ({f['blind_spots']})", style="dim"))
+        t.append("\n")
+        lost = f["lost"]
+        style = "bold yellow" if lost["events"] or lost.get("netlink_overruns") else "dim"
+        t.append_text(_pack([Text(f"lost events {lost['events']}", style=style),
+                             Text(f"netlink overruns {lost.get('netlink_overruns', 0)}", style=style),
+                             Text(f"over rate limit {lost['over_rate_limit']}", style=style)], inner, ", "))
+        title = text(f"cttrace top — netns {f['netns_name']} ({f['netns']})")
+        if f.get("paused"):
+            title.append("  [PAUSED]")
+        return Panel(t, title=title, title_align="left")
+
+    def height(self, console, options) -> int:
+        return _lines(console, options, self.panel(options.max_width))
+
+    def __rich_console__(self, console, options):
+        yield self.panel(options.max_width)
+
+
+def _lines(console, options, renderable) -> int:
+    return len(console.render_lines(renderable, options.update(height=None), pad=False))
+
+
+def header(f: dict) -> Header:
+    return Header(f)
 
 
 def main_table(f: dict) -> Table:
     g = f["group"]
-    t = Table(title=f"by {g} (sorted by {f['sort']})", title_justify="left", expand=True)
+    by_src = g == "src"          # only sources have a container beside them
+    t = Table(title=Text(f"by {g} (sorted by {f['sort']})"), title_justify="left", expand=True)
     t.add_column(g, overflow="fold")
     t.add_column("entries", justify="right")
     t.add_column("share", justify="right")
     t.add_column("inserts/s", justify="right")
     t.add_column("deletes/s", justify="right")
     t.add_column("drops/s", justify="right")
-    t.add_column("container", overflow="fold")
+    if by_src:
+        t.add_column("container", overflow="fold")
     for r in f["top"]:
-        t.add_row(Text(r["key"]), f"{r['entries']:,}", f"{100 * r['share']:.1f}%",
-                  _rate(r["inserts_per_s"]), _rate(r["deletes_per_s"]),
-                  Text(_rate(r["drops_per_s"]), style="bold red" if r["drops_per_s"] else ""),
-                  Text(r.get("container") or ""))
+        cells = [text(r["key"]), f"{r['entries']:,}", f"{100 * r['share']:.1f}%",
+                 _rate(r["inserts_per_s"]), _rate(r["deletes_per_s"]),
+                 Text(_rate(r["drops_per_s"]), style="bold red" if r["drops_per_s"] else "")]
+        t.add_row(*cells, *([text(r.get("container"))] if by_src else []))
     return t
 
 
 def drops_table(f: dict) -> Table:
-    t = Table(title="latest drops", title_justify="left", expand=True)
+    t = Table(title=Text("latest drops"), title_justify="left", expand=True)
     for c in ("time", "reason", "tuple", "container"):
         t.add_column(c, overflow="fold")
     for d in f["drops"]:
         ts = time.strftime("%H:%M:%S", time.localtime(d["ts"]))
         tup = f"{d['proto']} {d['src']}:{d['sport']} -> {d['dst']}:{d['dport']}"
-        t.add_row(ts, Text(d["reason"], style="red" if d["reason"] == "table_full" else "yellow"),
-                  Text(tup), Text(d.get("container") or ""))
+        t.add_row(Text(ts), text(d["reason"], style="red" if d["reason"] == "table_full" else "yellow"),
+                  text(tup), text(d.get("container")))
     return t
 
 
+class _Screen:
+    """The full-screen layout; the header takes the lines it needs at the
+    terminal's width (nothing cut), the tables share the rest."""
+
+    def __init__(self, f: dict, show_help: bool):
+        self.f, self.show_help = f, show_help
+
+    def __rich_console__(self, console, options):
+        head = Header(self.f)
+        foot = Text(HELP if self.show_help else KEYS, style="reverse")
+        lay = Layout()
+        lay.split_column(Layout(head, name="head", size=head.height(console, options)),
+                         Layout(main_table(self.f), name="main", ratio=2),
+                         Layout(drops_table(self.f), name="drops", ratio=1),
+                         Layout(foot, name="foot", size=_lines(console, options, foot)))
+        yield lay
+
+
 def render(f: dict, show_help: bool = False, full_screen: bool = True):
-    foot = Text(HELP if show_help else KEYS, style="reverse")
     if not full_screen:
         return Group(header(f), main_table(f), drops_table(f))
-    lay = Layout()
-    lay.split_column(Layout(header(f), name="head", size=7), Layout(main_table(f), name="main", ratio=2),
-                     Layout(drops_table(f), name="drops", ratio=1), Layout(foot, name="foot", size=1))
-    return lay
+    return _Screen(f, show_help)

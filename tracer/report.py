@@ -145,7 +145,10 @@ def _svg_line(values: list, w: int = 720, h: int = 160, color: str = "#1f77b4", 
 def to_html(rep: dict) -> str:
     c, t, tl = rep["capture"], rep["totals"], rep["timeline"]
     fills = [(x["count"] or 0) / x["max"] if x.get("max") else 0 for x in tl]
-    esc = html.escape
+    from tracer.views.escape import safe
+
+    def esc(v) -> str:           # foreign text: no markup, no control characters
+        return html.escape(safe(v, newlines=True))
 
     def table(rows, cols):
         head = "".join(f"<th>{esc(h)}</th>" for h, _ in cols)

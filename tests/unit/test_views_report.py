@@ -1,0 +1,98 @@
+"""`cttrace report`'s renderings (terminal through rich's recording
+console, HTML) from captures made in the test, hostile ones included:
+a capture comes from another host, every string in it is foreign."""
+
+import html
+import io
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from tests.unit.test_capture_report import make_capture
+from tracer.capture import Writer, read_capture
+from tracer.cli import main
+from tracer.report import analyse, render, to_html
+
+HOSTILE = "[/x][bold red]\x1b[2J<script>alert(1)</script>"
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def text_of(renderable, width=80) -> str:
+    c = Console(record=True, width=width, color_system=None, file=io.StringIO())
+    c.print(renderable)
+    return c.export_text()
+
+
+def test_render_exact_head(tmp_path):
+    rep = analyse(read_capture(str(make_capture(tmp_path / "c"))))
+    lines = text_of(render(rep), width=100).splitlines()
+    assert [l.rstrip(" │") for l in lines[:8]] == [
+        "╭─ cttrace report ─────────────────────────────────────────────────────────────────────────────────╮",
+        "│ h · kernel k · backend tracepoint · netns node",
+        "│ 1970-01-01 00:16:40, 5 s, 31 records",
+        "│ inserts 18  deletes 0  table-full drops 50  early drops 5  insert failures 0  lost 0",
+        "│ fill   ▇▇▇███",
+        "│ drops  █████▁",
+        "│ insert ██████",
+        "╰──────────────────────────────────────────────────────────────────────────────────────────────────╯",
+    ]
+    out = "\n".join(lines)
+    assert "│ 10.0.0.1 │      18 │ web-1     │" in out
+    assert "│ 10.0.0.2 │    50 │           │" in out
+    assert "critical: table_full" in out
+
+
+def _hostile_capture(path):
+    state = {"netns": HOSTILE, "count": 95, "max": 100, "by_src": {"198.18.1.11": 95},
+             "containers": {"198.18.1.11": HOSTILE}}
+    w = Writer(str(path), {"host": HOSTILE, "kernel": "[/k]", "backend": "[b]", "netns": HOSTILE,
+                           "interval": 1.0, "state": state})
+    for i in range(3):
+        w.write({"k": "stats", "t": 1000.0 + i, "count": 95, "max": 100, "kernel": {"drop": 4 * i}})
+        w.write({"k": "insert", "t": 1000.1 + i, "proto": "udp", "src": "[/src]", "sport": 1, "dst": "d",
+                 "dport": 53, "container": HOSTILE})
+        w.write({"k": "drop", "t": 1000.2 + i, "reason": "table_full", "proto": "udp", "src": "198.18.1.11",
+                 "sport": 1, "dst": "d", "dport": 53, "container": HOSTILE})
+    w.write({"k": "end", "t": 1002.0, "sources": {"198.18.1.11": 8}, "state": state})
+    w.close()
+    return path
+
+
+def test_hostile_capture_renders_literally(tmp_path):
+    rep = analyse(read_capture(str(_hostile_capture(tmp_path / "c"))))
+    out = text_of(render(rep), width=200)
+    assert "\x1b" not in out
+    assert "[/x][bold red]\\x1b[2J<script>alert(1)</script> · kernel [/k] · backend [b]" in out
+    assert "[/src]" in out
+    page = to_html(rep)
+    assert "<script>" not in page and "\x1b" not in page
+    assert html.escape("[/x][bold red]") in page
+
+
+def test_hostile_capture_through_the_cli(tmp_path):
+    p = _hostile_capture(tmp_path / "c")
+    for args in (["report", str(p)], ["doctor", "--capture", str(p)]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0 and r.exception is None, (args, r.output, r.exception)
+        assert "[/x][bold red]" in r.stdout and "\x1b" not in r.stdout
+
+
+def test_html_exact_totals(tmp_path):
+    rep = analyse(read_capture(str(make_capture(tmp_path / "c"))))
+    page = to_html(rep)
+    assert ("<p><b>inserts 18 · deletes 0 · table-full drops 50 ·\nearly drops 5 · insert failures 0 · "
+            "lost events 0</b></p>") in page
+    assert page.count("<svg") == 3
+    assert "<tr><td>10.0.0.2</td><td>50</td><td></td></tr>" in page
+    assert json.loads(json.dumps(rep)) == rep

@@ -160,7 +160,8 @@ class Capture:
             a, b = stats[0], stats[-1]
             dt = max(b["t"] - a["t"], 1e-6)
             h.window = dt
-            h.rates = {k: v / dt for k, v in counter_deltas(stats).items()}
+            h.deltas = counter_deltas(stats)
+            h.rates = {k: v / dt for k, v in h.deltas.items()}
             h.stats = b["kernel"]
             h.count, h.max = b.get("count"), b.get("max")
         return h
@@ -366,15 +367,19 @@ def _clean_state(raw) -> dict:
         v = raw.get(f.name)
         if v is None:
             continue
-        if f.name in ("count", "max", "buckets", "total", "window") and _num(v):
+        if f.name in ("count", "max", "buckets", "total", "window", "max_global") and _num(v):
             out[f.name] = v
-        elif f.name in ("sysctls", "stats", "rates", "by_state", "by_proto_dport", "by_src") and _counts(v):
+        elif f.name in ("sysctls", "stats", "rates", "by_state", "by_proto_dport", "by_src",
+                        "deltas") and _counts(v):
             out[f.name] = v
         elif f.name == "containers" and isinstance(v, dict) and all(
                 isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
             out[f.name] = v
-        elif f.name in ("rules", "netns") and isinstance(v, str):
+        elif f.name in ("rules", "netns", "kernel", "max_scope") and isinstance(v, str):
             out[f.name] = v
+        elif f.name == "nat":
+            from tracer.nat import clean_state
+            out[f.name] = clean_state(v)
     return out
 
 

@@ -6,7 +6,10 @@ system.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
+
+from tracer import nat
 
 CRITICAL, WARNING, INFO = "critical", "warning", "info"
 TUNNELS = {4789: "VXLAN", 6081: "Geneve"}
@@ -28,8 +31,14 @@ class HostState:
     by_proto_dport: dict = field(default_factory=dict)
     by_src: dict = field(default_factory=dict)
     containers: dict = field(default_factory=dict)      # src ip -> name
-    rules: str = ""                                     # iptables-save -t raw + nft list ruleset
+    rules: str = ""                                     # iptables-save -t raw/-t nat + nft -a list ruleset
     total: int = 0                                      # entries in the dump
+    # Added later (captures without them still load: the defaults mean "not recorded").
+    deltas: dict = field(default_factory=dict)          # exact counter increases over the window
+    kernel: str = ""                                    # uname -r
+    max_scope: str = ""                                 # "global" (one limit for all namespaces) or "netns"
+    max_global: int | None = None                       # the initial namespace's limit, where it differs
+    nat: dict = field(default_factory=dict)             # nat.Usage.to_state(): SNAT usage, DNAT services
 
 
 @dataclass
@@ -68,36 +77,18 @@ def diagnose(h: HostState) -> list[Finding]:
     raise_fix = (f"sysctl -w net.netfilter.nf_conntrack_max={new_max}\n"
                  f"echo {new_max // 4} > /sys/module/nf_conntrack/parameters/hashsize\n"
                  f"# persist: echo 'net.netfilter.nf_conntrack_max={new_max}' > /etc/sysctl.d/90-conntrack.conf")
+    if h.max_scope == "global" and h.netns != "host":
+        raise_fix += "\n# the limit is global on this kernel: run these on the host, not in the namespace"
+    elif h.max_scope == "netns":
+        raise_fix += "\n# this namespace has its own limit: run the sysctl inside it (nsenter -n -t PID)"
+    limit = f"nf_conntrack_count={cnt} nf_conntrack_max={mx}" + _scope(h)
     if mx and fill >= 0.9:
-        add("table_full", CRITICAL, f"the conntrack table is {100 * fill:.0f}% full",
-            f"nf_conntrack_count={cnt} nf_conntrack_max={mx}", raise_fix)
+        add("table_full", CRITICAL, f"the conntrack table is {100 * fill:.0f}% full", limit, raise_fix)
     elif mx and fill >= 0.75:
-        add("table_filling", WARNING, f"the conntrack table is {100 * fill:.0f}% full",
-            f"nf_conntrack_count={cnt} nf_conntrack_max={mx}", raise_fix)
+        add("table_filling", WARNING, f"the conntrack table is {100 * fill:.0f}% full", limit, raise_fix)
 
-    drop_rate = h.rates.get("drop", 0.0)
-    if drop_rate > 0:
-        add("dropping_now", CRITICAL,
-            f"new connections are being dropped now: {drop_rate:,.0f}/s (table full)",
-            f"kernel drop counter +{drop_rate * h.window:,.0f} in {h.window:.1f} s; {h.stats.get('drop', 0):,} since boot",
-            raise_fix + "\n# and find who fills it: cttrace top; cttrace drops --reason table_full")
-    elif h.stats.get("drop", 0) > 0:
-        add("dropped_before", WARNING,
-            f"{h.stats['drop']:,} packets were dropped by a full table since boot (none now)",
-            f"kernel drop counter {h.stats['drop']:,}", raise_fix)
-    if h.stats.get("early_drop", 0) > 0:
-        add("early_drops", WARNING if h.rates.get("early_drop", 0) > 0 else INFO,
-            f"{h.stats['early_drop']:,} entries were evicted to make room (early drop)",
-            f"kernel early_drop counter {h.stats['early_drop']:,}"
-            + (f", {h.rates['early_drop']:,.0f}/s now" if h.rates.get("early_drop") else ""),
-            raise_fix)
-    if h.stats.get("insert_failed", 0) > 0:
-        add("insert_failed", WARNING,
-            f"{h.stats['insert_failed']:,} packets were dropped because their entry could not be "
-            "inserted (races between simultaneous flows, typically UDP DNS from containers)",
-            f"kernel insert_failed counter {h.stats['insert_failed']:,}",
-            "# DNS from pods/containers: use TCP or separate sockets for A/AAAA (resolv.conf: "
-            "options single-request-reopen), or a node-local DNS cache")
+    clash = _drops(h, add, fill, raise_fix)
+    _nat(h, add, *clash)
 
     if mx and h.buckets and mx / h.buckets > 8:
         add("hash_chains", WARNING,
@@ -146,3 +137,201 @@ def diagnose(h: HostState) -> list[Finding]:
                 "# if it is a container on a NATed bridge with heavy traffic: host networking, "
                 "connection reuse, or NOTRACK for its traffic")
     return out
+
+
+def _scope(h: HostState) -> str:
+    if h.max_scope == "netns":
+        return (f" (this namespace's own limit; the initial namespace's is {h.max_global:,})"
+                if h.max_global else " (this namespace's own limit)")
+    if h.max_scope == "global" and h.netns != "host":
+        return " (one limit for every namespace on this kernel; each counts its own entries)"
+    return ""
+
+
+def _delta(h: HostState, name: str) -> int:
+    """Exact increase of a kernel counter over the window (older states: from the rate)."""
+    if name in h.deltas:
+        return int(h.deltas[name])
+    return int(round(h.rates.get(name, 0.0) * h.window))
+
+
+def clash_drops(c: dict) -> int:
+    """Packets dropped at confirm time because their entry clashed (NAT
+    port exhaustion, the UDP race): the kernel counts each in both
+    `insert_failed` and `drop` (nf_ct_resolve_clash). A chain that is too
+    long counts insert_failed (and chaintoolong) without drop."""
+    return max(c.get("insert_failed", 0) - c.get("chaintoolong", 0), 0)
+
+
+def table_full_drops(c: dict) -> int:
+    """`drop` without the clash drops counted in it: table-full refusals (and
+    the rare drops by a protocol tracker's verdict, counted with `invalid`)."""
+    return max(c.get("drop", 0) - clash_drops(c), 0)
+
+
+def _drops(h: HostState, add, fill: float, raise_fix: str) -> tuple[int, int]:
+    """Drops now and since boot, split by what the kernel's counters say.
+    Returns the clash drops (now, since boot)."""
+    now = {k: _delta(h, k) for k in ("drop", "insert_failed", "chaintoolong", "early_drop", "invalid")}
+    w = h.window
+    per_s = lambda n: n / w if w else 0.0            # noqa: E731
+    clash_now, other_now = clash_drops(now), table_full_drops(now)
+    clash_all, other_all = clash_drops(h.stats), table_full_drops(h.stats)
+    split = (f"kernel drop +{now['drop']:,} and insert_failed +{now['insert_failed']:,} in {w:.1f} s "
+             f"(a clash at insert counts in both)")
+    # A full table is seen as such: entries at (or next to) the limit, or
+    # entries being evicted to make room (early_drop happens only when full).
+    full = fill >= 0.9 or now["early_drop"] > 0
+    if other_now > 0 and full:
+        add("dropping_now", CRITICAL,
+            f"new connections are being dropped now: {per_s(other_now):,.0f}/s (table full)",
+            f"{split}: {other_now:,} refused with the table {100 * fill:.0f}% full; "
+            f"{table_full_drops(h.stats):,} such drops since boot",
+            raise_fix + "\n# and find who fills it: cttrace top; cttrace drops --reason table_full")
+    elif other_now > 0:
+        add("conntrack_drops", WARNING,
+            f"conntrack dropped {other_now:,} packets in {w:.1f} s with room in the table "
+            f"({100 * fill:.0f}% full): not table full",
+            f"{split}; invalid +{now['invalid']:,}; a drop with room in the table is a protocol "
+            "tracker's verdict (counted with invalid) or a failed allocation",
+            "cttrace drops --reason invalid      # which packets, from whom\n"
+            "sysctl -w net.netfilter.nf_conntrack_log_invalid=255   # the kernel logs why (dmesg)")
+    elif other_all > 0:
+        add("dropped_before", WARNING,
+            f"{other_all:,} packets were dropped by conntrack since boot that were not insert "
+            "clashes (a full table or a tracker's verdict; none now)",
+            f"kernel drop counter {h.stats.get('drop', 0):,}, insert_failed "
+            f"{h.stats.get('insert_failed', 0):,}, chaintoolong {h.stats.get('chaintoolong', 0):,}"
+            + ("" if "clash_resolve" in h.stats else
+               "; this kernel has no clash_resolve counter: its insert_failed also counts clashes "
+               "resolved without a drop, so this is a lower bound"),
+            raise_fix)
+    if h.stats.get("early_drop", 0) > 0:
+        add("early_drops", WARNING if now["early_drop"] > 0 else INFO,
+            f"{h.stats['early_drop']:,} entries were evicted to make room (early drop)",
+            f"kernel early_drop counter {h.stats['early_drop']:,}"
+            + (f", +{now['early_drop']:,} in {w:.1f} s" if now["early_drop"] else ""),
+            raise_fix)
+    return clash_now, clash_all
+
+
+def _kernel(release: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
+    """SNAT port exhaustion and the UDP DNS race, from the table's NAT
+    (reply tuples), the rules' port ranges and the clash counters."""
+    w = h.window
+    rules = nat.parse_rules(h.rules or "")
+    rows = []
+    for u in h.nat.get("snat", []):
+        (lo, hi), rule = nat.pick_range(rules, u["proto"], u["snat"], (u["port_min"], u["port_max"]),
+                                        u.get("orig_sport_min", 1024))
+        rows.append((u, lo, hi, rule, u["entries"] / (hi - lo + 1)))
+    rows.sort(key=lambda r: -r[4])
+    full = [r for r in rows if r[4] >= 0.9]
+    failures = (f"kernel insert_failed +{_delta(h, 'insert_failed'):,} "
+                f"in {w:.1f} s ({clash_now:,} dropped as clashes), "
+                f"{h.stats.get('insert_failed', 0):,} since boot")
+    explained = False
+    if full:
+        u0, lo0, hi0, _, _ = full[0]
+        explained = clash_all > 0
+        lines = []
+        for u, lo, hi, rule, ratio in full[:5]:
+            lines.append(f"{u['proto']} {u['snat']} -> {u['dst']}:{u['dport']}: {u['entries']:,} of "
+                         f"{hi - lo + 1:,} ports in use ({lo}-{hi}"
+                         + (f", from: {rule.text}" if rule is not None and rule.ports else
+                            ", the kernel's default range" if rule is None or rule.ports is None else "")
+                         + ")")
+        sev = CRITICAL if clash_now > 0 else WARNING
+        what = (f"{clash_now:,} new connections failed in {w:.1f} s" if clash_now else
+                f"{clash_all:,} insert failures since boot" if clash_all else "no failure yet")
+        add("snat_port_exhaustion", sev,
+            f"SNAT port exhaustion: {u0['snat']} has {u0['entries']:,} of {hi0 - lo0 + 1:,} ports "
+            f"in use to {u0['dst']}:{u0['dport']}/{u0['proto']} ({what})",
+            "; ".join(lines) + f"; {failures}. A port is taken when its reply tuple (destination, "
+            "port -> SNAT address, port) is in the table; the kernel tries at most 128+64+32+16 "
+            "ports, so a mostly used range fails before it is full",
+            _snat_fix(rules, full))
+    dns = [d for d in h.nat.get("dnat", []) if d["proto"] == "udp" and d["port"] == 53]
+    if dns and clash_all > 0:
+        kv = _kernel(h.kernel)
+        svc = "; ".join(f"{d['service']}:53 -> " + ", ".join(f"{b} ({n:,})" for b, n in
+                                                            list(d["backends"].items())[:4])
+                        + f", {d['entries']:,} entries" for d in dns[:3])
+        resolved = _delta(h, "clash_resolve")
+        add("dns_race", CRITICAL if clash_now > 0 else WARNING,
+            f"DNS lookups through a DNAT'd service ({dns[0]['service']}:53/udp) meet insert "
+            "failures: the conntrack race of UDP DNS" + (" (and SNAT port exhaustion, above)" if full else ""),
+            f"{svc}; {failures}; clash_resolve +{resolved:,} in {w:.1f} s, "
+            f"{h.stats.get('clash_resolve', 0):,} since boot (clashes the kernel settled without a "
+            f"drop); {_dns_kernel(kv)}",
+            _dns_fix(kv, rules))
+        explained = True
+    if clash_all > 0 and not explained:
+        add("insert_failed", CRITICAL if clash_now > 0 else WARNING,
+            f"{clash_all:,} packets were dropped because their entry clashed at insert "
+            "(two new flows with the same tuple after NAT)",
+            failures + (f"; {h.nat.get('snat_entries', 0):,} SNAT'd entries, the fullest "
+                        f"{rows[0][0]['entries']:,} of {rows[0][2] - rows[0][1] + 1:,} ports"
+                        if rows else ""),
+            "# concurrent new flows that NAT maps to one tuple: fully random ports\n"
+            + "\n".join(nat.widened(r) for r in rules)
+            + ("\n" if rules else "")
+            + "# DNS from pods/containers: TCP (resolv.conf: options use-vc) or a node-local DNS cache")
+
+
+def _snat_fix(rules, full) -> str:
+    out = []
+    used = []
+    for u, lo, hi, rule, _ in full:
+        if rule is not None and rule not in used:
+            used.append(rule)
+    for r in used:
+        out.append(f"# {r.text}" if r.tool != "nft" else f"# nft: {r.text}")
+        out.append(nat.widened(r))
+    if not used:
+        out.append("# no SNAT/MASQUERADE rule found in this namespace's rules; on the rule that "
+                   "translates these flows: --random-fully and --to-ports 1024-65535")
+    u = full[0][0]
+    out.append(f"# more SNAT addresses: each one has its own ports per destination, e.g. "
+               f"-j SNAT --to-source {u['snat']}-<last address> --random-fully")
+    out.append(f"# fewer new flows: connection reuse / keep-alive in the clients that open "
+               f"{u['proto']} flows to {u['dst']}:{u['dport']}")
+    return "\n".join(out)
+
+
+def _dns_kernel(kv) -> str:
+    if kv is None:
+        return "kernel version unknown"
+    v = f"{kv[0]}.{kv[1]}"
+    if kv >= (5, 6):
+        return (f"kernel {v}: the same-socket A/AAAA race is settled by the kernel (5.0: same backend, "
+                "5.6: different backends), so these failures are concurrent flows from different "
+                "sockets that SNAT mapped to one port")
+    if kv >= (5, 0):
+        return (f"kernel {v}: same-socket queries to one backend are settled by the kernel; to "
+                "different backends (5.6) they are not")
+    return f"kernel {v}: no clash resolution for the same-socket A/AAAA race (5.0, 5.6)"
+
+
+def _dns_fix(kv, rules) -> str:
+    out = ["# DNS over TCP: no UDP clash (pod spec: dnsConfig: {options: [{name: use-vc}]})",
+           "echo 'options use-vc' >> /etc/resolv.conf",
+           "# or NodeLocal DNSCache: pods ask a cache on the node (untracked), which asks "
+           "CoreDNS over TCP"]
+    masq = [r for r in rules if not r.random_fully]
+    if masq:
+        out.append("# different sockets racing for one SNAT port: fully random port selection")
+        out += [nat.widened(r) for r in masq]
+    if kv is None or kv < (5, 6):
+        out.append("# this kernel does not settle the same-socket race: send A and AAAA from "
+                   "separate sockets")
+        out.append("echo 'options single-request-reopen' >> /etc/resolv.conf")
+    else:
+        out.append("# options single-request-reopen is not needed here: this kernel settles the "
+                   "same-socket race itself")
+    return "\n".join(out)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
+import stat
 import subprocess
 import time
 
-from tracer import ctnetlink, table
+from tracer import ctnetlink, nat, table
 from tracer import netns as ns
 from tracer.doctor import HostState
 from tracer.snapshot import Columns, Summary
@@ -14,6 +17,14 @@ from tracer.snapshot import Columns, Summary
 TIMEOUTS = ("tcp_timeout_established", "tcp_timeout_time_wait", "tcp_timeout_syn_sent",
             "tcp_timeout_close_wait", "udp_timeout", "udp_timeout_stream", "icmp_timeout",
             "generic_timeout")
+CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+# Each section of the rules text starts with "# cttrace: <tool>" (nat.parse_rules reads them).
+RULE_COMMANDS = (("iptables", ["iptables-save", "-t", "raw"]), ("iptables", ["iptables-save", "-t", "nat"]),
+                 ("iptables-legacy", ["iptables-legacy-save", "-t", "raw"]),
+                 ("iptables-legacy", ["iptables-legacy-save", "-t", "nat"]),
+                 ("ip6tables", ["ip6tables-save", "-t", "raw"]), ("ip6tables", ["ip6tables-save", "-t", "nat"]),
+                 ("nft", ["nft", "-a", "list", "ruleset"]))
+NAT_WORDS = ("MASQUERADE", "SNAT", "DNAT", "masquerade", "snat ", "dnat ", "redirect", "REDIRECT")
 
 
 def _sysctl(name: str) -> int | None:
@@ -25,26 +36,43 @@ def _sysctl(name: str) -> int | None:
 
 
 def rules_text() -> str:
-    """The raw-table rules of the current namespace (iptables nft and legacy, nftables)."""
+    """The raw- and nat-table rules of the current namespace (iptables nft and
+    legacy, ip6tables, nftables with rule handles), one section per command."""
     out = []
-    for cmd in (["iptables-save", "-t", "raw"], ["iptables-legacy-save", "-t", "raw"],
-                ["ip6tables-save", "-t", "raw"], ["nft", "list", "ruleset"]):
+    for tool, cmd in RULE_COMMANDS:
         if shutil.which(cmd[0]):
             try:
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-                out.append(r.stdout)
+                if r.stdout.strip():
+                    out.append(f"# cttrace: {tool}\n{r.stdout}")
             except (OSError, subprocess.TimeoutExpired):
                 pass
     return "\n".join(out)
 
 
+def max_scope() -> str:
+    """Is nf_conntrack_max this namespace's own ("netns") or the one global
+    limit ("global")? On kernels up to at least 6.18 a child namespace sees
+    the global value read-only (mode 0444; nf_conntrack_standalone.c); a
+    kernel that gives each namespace its own makes the file writable there."""
+    try:
+        mode = os.stat(CT_MAX).st_mode
+    except OSError:
+        return ""
+    return "netns" if mode & stat.S_IWUSR else "global"
+
+
 def read_live(netns: str | None = None, window: float = 1.0, names=None) -> HostState:
+    global_max = _sysctl("max")                    # the caller's (initial) namespace
     with ns.entered(netns):
+        scope = max_scope() if netns else "global"
         st1 = table.read()
         t1 = time.monotonic()
         cols = Columns()
         ctnetlink.dump(sink=cols.add_rows)      # streamed into the counts: no list of rows
         rules = rules_text()
+        # Both tuples of every entry (a second dump) only where NAT rules exist.
+        usage = nat.read_live() if any(w in rules for w in NAT_WORDS) else None
         sysctls = {k: v for k in TIMEOUTS if (v := _sysctl(k)) is not None}
         left = window - (time.monotonic() - t1)
         if left > 0:
@@ -53,11 +81,15 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
         dt = max(time.monotonic() - t1, 1e-6)
     s = Summary.from_columns(cols, ctnetlink.NetlinkDecoder())
     a, b = st1.totals, st2.totals
+    deltas = {k: max(b.get(k, 0) - a.get(k, 0), 0) for k in b}
     h = HostState(netns=netns or "host", count=st2.count, max=st2.max, buckets=st2.buckets,
                   sysctls=sysctls, stats=b, window=dt,
-                  rates={k: max(b.get(k, 0) - a.get(k, 0), 0) / dt for k in b},
+                  rates={k: v / dt for k, v in deltas.items()}, deltas=deltas,
                   by_state=dict(s.by_state), by_proto_dport=dict(s.by_proto_dport),
-                  by_src=dict(s.by_src), rules=rules, total=s.total)
+                  by_src=dict(s.by_src), rules=rules, total=s.total,
+                  kernel=platform.release(), max_scope=scope,
+                  max_global=global_max if scope == "netns" and global_max != st2.max else None,
+                  nat=usage.to_state() if usage is not None else {})
     if names is not None:
         h.containers = {ip: n for ip in h.by_src if (n := names.by_ip.get(ip))}
     return h

@@ -23,10 +23,23 @@
 BPF_PERF_OUTPUT(ct_events);
 BPF_HASH(ct_sources, struct src_key, struct src_val, 65536);
 BPF_PERCPU_ARRAY(ct_stats, u64, CT_MAX);
-BPF_HASH(alloc_args, u64, struct alloc_arg, 16384);
-BPF_HASH(confirm_args, u64, struct confirm_arg, 16384);
-BPF_HASH(delete_args, u64, u64, 16384);
+/* Arguments saved at entry for the return probe, keyed by (task, CPU): in
+ * softirq context the "task" is whatever ran on that CPU, often the idle task,
+ * whose pid_tgid is 0 on every CPU, so the task alone is not a key (two CPUs
+ * refusing packets at once read each other's arguments: the right count
+ * with the wrong namespace or tuple). The packet path does not migrate
+ * between entry and return. */
+struct call_key { u64 id; u32 cpu; u32 pad; };
+BPF_HASH(alloc_args, struct call_key, struct alloc_arg, 16384);
+BPF_HASH(confirm_args, struct call_key, struct confirm_arg, 16384);
+BPF_HASH(delete_args, struct call_key, u64, 16384);
 BPF_PERCPU_ARRAY(in_early_drop, u64, 1);   /* nf_ct_delete calls inside early_drop() are evictions */
+
+static __always_inline struct call_key call_key(void)
+{
+    struct call_key k = {.id = bpf_get_current_pid_tgid(), .cpu = bpf_get_smp_processor_id()};
+    return k;
+}
 
 static __always_inline void ct_stat(int i)
 {
@@ -95,7 +108,7 @@ static __always_inline void emit(struct pt_regs *ctx, struct drop_event *ev)
 
 int alloc_entry(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    struct call_key id = call_key();
     struct alloc_arg a = {.net = PT_REGS_PARM1(ctx), .orig = PT_REGS_PARM3(ctx)};
     alloc_args.update(&id, &a);
     return 0;
@@ -103,7 +116,7 @@ int alloc_entry(struct pt_regs *ctx)
 
 int alloc_return(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    struct call_key id = call_key();
     struct alloc_arg *a = alloc_args.lookup(&id);
     if (!a) {
         ct_stat(CT_ARGS_MISSED);
@@ -130,7 +143,7 @@ int alloc_return(struct pt_regs *ctx)
 
 int confirm_entry(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    struct call_key id = call_key();
     char *skb = (char *)PT_REGS_PARM1(ctx);
     struct confirm_arg c = {.skb = (u64)skb};
     unsigned long nfct = 0;
@@ -142,7 +155,7 @@ int confirm_entry(struct pt_regs *ctx)
 
 int confirm_return(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    struct call_key id = call_key();
     struct confirm_arg *c = confirm_args.lookup(&id);
     if (!c) {
         ct_stat(CT_ARGS_MISSED);
@@ -181,7 +194,7 @@ int confirm_return(struct pt_regs *ctx)
 
 int delete_entry(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    struct call_key id = call_key();
     u64 ct = PT_REGS_PARM1(ctx);
     delete_args.update(&id, &ct);
     return 0;
@@ -189,7 +202,7 @@ int delete_entry(struct pt_regs *ctx)
 
 int delete_return(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    struct call_key id = call_key();
     u64 *ctp = delete_args.lookup(&id);
     if (!ctp) {
         ct_stat(CT_ARGS_MISSED);

@@ -11,7 +11,9 @@
  * Struct offsets and the enum value come from the running kernel's BTF, as
  * -D constants (tracer/btf.py): OFF_SKB_HEAD, OFF_SKB_NH, OFF_SKB_NFCT,
  * OFF_SKB_DEV, OFF_SKB_SK, OFF_DEV_NET, OFF_SK_NET, OFF_NET_INUM,
- * REASON_NETFILTER_DROP, RATE_PER_SEC, RATE_BURST.
+ * REASON_NETFILTER_DROP (5.17+) or NF_HOOK_SLOW/NF_HOOK_SLOW_SIZE (older
+ * kernels: the drop is recognised by kfree_skb's call site), RATE_PER_SEC,
+ * RATE_BURST. CT_NO_RULE_HALF: the kprobe backend without this probe.
  * Cost: a handful of probe reads per netfilter drop; nothing on other frees.
  */
 /* The tracepoint's struct names enum skb_drop_reason: it must be complete.
@@ -81,10 +83,18 @@ static __always_inline u32 net_inum(void *net)
     return inum;
 }
 
+#ifndef CT_NO_RULE_HALF
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
+#ifdef NF_HOOK_SLOW
+    /* before 5.17 (no drop reason): netfilter's drops are the frees called
+     * from nf_hook_slow() (NF_DROP verdict); `location` is kfree_skb's caller */
+    if ((u64)args->location - NF_HOOK_SLOW >= NF_HOOK_SLOW_SIZE)
+        return 0;
+#else
     if (args->reason != REASON_NETFILTER_DROP)
         return 0;
+#endif
 #ifdef CT_KPROBES
     {
         int k = 0;
@@ -198,3 +208,4 @@ TRACEPOINT_PROBE(skb, kfree_skb)
         stat_add(ST_SUBMIT_FAILED);
     return 0;
 }
+#endif /* CT_NO_RULE_HALF */

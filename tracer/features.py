@@ -6,6 +6,8 @@ negative, what is missing and how to fix it.
 
 Kernel history worth knowing: skb:kfree_skb carries a drop reason since
 Linux 5.17 (NETFILTER_DROP since 5.19-ish backports vary: read from BTF);
+before that, netfilter's drops are the frees called from nf_hook_slow()
+(the tracepoint's `location`; measured exact on Debian's 5.10);
 BTF in /sys/kernel/btf/vmlinux needs CONFIG_DEBUG_INFO_BTF (5.4+);
 fentry/fexit need BPF trampolines (5.5+, x86); ctnetlink events need
 nf_conntrack_netlink (and nf_conntrack_events not 0).
@@ -105,21 +107,91 @@ def check_btf() -> Check:
         return Check(False, f"{e} (kernel built without CONFIG_DEBUG_INFO_BTF)")
 
 
+def _kfree_skb_format() -> str | None:
+    tf = tracefs()
+    try:
+        with open(os.path.join(tf or TRACEFS[0], "events/skb/kfree_skb/format")) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def ksym_range(name: str) -> tuple[int, int] | None:
+    """(address, size) of a kernel text symbol from /proc/kallsyms (root:
+    addresses read as 0 otherwise); the size runs to the next symbol."""
+    start, addrs = None, []
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                a = int(parts[0], 16)
+                addrs.append(a)
+                if parts[2] == name and parts[1] in "tT" and start is None:
+                    start = a
+    except (OSError, ValueError):
+        return None
+    if not start:
+        return None
+    after = [a for a in addrs if a > start]
+    return (start, min(after) - start) if after else None
+
+
+def drop_filter() -> tuple[str, dict, str] | None:
+    """How the drop probe tells netfilter's drops among all skb frees:
+    ("reason", {}, why) on Linux 5.17+ (reason NETFILTER_DROP, its value from
+    BTF), ("location", {"NF_HOOK_SLOW": a, "NF_HOOK_SLOW_SIZE": n}, why) on
+    older kernels: nf_hook_slow() is the one place that frees a packet on an
+    NF_DROP verdict (rules and conntrack's own refusals alike), and the
+    tracepoint's `location` is the caller of kfree_skb(). None if neither."""
+    text = _kfree_skb_format()
+    if text is None:
+        return None
+    if "reason" in text and "NETFILTER_DROP" in text:
+        return "reason", {}, "skb:kfree_skb with reason NETFILTER_DROP"
+    if "location" in text:
+        r = ksym_range("nf_hook_slow")
+        if r and not ksym_range("nf_hook_slow.cold"):
+            return "location", {"NF_HOOK_SLOW": r[0], "NF_HOOK_SLOW_SIZE": r[1]}, (
+                "skb:kfree_skb has no drop reason (Linux 5.17+): netfilter drops are the frees "
+                "called from nf_hook_slow (its NF_DROP verdict)")
+    return None
+
+
 def check_tracepoint() -> Check:
     tf = tracefs()
     if tf is None:
         return Check(False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing")
-    fmt = os.path.join(tf, "events/skb/kfree_skb/format")
-    try:
-        with open(fmt) as f:
-            text = f.read()
-    except OSError:
+    text = _kfree_skb_format()
+    if text is None:
         return Check(False, "no tracepoint skb:kfree_skb in this kernel")
-    if "reason" not in text:
-        return Check(False, "skb:kfree_skb has no drop reason (Linux 5.17+ needed)")
-    if "NETFILTER_DROP" not in text:
-        return Check(False, "skb:kfree_skb has no NETFILTER_DROP reason in this kernel")
-    return Check(True, "skb:kfree_skb with reason NETFILTER_DROP")
+    d = drop_filter()
+    if d is None:
+        if "reason" in text:
+            return Check(False, "skb:kfree_skb has no NETFILTER_DROP reason in this kernel, and "
+                         "nf_hook_slow is not in /proc/kallsyms")
+        return Check(False, "skb:kfree_skb has no drop reason (Linux 5.17+) and nf_hook_slow "
+                     "is not in /proc/kallsyms (run as root) to find netfilter's drops by call site")
+    return Check(True, d[2])
+
+
+# conntrack's functions the kprobe backend needs (tracer/backends/kprobe.py
+# attaches them; early_drop is optional there)
+KPROBE_FUNCS = ("__nf_conntrack_alloc", "__nf_conntrack_confirm", "nf_ct_delete")
+
+
+def probeable() -> set[str]:
+    """Functions kprobes can attach to (available_filter_functions)."""
+    out = set()
+    try:
+        with open(os.path.join(tracefs() or TRACEFS[0], "available_filter_functions")) as f:
+            for line in f:
+                if line.strip():
+                    out.add(line.split()[0])
+    except OSError:
+        pass
+    return out
 
 
 def check_kprobes() -> Check:
@@ -127,32 +199,40 @@ def check_kprobes() -> Check:
         tf = tracefs()
         if not (tf and os.path.exists(os.path.join(tf, "kprobe_events"))):
             return Check(False, "no kprobe support (kernel built without CONFIG_KPROBES)")
-    tf = tracefs()
-    funcs = os.path.join(tf, "available_filter_functions") if tf else ""
-    try:
-        with open(funcs) as f:
-            have = any(line.split()[0] == "__nf_conntrack_alloc" for line in f if line.strip())
-    except OSError:
-        have = False
-    if not have:
-        return Check(False, "kprobes exist but __nf_conntrack_alloc is not probeable "
+    have = probeable()
+    missing = [f for f in KPROBE_FUNCS if f not in have]
+    if missing:
+        return Check(False, f"kprobes exist but {', '.join(missing)} cannot be probed "
                      "(nf_conntrack not loaded, or inlined)")
-    return Check(True, "kprobe PMU; __nf_conntrack_alloc probeable")
+    return Check(True, "kprobe PMU; " + ", ".join(KPROBE_FUNCS) + " probeable")
 
 
 @contextlib.contextmanager
 def quiet_stderr():
-    """Silence C-level writes to fd 2 (libbpf/BCC print there directly)."""
+    """Silence C-level writes to fd 2 and fd 1 while BCC compiles: libbpf and
+    BCC print to stderr, and BCC 0.26 prints "Unable to find kernel headers"
+    on stdout, which would break `--json` output."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(1), os.dup(2)]
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
+        os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)
+
+
+def check_headers() -> Check:
+    """A header tree BCC can compile with (tracer/headers.py): the kernel's
+    own, or the closest installed one (BCC_KERNEL_SOURCE is set for BCC)."""
+    from tracer import headers
+    h = headers.ensure()
+    return Check(h.path is not None, h.detail)
 
 
 def check_bcc() -> Check:
@@ -161,6 +241,10 @@ def check_bcc() -> Check:
         from bcc import BPF  # noqa: F401
     except ImportError:
         return Check(False, "BCC is missing: apt-get install python3-bpfcc (system Python)")
+    from tracer import headers
+    h = headers.ensure()
+    if h.path is None:
+        return Check(False, f"BCC cannot compile: {h.detail}")
     try:
         with quiet_stderr():
             b = BPF(text="int probe(void *ctx) { return 0; }")
@@ -168,11 +252,10 @@ def check_bcc() -> Check:
             b.cleanup()
     except Exception as e:   # BCC raises bare Exception on compile errors
         detail = str(e).splitlines()[0] if str(e) else "compile failed"
-        if "headers" in detail:
-            detail = ("no kernel headers for BCC: install linux-headers-$(uname -r), "
-                      "or run scripts/setup (links Debian's headers)")
-        return Check(False, detail)
-    return Check(True, "BCC compiles and loads programs")
+        return Check(False, f"BCC could not compile with {h.path} ({detail}): "
+                     + headers.install_hint())
+    return Check(True, "BCC compiles and loads programs" + ("" if h.own else
+                                                           " (with the header tree above)"))
 
 
 def check_fentry() -> Check:
@@ -238,6 +321,7 @@ def detect(full: bool = True) -> Features:
     f.checks["kprobes"] = check_kprobes()
     f.checks["lockdown"] = check_lockdown()
     f.checks["ctnetlink_events"] = check_ctnetlink_events()
+    f.checks["headers"] = check_headers()
     if full and f.ok("bpf"):
         f.checks["bcc"] = check_bcc()
         f.checks["fentry"] = check_fentry() if f.ok("bcc") else Check(False, "BCC cannot compile here")

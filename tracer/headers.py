@@ -179,10 +179,21 @@ def find(release: str | None = None) -> Headers:
     return _Split(None, False, detail, tree, common)
 
 
+_ensured: dict[str, Headers] = {}
+
+
 def ensure(release: str | None = None) -> Headers:
     """Make BCC compile here: nothing if the kernel's own headers exist,
     otherwise point BCC_KERNEL_SOURCE at the closest tree (merged if split).
     Returns what was found; path None means BCC will fail, detail says why."""
+    rel = release or _release()
+    if rel in _ensured and _ensured[rel].path:
+        return _ensured[rel]
+    h = _ensured[rel] = _ensure(rel)
+    return h
+
+
+def _ensure(release: str) -> Headers:
     h = find(release)
     if h.own or (h.path and (h.path == own_tree(release)          # BCC's default place
                              or os.environ.get("BCC_KERNEL_SOURCE") == h.path)):

@@ -45,3 +45,11 @@ def lab():
     L.lab_down(PREFIX)
     with L.Lab(containers=2, prefix=PREFIX) as lab:
         yield lab
+
+
+@pytest.fixture
+def lab4():
+    """Four containers: one sender per vCPU."""
+    L.lab_down(PREFIX)
+    with L.Lab(containers=4, prefix=PREFIX) as lab:
+        yield lab

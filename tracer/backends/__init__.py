@@ -22,29 +22,31 @@ class BackendError(Exception):
 
 
 def choose(features, forced: str = "auto") -> tuple[str | None, str]:
-    """(backend name or None, why) for the detected features."""
-    from tracer.backends.kprobe import PROBES, fentry_status, probeable
+    """(backend name or None, why) for the detected features: the same facts
+    `cttrace features` prints, so it never promises a backend that cannot
+    start. Both backends need BCC (a header tree to compile with) and BTF;
+    kprobe needs conntrack's functions probeable and uses skb:kfree_skb for
+    rule drops when it can; tracepoint needs skb:kfree_skb."""
+    from tracer.backends.kprobe import fentry_status
+    c = features.checks
+    for n in ("privileges", "bpf", "btf", "tracefs", "headers", "bcc"):
+        if n in c and not c[n].ok:
+            return None, f"no backend can run: {n}: {c[n].detail}"
+    tp = features.ok("tracepoint_kfree_skb")
+    tp_detail = c["tracepoint_kfree_skb"].detail if "tracepoint_kfree_skb" in c else "not checked"
+    if forced in ("auto", "kprobe") and features.ok("kprobes"):
+        _, why = fentry_status()
+        rules = "" if tp else f"; rule drops not seen: {tp_detail}"
+        return "kprobe", f"kprobes on conntrack's functions (fentry not used: {why}){rules}"
+    kp_detail = c["kprobes"].detail if "kprobes" in c else "not checked"
+    if forced == "kprobe":
+        return None, f"kprobe cannot run here: {kp_detail}"
+    if not tp:
+        return None, f"no backend can run: tracepoint_kfree_skb: {tp_detail}; kprobes: {kp_detail}"
     if forced == "tracepoint":
         return "tracepoint", "forced"
-    kprobes_ok = features.ok("kprobes") and features.ok("bcc") if "bcc" in features.checks \
-        else features.ok("kprobes")
-    if kprobes_ok:
-        have = probeable()
-        need = [f for f, _, _, req in PROBES if req and f not in have]
-        if not need:
-            ok, why = fentry_status()
-            return "kprobe", f"kprobes on conntrack's functions (fentry not used: {why})"
-        if forced == "kprobe":
-            return None, f"kprobe cannot run here: cannot probe {', '.join(need)}"
-    elif forced == "kprobe":
-        return None, f"kprobe cannot run here: {features.checks['kprobes'].detail}"
-    missing = [n for n in ("privileges", "bpf", "btf", "tracefs", "tracepoint_kfree_skb")
-               if not features.ok(n)]
-    if missing:
-        first = features.checks[missing[0]]
-        return None, f"no backend can run: {missing[0]}: {first.detail}"
-    return "tracepoint", ("no usable kprobes here (" + features.checks["kprobes"].detail +
-                          "): skb:kfree_skb + ctnetlink events + stats")
+    return "tracepoint", (f"no kprobes on conntrack's functions here ({kp_detail}): "
+                          "skb:kfree_skb + ctnetlink events + stats")
 
 
 def make(name: str, rate: int):

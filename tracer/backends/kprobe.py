@@ -23,9 +23,14 @@ from tracer.backends import BackendError
 from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, load_btf
 from tracer.btf import BTFError
 from tracer.events import CT_STATS, STATS, Counters, SourceCounts, SrcKeyC, addr
+from tracer.features import probeable  # noqa: F401  (choose() imports it from here)
 
 NAME = "kprobe"
 BLIND_SPOTS = "none for conntrack itself; drops by rules via skb:kfree_skb"
+BLIND_SPOTS_LOCATION = ("none for conntrack itself; drops by rules via skb:kfree_skb called from "
+                        "nf_hook_slow (no drop reasons before Linux 5.17)")
+BLIND_SPOTS_NO_RULES = ("drops by rules are not seen (skb:kfree_skb has neither a drop reason "
+                        "nor a usable call site here); conntrack's own events are exact")
 PROBES = [  # (function, entry handler, return handler, required)
     ("__nf_conntrack_alloc", "alloc_entry", "alloc_return", True),
     ("__nf_conntrack_confirm", "confirm_entry", "confirm_return", True),
@@ -34,23 +39,9 @@ PROBES = [  # (function, entry handler, return handler, required)
 ]
 
 
-def probeable() -> set[str]:
-    """Functions kprobes can attach to (available_filter_functions)."""
-    from tracer.features import tracefs
-    tf = tracefs()
-    out = set()
-    try:
-        with open(os.path.join(tf or "/sys/kernel/tracing", "available_filter_functions")) as f:
-            for line in f:
-                if line.strip():
-                    out.add(line.split()[0])
-    except OSError:
-        pass
-    return out
-
-
 def fentry_status() -> tuple[bool, str]:
-    """(usable, why) for an fentry backend on __nf_conntrack_alloc."""
+    """(usable, why) for fentry on conntrack's functions. No fentry backend is
+    built: this names the first thing that stands in the way here."""
     try:
         from bcc import BPF
         import bcc
@@ -62,13 +53,20 @@ def fentry_status() -> tuple[bool, str]:
         vmlinux = load_btf()
     except BackendError as e:
         return False, str(e)
-    if not vmlinux.has_func("__nf_conntrack_alloc"):
-        version = tuple(int(x) for x in bcc.__version__.split(".")[:2] if x.isdigit())
-        if os.path.exists("/sys/kernel/btf/nf_conntrack") and version < (0, 28):
-            return False, (f"nf_conntrack is a module and BCC {bcc.__version__} looks fentry "
-                           "targets up in vmlinux BTF only")
-        return False, "no fentry program for this kernel layout yet (nf_conntrack not built in)"
-    return False, "the fentry program is not built yet; kprobes cover the same functions"
+    if vmlinux.has_func("__nf_conntrack_alloc"):
+        return False, ("nf_conntrack is built in, but no fentry program is built: "
+                       "kprobes cover the same functions")
+    if not os.path.exists("/sys/module/nf_conntrack"):
+        return False, "nf_conntrack is not loaded (modprobe nf_conntrack)"
+    if not os.path.exists("/sys/kernel/btf/nf_conntrack"):
+        return False, ("nf_conntrack is a module and this kernel has no module BTF "
+                       "(CONFIG_DEBUG_INFO_BTF_MODULES off, or before Linux 5.11): fentry "
+                       "cannot name its functions")
+    version = tuple(int(x) for x in bcc.__version__.split(".")[:2] if x.isdigit())
+    if version < (0, 28):
+        return False, (f"nf_conntrack is a module and BCC {bcc.__version__} looks fentry "
+                       "targets up in vmlinux BTF only (module functions: ENOENT)")
+    return False, "no fentry program is built yet; kprobes cover the same functions"
 
 
 def clean_stale_probes() -> int:
@@ -99,6 +97,7 @@ def clean_stale_probes() -> int:
 class KprobeBackend(TracepointBackend):
     name = NAME
     blind_spots = BLIND_SPOTS
+    needs_tracepoint = False      # without it: no rule drops (CT_NO_RULE_HALF), said in blind_spots
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -131,11 +130,9 @@ class KprobeBackend(TracepointBackend):
         k = features.check_kprobes()
         if not k.ok:
             raise BackendError(k.detail)
-        have = probeable()
-        need = [f for f, _, _, req in PROBES if req and f not in have]
-        if need:
-            raise BackendError(f"cannot probe {', '.join(need)} (not in available_filter_functions: "
-                               "nf_conntrack not loaded, or the functions are inlined)")
+        how = features.drop_filter()
+        self.blind_spots = (BLIND_SPOTS_NO_RULES if how is None else
+                            BLIND_SPOTS_LOCATION if how[0] == "location" else BLIND_SPOTS)
         self.cleaned = clean_stale_probes()
         super().start()
         self.bpf["ct_events"].open_perf_buffer(self._on_event, page_cnt=self.page_cnt,

@@ -60,9 +60,13 @@ def bpf_include_dir() -> str:
 
 
 def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
-    """Offsets and enum values of the running kernel, as -D constants."""
+    """Offsets and enum values of the running kernel, as -D constants; how
+    netfilter's drops are told apart (features.drop_filter): by reason, or
+    on kernels before 5.17 by the call site (NF_HOOK_SLOW*); none: no rule
+    half (CT_NO_RULE_HALF, only the kprobe backend can run without it)."""
+    from tracer.features import drop_filter
+    how = drop_filter()
     try:
-        reasons = btf.enum("skb_drop_reason")
         consts = {
             "OFF_SKB_HEAD": btf.offset("sk_buff", "head"),
             "OFF_SKB_NH": btf.offset("sk_buff", "network_header"),
@@ -72,9 +76,15 @@ def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
             "OFF_DEV_NET": btf.offset("net_device", "nd_net"),
             "OFF_SK_NET": btf.offset("sock", "__sk_common.skc_net"),
             "OFF_NET_INUM": btf.offset("net", "ns.inum"),
-            "REASON_NETFILTER_DROP": reasons["SKB_DROP_REASON_NETFILTER_DROP"],
             "RATE_PER_SEC": rate, "RATE_BURST": burst,
         }
+        if how and how[0] == "reason":
+            reasons = btf.enum("skb_drop_reason")
+            consts["REASON_NETFILTER_DROP"] = reasons["SKB_DROP_REASON_NETFILTER_DROP"]
+        elif how:
+            consts.update({k: f"{v}ULL" for k, v in how[1].items()})
+        else:
+            consts["CT_NO_RULE_HALF"] = 1
     except (BTFError, KeyError) as e:
         raise BackendError(f"this kernel's BTF lacks what the drop probe needs: {e}") from None
     return [f"-D{k}={v}" for k, v in consts.items()] + [f"-I{bpf_include_dir()}"]
@@ -163,6 +173,7 @@ class TracepointBackend:
 
     name = NAME
     blind_spots = BLIND_SPOTS
+    needs_tracepoint = True       # the kprobe backend can run without it
 
     def __init__(self, rate: int = 2000, burst: int = 4000, page_cnt: int = 64):
         self.rate, self.burst, self.page_cnt = rate, burst, page_cnt
@@ -182,8 +193,10 @@ class TracepointBackend:
             raise BackendError("tracefs is not mounted and could not be: "
                                "mount -t tracefs nodev /sys/kernel/tracing")
         tp = features.check_tracepoint()
-        if not tp.ok:
+        if not tp.ok and self.needs_tracepoint:
             raise BackendError(tp.detail)
+        from tracer import headers
+        hdr = headers.ensure()                 # a tree BCC can compile with (BTF gives offsets)
         try:
             from bcc import BPF
         except ImportError:
@@ -197,9 +210,8 @@ class TracepointBackend:
                 self.bpf = BPF(text=text, cflags=flags)
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else "failed"
-            if "headers" in msg:
-                raise BackendError("BCC found no kernel headers: install linux-headers-$(uname -r) "
-                                   "or run scripts/setup") from None
+            if hdr.path is None or "headers" in msg:
+                raise BackendError(f"BCC cannot compile: {hdr.detail}") from None
             raise BackendError(f"the drop probe could not be loaded: {msg}") from None
         try:
             self._attach()

@@ -106,23 +106,52 @@ def _kprobe_state():
             sorted(l["id"] for l in json.loads(links or "[]")))
 
 
+def _progs_of(pid: int) -> set:
+    """IDs of the BPF programs a process holds (its fds' fdinfo)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            for line in open(f"/proc/{pid}/fdinfo/{fd}"):
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return ids
+
+
 def test_nothing_left_after_signals(tmp_path):
+    """Three tracers at once (one BCC compile's time under TCG, not three),
+    then SIGINT, SIGTERM and SIGKILL one by one: each one's programs go with
+    it, and at the end no kprobe, program or link remains."""
     before = _kprobe_state()
+    procs = {}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         ready = tmp_path / f"ready{sig}"
-        p = subprocess.Popen([CTTRACE, "drops", "--backend", "kprobe", "--ready-file", str(ready)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 600
+        procs[sig] = (subprocess.Popen([CTTRACE, "drops", "--backend", "kprobe", "--ready-file",
+                                        str(ready)], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True), ready)
+    deadline = time.monotonic() + 900
+    for p, ready in procs.values():
         while not ready.exists():
             assert p.poll() is None, p.stderr.read()
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        during = _kprobe_state()
-        assert during[1] != before[1] or during[2] != before[2]      # probes were there
+    during = _kprobe_state()
+    assert during[1] != before[1] or during[2] != before[2]      # probes were there
+    for sig, (p, _) in procs.items():
+        mine = _progs_of(p.pid)
+        assert mine, "no BPF program found in the tracer's file descriptors"
         p.send_signal(sig)
         p.wait(120)
         for _ in range(100):
-            if _kprobe_state() == before:
+            if not mine & set(_kprobe_state()[2]):
                 break
             time.sleep(0.1)
-        assert _kprobe_state() == before, f"left behind after signal {sig}"
+        assert not mine & set(_kprobe_state()[2]), f"programs left behind after signal {sig}"
+    for _ in range(100):
+        if _kprobe_state() == before:
+            break
+        time.sleep(0.1)
+    assert _kprobe_state() == before, "left behind after SIGINT, SIGTERM, SIGKILL"

@@ -203,24 +203,36 @@ class LiveTable:
         """Start over from a complete dump, given as batches of rows, counted
         column by column at C speed (the first dump of a big table: no
         Python call per entry but the key). Returns the rows taken."""
+        self.fill_start()
+        for rows in batches:
+            self.fill_rows(rows)
+        return self.fill_end()
+
+    def fill_start(self) -> None:
+        """fill() in steps, for a dump that pushes its rows (ctnetlink.dump(sink))."""
         self.entries.clear()
         for c in self.by.values():
             c.clear()
         self._gen = (self._gen + 1) & 3
         self._dead = None
         base = LEGACY | (self._gen << GEN_SHIFT)
-        codes = {st: (STATE_NONE if st is None else st & STATE_MASK) | base
-                 for st in (None, *range(32))}
+        self._fill = ({st: (STATE_NONE if st is None else st & STATE_MASK) | base
+                       for st in (None, *range(32))}, Counter(), Counter(), Counter(), Counter(), [0])
+
+    def fill_rows(self, rows: list) -> None:
+        codes, src, dst, pdport, pstate, n = self._fill
+        self.entries.update(zip(map(entry_key, rows), map(codes.__getitem__, map(_R_STATE, rows))))
+        src.update(map(_R_SRC, rows))
+        dst.update(map(_R_DST, rows))
+        pdport.update(map(_R_PDPORT, rows))
+        pstate.update(map(_R_PSTATE, rows))
+        n[0] += len(rows)
+
+    def fill_end(self) -> int:
+        _, src, dst, pdport, pstate, n = self._fill
+        self._fill = None
+        n = n[0]
         entries = self.entries
-        src, dst, pdport, pstate = Counter(), Counter(), Counter(), Counter()
-        n = 0
-        for rows in batches:
-            entries.update(zip(map(entry_key, rows), map(codes.__getitem__, map(_R_STATE, rows))))
-            src.update(map(_R_SRC, rows))
-            dst.update(map(_R_DST, rows))
-            pdport.update(map(_R_PDPORT, rows))
-            pstate.update(map(_R_PSTATE, rows))
-            n += len(rows)
         if n != len(entries):                    # an entry shown twice (a dump under churn)
             for k, code in entries.items():
                 self._count(k, code, +1)
@@ -309,7 +321,7 @@ class Rates:
             self.first = s
         f = self.first
         self.totals = {k: max(s.kernel.get(k, 0) - f.kernel.get(k, 0), 0)
-                       for k in ("drop", "early_drop", "insert_failed")}
+                       for k in ("drop", "table_full", "early_drop", "insert_failed")}
         self.totals["inserts"] = sum(s.inserts.values()) - sum(f.inserts.values())
         self.totals["deletes"] = sum(s.deletes.values()) - sum(f.deletes.values())
         self.src_drops = {k: v - f.drops.get(k, 0) for k, v in s.drops.items() if v != f.drops.get(k, 0)}
@@ -325,10 +337,10 @@ class Rates:
             return {k: (v - old.get(k, 0)) / dt for k, v in cur.items() if v != old.get(k, 0)}
 
         table = {k: max(s.kernel.get(k, 0) - p.kernel.get(k, 0), 0) / dt
-                 for k in ("drop", "early_drop", "insert_failed", "invalid")}
+                 for k in ("drop", "table_full", "early_drop", "insert_failed", "invalid")}
         table["inserts"] = (sum(s.inserts.values()) - sum(p.inserts.values())) / dt
         table["deletes"] = (sum(s.deletes.values()) - sum(p.deletes.values())) / dt
-        self.drop_hist.append(table["drop"])
+        self.drop_hist.append(table["table_full"])
         self.last = {"seconds": dt, "table": table, "inserts": per_s(s.inserts, p.inserts),
                      "deletes": per_s(s.deletes, p.deletes), "drops": per_s(s.drops, p.drops),
                      "src_drops": self.src_drops}

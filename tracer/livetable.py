@@ -89,31 +89,28 @@ class LiveSource:
         with ns.entered(self.netns):
             self.mode = events_mode()
         self.events = CtEvents(self.netns, rcvbuf=self.rcvbuf, updates=True)   # subscribe first
-        with ns.entered(self.netns):
-            reader = ctnetlink.DumpReader()                                     # then dump
         self._started = self.clock()
-        self._thread = threading.Thread(target=self._initial, args=(reader,), daemon=True,
-                                        name="cttrace-dump")
+        self._thread = threading.Thread(target=self._initial, daemon=True, name="cttrace-dump")
         self._thread.start()
         if not background:
             self.wait()
         return self
 
-    def _initial(self, reader) -> None:
+    def _initial(self) -> None:
+        """The first dump (then: subscribed already), in its own thread: one
+        more thread receives while this one parses and counts."""
         t0 = time.perf_counter()
+        live, accept = self.live, self.accept
         try:
-            accept = self.accept
-
-            def batches():
-                while not reader.done:
-                    rows = reader.read(self.START_ROWS)
-                    yield rows if accept is _all else [r for r in rows if accept(r)]
-
-            self.live.fill(batches())
+            live.fill_start()
+            sink = live.fill_rows if accept is _all else \
+                (lambda rows: live.fill_rows([r for r in rows if accept(r)]))
+            with ns.entered(self.netns):
+                ctnetlink.dump(sink=sink)
+            live.fill_end()
         except BaseException as e:          # raised again by wait(), in the caller's thread
             self._error = e
         finally:
-            reader.close()
             self._last_work = time.perf_counter() - t0
 
     def wait(self) -> "LiveSource":

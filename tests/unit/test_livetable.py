@@ -216,6 +216,12 @@ def feed(monkeypatch, mode, table):
     monkeypatch.setattr(livetable, "events_mode", lambda: mode)
     monkeypatch.setattr(livetable, "CtEvents", lambda *a, **k: ev)
     monkeypatch.setattr(livetable.ctnetlink, "DumpReader", _Reader)
+
+    def dump(sink):
+        r = _Reader()
+        while not r.done:
+            sink(r.read(7))
+    monkeypatch.setattr(livetable.ctnetlink, "dump", dump)
     src = livetable.LiveSource(None, clock=clock).start()
     return src, clock, ev
 

@@ -19,8 +19,10 @@ max wall time, highest peak RSS from /usr/bin/time -v):
 - `cttrace serve --netns NS`: time to ready, RSS after the first scrape,
   peak RSS (VmHWM);
 - steady CPU of `cttrace top --json --netns NS` on the idle table over
-  --idle seconds (utime + stime of the process over wall time), and
-  its RSS at the end.
+  --idle seconds or 1.2 reconcile periods, whichever is longer (utime +
+  stime of the process over wall time; the window holds a reconcile dump
+  of the table, which is made before top starts and so sends no events),
+  and its RSS at the end.
 """
 
 import argparse
@@ -152,21 +154,43 @@ def serve(ns: str, tmp: Path, repeat: int) -> dict:
             "source_entries": out[-1][4]}
 
 
+def _last_frame(path: Path) -> dict:
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
 def idle_cpu(ns: str, tmp: Path, seconds: float) -> dict:
-    p, ready = start([*CTTRACE, "top", "--json", "--interval", "1", "--netns", ns], tmp)
+    """CPU of top on the idle table over at least `seconds` and at least
+    1.2 reconcile periods (the period top reports), so that the window
+    holds a reconcile dump."""
+    out = tmp / "top.json"
+    ready = tmp / f"ready-{time.monotonic_ns()}"
+    t0 = time.perf_counter()
+    p = subprocess.Popen([*CTTRACE, "top", "--json", "--interval", "1", "--netns", ns,
+                          "--ready-file", str(ready)], stdout=open(out, "w"), stderr=open(tmp / "err", "w"))
     try:
-        time.sleep(2)
+        while not ready.exists():
+            if p.poll() is not None:
+                sys.exit(f"bench: top did not start: {(tmp / 'err').read_text()[-800:]}")
+            time.sleep(0.02)
+        ready_s = time.perf_counter() - t0
+        time.sleep(3)
+        f0 = _last_frame(out).get("freshness", {})
+        window = max(seconds, 1.2 * f0.get("reconcile_period_s", 0))
         c0, t0 = cpu_s(p.pid), time.perf_counter()
-        time.sleep(seconds)
+        time.sleep(window)
         cpu = (cpu_s(p.pid) - c0) / (time.perf_counter() - t0)
         st = proc_status(p.pid)
         if p.poll() is not None:
             sys.exit(f"bench: top exited ({p.returncode}): {(tmp / 'err').read_text()[-800:]}")
+        f1 = _last_frame(out).get("freshness", {})
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(60)
-    return {"cpu_pct": 100 * cpu, "seconds": seconds, "ready_s": ready,
-            "rss_mib": st["VmRSS"] / 2**20, "peak_mib": st["VmHWM"] / 2**20}
+    return {"cpu_pct": 100 * cpu, "seconds": window, "ready_s": ready_s,
+            "rss_mib": st["VmRSS"] / 2**20, "peak_mib": st["VmHWM"] / 2**20,
+            "reconcile_period_s": f1.get("reconcile_period_s"),
+            "reconciles": (f1.get("resyncs") or 0) - (f0.get("resyncs") or 0)}
 
 
 def fmt(r: dict) -> str:
@@ -234,7 +258,8 @@ def main():
                     if "top" in only and a.idle:
                         r["top_idle"] = idle_cpu(ns.name, tmp, a.idle)
                         t = r["top_idle"]
-                        print(f"  top idle CPU over {a.idle:.0f} s: {t['cpu_pct']:.1f}% of a core; "
+                        print(f"  top idle CPU over {t['seconds']:.0f} s: {t['cpu_pct']:.1f}% of a core "
+                              f"({t['reconciles']} reconcile dumps, period {t['reconcile_period_s']} s); "
                               f"RSS {t['rss_mib']:.0f} MiB, peak {t['peak_mib']:.0f} MiB", flush=True)
                 results["sizes"][size] = r
     finally:

@@ -286,6 +286,7 @@ def lab_down(prefix: str = LAB_PREFIX) -> list[str]:
                 f.write(value)
             done.append(f"restored {path}={value}")
         state.unlink()
+    (STATE_DIR / f"{prefix}server.log").unlink(missing_ok=True)
     for name in lab_namespaces(prefix):
         pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
         for pid in pids:
@@ -390,14 +391,19 @@ COMMIT
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         ready.unlink(missing_ok=True)
         root = str(Path(__file__).resolve().parent.parent)
-        self.server = subprocess.Popen(
-            ["ip", "netns", "exec", self.peer, sys.executable, "-m", "tests.labserver",
-             "--addr", UPLINK_PEER, "--tcp", str(TCP_PORT), "--udp", str(UDP_PORT),
-             "--ready", str(ready)], cwd=root)
+        # The servers may outlive this process (`scripts/lab up`): they must
+        # not hold its stdout/stderr, or whoever reads them (a pipe, a test)
+        # waits for ever. Their messages go to a log next to the state file.
+        with open(STATE_DIR / f"{self.prefix}server.log", "ab") as log:
+            self.server = subprocess.Popen(
+                ["ip", "netns", "exec", self.peer, sys.executable, "-m", "tests.labserver",
+                 "--addr", UPLINK_PEER, "--tcp", str(TCP_PORT), "--udp", str(UDP_PORT),
+                 "--ready", str(ready)], cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while not ready.exists():
             if self.server.poll() is not None or time.monotonic() > deadline:
-                raise LabError("the peer's servers did not start")
+                raise LabError("the peer's servers did not start (see "
+                               f"{STATE_DIR / (self.prefix + 'server.log')})")
             time.sleep(0.02)
         ready.unlink()
 
@@ -411,6 +417,30 @@ COMMIT
                 self.server.kill()
             self.server = None
         return lab_down(self.prefix)
+
+    @classmethod
+    def attach(cls, prefix: str = LAB_PREFIX) -> "Lab":
+        """The lab that is up (made by `scripts/lab up`), to make load in:
+        its containers and node2 from its namespaces, and where each
+        container's UDP source ports stopped (so a second load never
+        reuses a 5-tuple whose entry still lives)."""
+        names = lab_namespaces(prefix)
+        if not names:
+            raise LabError("no lab is up: run 'scripts/lab up' first")
+        cs = sorted((n for n in names if n[len(prefix):].startswith("c") and n[len(prefix) + 1:].isdigit()),
+                    key=lambda n: int(n[len(prefix) + 1:]))
+        if f"{prefix}node" not in names or f"{prefix}peer" not in names or not cs or \
+                cs != [f"{prefix}c{i}" for i in range(1, len(cs) + 1)]:
+            raise LabError(f"the lab is incomplete ({', '.join(names)}): run 'scripts/lab down', then 'up'")
+        lab = cls(len(cs), f"{prefix}node2" in names, prefix)
+        lab._udp_port = dict(lab._state()[1].get("udp_port", {}))
+        return lab
+
+    def save_ports(self) -> None:
+        """Remember where each container's UDP source ports stopped."""
+        f, st = self._state()
+        st["udp_port"] = self._udp_port
+        f.write_text(json.dumps(st))
 
     def __enter__(self) -> "Lab":
         return self.up()
@@ -744,11 +774,12 @@ def _main(argv: list[str]) -> int:
     up = sub.add_parser("up", help="build the lab and run its scenario commands, then hold it")
     up.add_argument("--containers", type=int, default=2)
     up.add_argument("--vxlan", action="store_true", help="add a second node joined by VXLAN (udp/4789)")
-    sub.add_parser("down", help="remove every trace of a lab (also after a crash)")
-    sub.add_parser("status", help="is a lab up?")
-    load = sub.add_parser("load", help="bring a lab up, make load, report, and take it down")
-    load.add_argument("--containers", type=int, default=2)
-    load.add_argument("--vxlan", action="store_true")
+    down = sub.add_parser("down", help="remove every trace of a lab (also after a crash)")
+    status = sub.add_parser("status", help="is a lab up?")
+    load = sub.add_parser("load", help="make load in the lab that is up (or, with none up, in one "
+                          "brought up for this run and taken down after it), and report it")
+    load.add_argument("--containers", type=int, help="with no lab up: containers (default 2)")
+    load.add_argument("--vxlan", action="store_true", help="with no lab up: add node2")
     load.add_argument("--tcp-short", type=int, default=0, metavar="N")
     load.add_argument("--established", type=int, default=0, metavar="N")
     load.add_argument("--udp", type=int, default=0, metavar="N")
@@ -757,44 +788,65 @@ def _main(argv: list[str]) -> int:
     load.add_argument("--table-full", type=int, default=0, metavar="K",
                       help="then open K new flows with room for K/2 (lowers nf_conntrack_max meanwhile)")
     load.add_argument("--hold", type=float, default=0, metavar="S", help="keep the lab up S seconds")
+    for p in (up, down, status, load):
+        p.add_argument("--prefix", default=LAB_PREFIX, help=argparse.SUPPRESS)   # tests' own labs
     a = ap.parse_args(argv)
     try:
         if a.cmd == "down":
-            for line in lab_down():
+            for line in lab_down(a.prefix):
                 print(line)
             return 0
         if a.cmd == "status":
-            left = lab_namespaces()
+            left = lab_namespaces(a.prefix)
             print("lab up: " + " ".join(left) if left else "no lab")
             return 0 if left else 1
-        lab = Lab(a.containers, a.vxlan)
         if a.cmd == "up":
+            lab = Lab(a.containers, a.vxlan, a.prefix)
             lab.up()
             lab.server = None          # the servers outlive this command; 'down' kills them
             print(f"lab up: node {lab.node}, peer {lab.peer} ({UPLINK_PEER}), containers "
                   f"{' '.join(lab.containers)}" + (f", node2 {lab.node2}" if lab.node2 else ""))
             return 0
-        with lab:
-            for c in lab.containers:
-                for n, gen in ((a.tcp_short, lab.tcp_short), (a.established, lab.tcp_established),
-                               (a.udp, lab.udp_flows), (a.syn, lab.syn_sent)):
-                    if n:
-                        print(gen(c, n, a.rate))
-            print(f"node table: {lab.node_count()} entries")
-            if a.table_full:
-                # SYN_SENT entries are unassured: a full table may evict them,
-                # and their retransmitted SYNs would then be dropped too.
+        if lab_namespaces(a.prefix):            # the lab that is up: load it, leave it up
+            lab = Lab.attach(a.prefix)
+            if a.containers not in (None, len(lab.containers)) or (a.vxlan and not lab.node2):
+                raise LabError(f"the lab that is up has {len(lab.containers)} containers"
+                               + (" and node2" if lab.node2 else ", no node2") + ": drop --containers/"
+                               "--vxlan, or 'scripts/lab down' and 'up' with them")
+            try:
+                _load(lab, a)
+            finally:
+                lab.save_ports()
                 lab.release()
-                r = lab.table_full(lab.containers[0], a.table_full, a.table_full // 2)
-                print(f"table full: {len(r.admitted)} admitted, {len(r.dropped)} dropped "
-                      f"(kernel drop +{r.kernel_drop}, early_drop +{r.kernel_early_drop}), "
-                      f"limit {r.limit}, {r.seconds:.2f} s")
-            if a.hold:
-                time.sleep(a.hold)
+            if a.established or a.syn:
+                print("the held connections (--established, --syn) were closed as this command ended")
+            return 0
+        with Lab(a.containers or 2, a.vxlan, a.prefix) as lab:
+            _load(lab, a)
         return 0
     except LabError as e:
         print(f"lab: {e}", file=sys.stderr)
         return 1
+
+
+def _load(lab: Lab, a) -> None:
+    """The load `scripts/lab load` asks for, reported line by line."""
+    for c in lab.containers:
+        for n, gen in ((a.tcp_short, lab.tcp_short), (a.established, lab.tcp_established),
+                       (a.udp, lab.udp_flows), (a.syn, lab.syn_sent)):
+            if n:
+                print(gen(c, n, a.rate))
+    print(f"node table: {lab.node_count()} entries")
+    if a.table_full:
+        # SYN_SENT entries are unassured: a full table may evict them,
+        # and their retransmitted SYNs would then be dropped too.
+        lab.release()
+        r = lab.table_full(lab.containers[0], a.table_full, a.table_full // 2)
+        print(f"table full: {len(r.admitted)} admitted, {len(r.dropped)} dropped "
+              f"(kernel drop +{r.kernel_drop}, early_drop +{r.kernel_early_drop}), "
+              f"limit {r.limit}, {r.seconds:.2f} s")
+    if a.hold:
+        time.sleep(a.hold)
 
 
 if __name__ == "__main__":

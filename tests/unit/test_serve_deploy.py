@@ -1,9 +1,11 @@
 """serve's bounded cardinality, and the deploy/ files checked by real
 validators (kubernetes-validate's schemas, promtool)."""
 
+import json
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import yaml
 from tracer.serve import METRICS, SourceSeries
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DOCKER_DEFAULT = "/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json"
 
 
 def test_cardinality_is_bounded_and_counters_monotonic():
@@ -59,9 +62,106 @@ def test_daemonset_validates_against_kubernetes_schemas():
         validate(d, "1.29", strict=True)           # raises on any schema error
     ds = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
     assert ds["hostNetwork"] and ds["hostPID"]
-    caps = ds["containers"][0]["securityContext"]["capabilities"]
-    assert caps["drop"] == ["ALL"] and {"BPF", "PERFMON", "NET_ADMIN"} <= set(caps["add"])
-    assert ds["containers"][0]["securityContext"]["privileged"] is False
+    sc = ds["containers"][0]["securityContext"]
+    caps = sc["capabilities"]
+    # the least that works, measured in the image stage (tests/image)
+    assert caps["drop"] == ["ALL"] and caps["add"] == ["BPF", "PERFMON", "NET_ADMIN"]
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["seccompProfile"] == {"type": "Localhost", "localhostProfile": "profiles/cttrace.json"}
+
+
+def _daemonset() -> dict:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "daemonset.yaml").read_text()) if d]
+    return next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+
+
+def test_metrics_are_not_open_to_the_network():
+    """cttrace listens on the node's loopback; the only way in from the
+    network is kube-rbac-proxy, which checks the caller's token."""
+    ds = _daemonset()
+    c = {x["name"]: x for x in ds["containers"]}
+    serve = c["cttrace"]
+    listen = serve["args"][serve["args"].index("--listen") + 1]
+    assert listen.startswith("127.0.0.1:")
+    assert not serve.get("ports"), "a port on the cttrace container would be reachable on the node's address"
+    probe = serve["livenessProbe"]["httpGet"]
+    assert probe["host"] == "127.0.0.1" and f"127.0.0.1:{probe['port']}" == listen
+    proxy = c["kube-rbac-proxy"]
+    assert f"--upstream=http://{listen}/" in proxy["args"]
+    assert any(a.startswith("--secure-listen-address=") for a in proxy["args"])
+    assert "--allow-paths=/metrics" in proxy["args"]
+    psc = proxy["securityContext"]
+    assert psc["runAsNonRoot"] and psc["capabilities"]["drop"] == ["ALL"] and not psc["allowPrivilegeEscalation"]
+    port = proxy["ports"][0]
+    tmpl = next(d for d in yaml.safe_load_all((DEPLOY / "daemonset.yaml").read_text())
+                if d and d["kind"] == "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    assert tmpl["prometheus.io/port"] == str(port["containerPort"]) and tmpl["prometheus.io/scheme"] == "https"
+    assert yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"][0]["scheme"] == "https"
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for d in yaml.safe_load_all((DEPLOY / "daemonset.yaml").read_text()) if d}
+    reader = docs[("ClusterRole", "cttrace-metrics-reader")]["rules"]
+    assert reader == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    assert ds["serviceAccountName"] == docs[("ClusterRoleBinding", "cttrace-rbac-proxy")]["subjects"][0]["name"]
+
+
+def test_netns_mount_follows_the_host():
+    """Network namespaces made after the pod started (new pods) must be
+    visible inside: the mount takes the host's later mounts."""
+    m = {v["name"]: v for v in _daemonset()["containers"][0]["volumeMounts"]}
+    assert m["run-netns"]["mountPropagation"] == "HostToContainer" and m["run-netns"]["readOnly"]
+
+
+def test_seccomp_profile():
+    """A plain allow-list (no Docker-only conditions, which containerd would
+    ignore and so allow), Docker's default for the DaemonSet's
+    capabilities plus what BCC needs; nothing that only CAP_SYS_ADMIN
+    holders get from Docker's default."""
+    prof = json.loads((DEPLOY / "seccomp.json").read_text())
+    assert prof["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert "SCMP_ARCH_X86_64" in prof["architectures"] and "SCMP_ARCH_AARCH64" in prof["architectures"]
+    allowed = set()
+    for rule in prof["syscalls"]:
+        assert set(rule) <= {"names", "action", "args", "errnoRet"}, rule
+        if rule["action"] == "SCMP_ACT_ALLOW" and "args" not in rule:
+            allowed.update(rule["names"])
+    assert {"bpf", "perf_event_open", "setns", "read", "write", "socket", "recvmsg"} <= allowed
+    for name in ("mount", "umount2", "unshare", "pivot_root", "kexec_load", "init_module",
+                 "finit_module", "delete_module", "open_by_handle_at", "reboot", "swapon", "syslog"):
+        assert name not in allowed, name
+
+
+def test_seccomp_resolution():
+    """deploy/seccomp.py on a small profile in Docker's format."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cttrace_deploy_seccomp", DEPLOY / "seccomp.py")
+    seccomp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seccomp)
+    docker = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["bpf", "mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+        {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["amd64", "x32"]}},
+        {"names": ["s390_only"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["s390", "s390x"]}},
+        {"names": ["clone"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}],
+         "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
+        {"names": ["chroot"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_CHROOT"]}},
+    ]}
+    out = seccomp.build(docker, {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"})
+    names = [n for r in out["syscalls"] for n in r["names"]]
+    assert sorted(names) == sorted(["read", "arch_prctl", "clone", "bpf", "perf_event_open", "setns"])
+    assert out["defaultErrnoRet"] == 1
+    clone = next(r for r in out["syscalls"] if r["names"] == ["clone"])
+    assert clone["args"] == [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]
+    with_admin = seccomp.build(docker, {"CAP_SYS_ADMIN"})
+    assert "mount" in [n for r in with_admin["syscalls"] for n in r["names"]]
+    assert seccomp.daemonset_caps() == {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"}
+
+
+@pytest.mark.skipif(not Path(DOCKER_DEFAULT).exists(),
+                    reason="needs Docker's default profile (Debian package golang-github-docker-docker-dev)")
+def test_seccomp_json_is_up_to_date():
+    r = subprocess.run([sys.executable, str(DEPLOY / "seccomp.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_invalid_manifest_is_caught():

@@ -23,7 +23,8 @@ import shutil
 from dataclasses import dataclass
 
 RUN_DIR = "/run/cttrace/kheaders"
-SEARCH = ("/usr/src", "/lib/modules")
+MODULES = "/lib/modules"
+SEARCH = ("/usr/src", MODULES)
 
 
 @dataclass
@@ -43,7 +44,7 @@ def _version(name: str) -> tuple[int, ...]:
 
 
 def own_tree(release: str | None = None) -> str | None:
-    build = f"/lib/modules/{release or _release()}/build"
+    build = f"{MODULES}/{release or _release()}/build"
     return build if os.path.isdir(os.path.join(build, "include", "linux")) or \
         os.path.isdir(os.path.join(build, "include", "generated")) else None
 
@@ -86,7 +87,7 @@ def candidates() -> list[tuple[str, str | None]]:
         except OSError:
             continue
         for n in names:
-            p = os.path.join(base, n, "build") if base == "/lib/modules" else os.path.join(base, n)
+            p = os.path.join(base, n, "build") if base == MODULES else os.path.join(base, n)
             dirs.append(p)
     for p in dirs:
         real = os.path.realpath(p)

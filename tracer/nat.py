@@ -475,7 +475,7 @@ def clean_state(raw) -> dict:
     out: dict = {k: raw[k] for k in ("entries", "snat_entries", "dnat_entries", "snat_keys", "dnat_keys")
                  if _int(raw.get(k))}
     snat = []
-    for u in raw.get("snat") or []:
+    for u in raw["snat"] if isinstance(raw.get("snat"), list) else []:
         if isinstance(u, dict) and all(isinstance(u.get(k), str) for k in ("proto", "snat", "dst")) \
                 and all(_int(u.get(k)) for k in ("dport", "entries", "port_min", "port_max")) \
                 and u["entries"] > 0 and 0 <= u["port_min"] <= u["port_max"] <= 65535:
@@ -483,7 +483,7 @@ def clean_state(raw) -> dict:
             snat.append({k: u[k] for k in ("proto", "snat", "dst", "dport", "entries", "port_min",
                                            "port_max")} | {"orig_sport_min": osp if _int(osp) else 1024})
     dnat = []
-    for d in raw.get("dnat") or []:
+    for d in raw["dnat"] if isinstance(raw.get("dnat"), list) else []:
         if isinstance(d, dict) and isinstance(d.get("proto"), str) and isinstance(d.get("service"), str) \
                 and _int(d.get("port")) and _int(d.get("entries")) and isinstance(d.get("backends"), dict) \
                 and all(isinstance(b, str) and _int(n) for b, n in d["backends"].items()):

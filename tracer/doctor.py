@@ -269,7 +269,7 @@ def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
             f"{svc}; {failures}; clash_resolve +{resolved:,} in {w:.1f} s, "
             f"{h.stats.get('clash_resolve', 0):,} since boot (clashes the kernel settled without a "
             f"drop); {_dns_kernel(kv)}",
-            _dns_fix(kv, rules))
+            _dns_fix(kv, _dns_rules(rules, h.nat.get("snat", []), dns)))
         explained = True
     if clash_all > 0 and not explained:
         add("insert_failed", CRITICAL if clash_now > 0 else WARNING,
@@ -279,8 +279,7 @@ def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
                         f"{rows[0][0]['entries']:,} of {rows[0][2] - rows[0][1] + 1:,} ports"
                         if rows else ""),
             "# concurrent new flows that NAT maps to one tuple: fully random ports\n"
-            + "\n".join(nat.widened(r) for r in rules)
-            + ("\n" if rules else "")
+            + "".join(nat.widened(r) + "\n" for r in [r for r in rules if not r.random_fully][:5])
             + "# DNS from pods/containers: TCP (resolv.conf: options use-vc) or a node-local DNS cache")
 
 
@@ -316,6 +315,19 @@ def _dns_kernel(kv) -> str:
         return (f"kernel {v}: same-socket queries to one backend are settled by the kernel; to "
                 "different backends (5.6) they are not")
     return f"kernel {v}: no clash resolution for the same-socket A/AAAA race (5.0, 5.6)"
+
+
+def _dns_rules(rules, snat, dns) -> list:
+    """The SNAT rules that translate flows to the DNS services' backends."""
+    backends = {b.rsplit(":", 1)[0].strip("[]") for d in dns for b in d["backends"]}
+    out = []
+    for u in snat:
+        if u["proto"] == "udp" and u["dport"] == 53 and u["dst"] in backends:
+            rule = nat.pick_range(rules, "udp", u["snat"], (u["port_min"], u["port_max"]),
+                                  u.get("orig_sport_min", 1024))[1]
+            if rule is not None and rule not in out:
+                out.append(rule)
+    return out
 
 
 def _dns_fix(kv, rules) -> str:

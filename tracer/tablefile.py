@@ -360,11 +360,27 @@ def _split_points(path: str, parts: int) -> list[int]:
     return points
 
 
+def default_jobs() -> int:
+    """Processes for a big file: the CPUs that are free now (up to 8). On a
+    machine whose CPUs are busy (load average), splitting only adds the
+    pool's cost: measured with one of two CPUs taken, 2 processes took
+    4.3 s where one took 2.4 s."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        free = cpus - os.getloadavg()[0]
+    except OSError:
+        free = cpus
+    return max(1, min(8, cpus, int(free + 0.5)))
+
+
 def scan(path: str, flt: Filter, jobs: int | None = None) -> tuple[ScanResult, TextDecoder]:
     """Read a table export (path or '-') into a ScanResult. Raises InputError."""
     stream, name, seekable = _open(path)
     try:
-        jobs = jobs or min(os.cpu_count() or 1, 8)
+        jobs = jobs or default_jobs()
         if seekable and jobs > 1 and os.path.getsize(path) >= PARALLEL_MIN:
             _check_text(stream.read(65536), name)
             stream.close()

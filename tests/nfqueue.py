@@ -12,6 +12,7 @@ Message and attribute numbers: include/uapi/linux/netfilter/nfnetlink_queue.h
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 import struct
@@ -58,7 +59,7 @@ class Queue:
         if mtype == NLMSG_ERROR:
             err = -struct.unpack_from("=i", data, 16)[0]
             if err:
-                raise OSError(err, f"nfqueue config: {socket.errno.errorcode.get(err, err)}")
+                raise OSError(err, f"nfqueue config: {errno.errorcode.get(err, err)}")
 
     def packets(self, n: int, timeout: float = 5.0) -> list[int]:
         """Wait for n queued packets; return their ids (verdicts not given)."""

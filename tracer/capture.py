@@ -164,6 +164,14 @@ class Capture:
             h.rates = {k: v / dt for k, v in h.deltas.items()}
             h.stats = b["kernel"]
             h.count, h.max = b.get("count"), b.get("max")
+        fails: dict = {}
+        for d in self.of("drop"):                   # clashes the probes saw, by the sender's destination
+            if d.get("reason") == "insert_failed" and isinstance(d.get("dst"), str) \
+                    and isinstance(d.get("dport"), int) and isinstance(d.get("proto"), str):
+                key = f"{d['proto']} {d['dst']}:{d['dport']}"
+                fails[key] = fails.get(key, 0) + 1
+        if fails:
+            h.insert_failed_by_dst = fails
         return h
 
 
@@ -370,7 +378,7 @@ def _clean_state(raw) -> dict:
         if f.name in ("count", "max", "buckets", "total", "window", "max_global") and _num(v):
             out[f.name] = v
         elif f.name in ("sysctls", "stats", "rates", "by_state", "by_proto_dport", "by_src",
-                        "deltas") and _counts(v):
+                        "deltas", "insert_failed_by_dst") and _counts(v):
             out[f.name] = v
         elif f.name == "containers" and isinstance(v, dict) and all(
                 isinstance(a, str) and isinstance(b, str) for a, b in v.items()):

@@ -39,6 +39,7 @@ class HostState:
     max_scope: str = ""                                 # "global" (one limit for all namespaces) or "netns"
     max_global: int | None = None                       # the initial namespace's limit, where it differs
     nat: dict = field(default_factory=dict)             # nat.Usage.to_state(): SNAT usage, DNAT services
+    insert_failed_by_dst: dict = field(default_factory=dict)  # captures: "udp 10.96.0.10:53" -> drop events
 
 
 @dataclass
@@ -257,16 +258,27 @@ def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
             "ports, so a mostly used range fails before it is full",
             _snat_fix(rules, full))
     dns = [d for d in h.nat.get("dnat", []) if d["proto"] == "udp" and d["port"] == 53]
-    if dns and clash_all > 0:
+    # a capture's drop events name the clashes' destinations (the sender's tuple)
+    seen = {k: n for k, n in h.insert_failed_by_dst.items()
+            if k.startswith("udp ") and k.endswith(":53")}
+    if seen and not dns:
+        dns = [{"proto": "udp", "service": k[4:].rsplit(":", 1)[0], "port": 53, "entries": 0,
+                "backends": {}} for k in sorted(seen, key=lambda k: -seen[k])]
+    if dns and (clash_all > 0 or seen):
         kv = _kernel(h.kernel)
-        svc = "; ".join(f"{d['service']}:53 -> " + ", ".join(f"{b} ({n:,})" for b, n in
-                                                            list(d["backends"].items())[:4])
-                        + f", {d['entries']:,} entries" for d in dns[:3])
+        svc = "; ".join((f"{d['service']}:53 -> " + ", ".join(f"{b} ({n:,})" for b, n in
+                                                             list(d["backends"].items())[:4])
+                         + f", {d['entries']:,} entries") if d["entries"] else
+                        f"{d['service']}:53 (no entry of it in the table now)" for d in dns[:3])
         resolved = _delta(h, "clash_resolve")
         add("dns_race", CRITICAL if clash_now > 0 else WARNING,
             f"DNS lookups through a DNAT'd service ({dns[0]['service']}:53/udp) meet insert "
             "failures: the conntrack race of UDP DNS" + (" (and SNAT port exhaustion, above)" if full else ""),
-            f"{svc}; {failures}; clash_resolve +{resolved:,} in {w:.1f} s, "
+            f"{svc}; {failures}; "
+            + (f"{sum(seen.values()):,} of {sum(h.insert_failed_by_dst.values()):,} insert-failed drops "
+               "recorded went to udp/53 (" + ", ".join(f"{k[4:]}: {n:,}" for k, n in seen.items())
+               + "); " if seen else "")
+            + f"clash_resolve +{resolved:,} in {w:.1f} s, "
             f"{h.stats.get('clash_resolve', 0):,} since boot (clashes the kernel settled without a "
             f"drop); {_dns_kernel(kv)}",
             _dns_fix(kv, _dns_rules(rules, h.nat.get("snat", []), dns)))

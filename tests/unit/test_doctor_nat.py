@@ -238,3 +238,35 @@ def test_capture_keeps_the_new_fields_and_old_ones_load(tmp_path):
                          "interval": 1.0, "state": bad})
     w.close()
     assert read_capture(str(p3)).host_state().nat == {"snat": []}
+
+
+def test_capture_drop_events_name_the_dns_clashes(tmp_path):
+    """A capture's insert_failed drop events (the sender's tuple) make the
+    DNS race exact, even when its entries have left the table."""
+    st = {"netns": "node", "count": 3, "max": 262144, "buckets": 262144, "total": 3, "kernel": "6.18.4",
+          "stats": {}, "rates": {}, "sysctls": {}, "rules": "", "nat": {"snat": [], "dnat": []}}
+    p = tmp_path / "c"
+    w = Writer(str(p), {"host": "h", "kernel": "6.18.4", "backend": "tracepoint", "netns": "node",
+                        "interval": 1.0, "state": st})
+    w.write({"k": "stats", "t": 1000.0, "count": 3, "max": 262144,
+             "kernel": {"drop": 0, "insert_failed": 0, "clash_resolve": 0}})
+    for i in range(4):
+        w.write({"k": "drop", "t": 1000.5, "reason": "insert_failed", "proto": "udp", "src": "198.18.1.12",
+                 "sport": 40000 + i, "dst": "10.96.0.10", "dport": 53, "container": None})
+    w.write({"k": "drop", "t": 1000.6, "reason": "insert_failed", "proto": "tcp", "src": "198.18.1.12",
+             "sport": 5000, "dst": "198.19.0.2", "dport": 443, "container": None})
+    w.write({"k": "drop", "t": 1000.7, "reason": "table_full", "proto": "udp", "src": "198.18.1.13",
+             "sport": 5001, "dst": "10.96.0.10", "dport": 53, "container": None})
+    w.write({"k": "stats", "t": 1002.0, "count": 3, "max": 262144,
+             "kernel": {"drop": 6, "insert_failed": 5, "clash_resolve": 0}})
+    w.write({"k": "end", "t": 1002.0, "totals": {}, "sources": {}, "state": st})
+    w.close()
+    h = read_capture(str(p)).host_state()
+    assert h.insert_failed_by_dst == {"udp 10.96.0.10:53": 4, "tcp 198.19.0.2:443": 1}
+    found = {f.id: f for f in diagnose(h)}
+    f = found["dns_race"]
+    assert f.severity == "critical"
+    assert "4 of 5 insert-failed drops recorded went to udp/53 (10.96.0.10:53: 4)" in f.evidence
+    assert "10.96.0.10:53 (no entry of it in the table now)" in f.evidence
+    assert "dropping_now" not in found           # 6 drops, 5 of them clashes, table nearly empty
+    assert found["conntrack_drops"].severity == "warning"

@@ -60,8 +60,7 @@ def test_lines_view_exact_at_80_columns():
         "│ table 1,234 / 2,000  ███████████████████░░░░░░░░░░░  61.7%  buckets 1,024    │",
         "│ inserts/s 120   deletes/s 100   table-full drops/s 3.0   early drops/s 0     │",
         "│ insert failures/s 0                                                          │",
-        "│ fill  ▂▅▅                                                                    │",
-        "│ drops ▁█▃                                                                    │",
+        "│ fill  ▂▅▅                              drops ▁█▃                             │",
         "│ backend tracepoint (no kprobes/fentry on this kernel: inserts and deletes    │",
         "│ come from ctnetlink events; early drops and insert failures are counters     │",
         "│ only)                                                                        │",
@@ -123,7 +122,14 @@ def test_full_screen_header_is_never_cut(width):
     assert "by src (sorted by entries)" in out and "latest drops" in out
     assert lines[-1].startswith("q quit  g group  s sort  p pause  h help")
     if width == 200:
-        assert len(head) == 6                                         # one line each at full width
+        assert len(head) == 5                                         # one line each at full width
+
+
+def test_classic_80x24_terminal_still_shows_a_drop_row():
+    out = text_of(render(frame()), width=80, height=24).splitlines()
+    assert len(out) == 24
+    assert "│ 198.18.1.11  │   1,000 │" in "\n".join(out)
+    assert any("table_full" in l and "198.19.0.2:53" in l for l in out)
 
 
 def test_help_footer_wraps_instead_of_being_cut():

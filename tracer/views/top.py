@@ -79,9 +79,17 @@ class Header:
                              Text(f"early drops/s {_rate(r['early_drops'])}"),
                              Text(f"insert failures/s {_rate(r['insert_failed'])}")], inner))
         t.append("\n")
-        spark = max(inner - 6, 10)
-        t.append(f"fill  {sparkline(f['history']['fill'], min(40, spark), top=1.0)}\n", style="cyan")
-        t.append(f"drops {sparkline(f['history']['drops'], min(40, spark))}\n", style="red")
+        # the two sparklines side by side when 2 x 20 points fit, else one a line
+        side = inner >= 2 * (6 + 20) + 3
+        n = min(40, (inner - 3) // 2 - 6 if side else inner - 6)
+        fill = Text(f"fill  {sparkline(f['history']['fill'], n, top=1.0)}", style="cyan")
+        drops = Text(f"drops {sparkline(f['history']['drops'], n)}", style="red")
+        if side:
+            fill.pad_right(6 + n - fill.cell_len)
+            t.append_text(fill + Text("   ") + drops)
+        else:
+            t.append_text(fill + Text("\n") + drops)
+        t.append("\n")
         t.append_text(text(f"backend {f['backend']} ({f['blind_spots']})", style="dim"))
         t.append("\n")
         lost = f["lost"]
@@ -153,8 +161,8 @@ class _Screen:
         foot = Text(HELP if self.show_help else KEYS, style="reverse")
         lay = Layout()
         lay.split_column(Layout(head, name="head", size=head.height(console, options)),
-                         Layout(main_table(self.f), name="main", ratio=2),
-                         Layout(drops_table(self.f), name="drops", ratio=1),
+                         Layout(main_table(self.f), name="main", ratio=2, minimum_size=6),
+                         Layout(drops_table(self.f), name="drops", ratio=1, minimum_size=6),
                          Layout(foot, name="foot", size=_lines(console, options, foot)))
         yield lay
 

@@ -202,8 +202,15 @@ def test_the_daemonset_serves_this_hosts_table():
         info = [k for k in m if k[0] == "cttrace_info"]
         assert len(info) == 1 and dict(info[0][1])["backend"] == "tracepoint", info
         with open(f"/proc/{s.pid()}/status") as f:
-            rss = int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) // 1024
-        print(f"\nserve in the image: RSS {rss} MiB")
+            status = f.read()
+        rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) // 1024
+        # the process holds exactly the DaemonSet's capabilities, under a seccomp filter
+        bits = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}
+        want = sum(1 << bits[c] for c in CAPS)
+        assert int(re.search(r"CapEff:\s+([0-9a-f]+)", status).group(1), 16) == want
+        assert re.search(r"Seccomp:\s+(\d)", status).group(1) == "2"
+        nnp = re.search(r"NoNewPrivs:\s+(\d)", status).group(1)
+        print(f"\nserve in the image: RSS {rss} MiB; NoNewPrivs {nnp}")
         (LOGS / "serve-rss").write_text(f"{rss}\n")
     finally:
         code = s.stop()

@@ -65,6 +65,8 @@ class LiveSource:
         self.overruns = 0           # ENOBUFS on the event socket (events lost)
         self.resyncs = 0            # reconcile dumps completed after start
         self.swept = 0              # entries removed by reconciles (gone without an event)
+        self.errors = 0             # reconcile dumps that failed (last_error says why)
+        self.last_error: str | None = None
         self.events: CtEvents | None = None
         self.mode: int | None = None
         self.backlog = False        # the last pump left events queued (budget reached)
@@ -187,8 +189,14 @@ class LiveSource:
         return None
 
     def _begin(self, why: str) -> None:
-        with ns.entered(self.netns):
-            self._reader = ctnetlink.DumpReader()
+        try:
+            with ns.entered(self.netns):
+                self._reader = ctnetlink.DumpReader()
+        except (ctnetlink.NetlinkError, ns.NetnsError) as e:
+            self.errors += 1
+            self.last_error = str(e)
+            self._next = self.clock() + self.period()
+            return
         self._why = why
         self._dirty = False
         self._dump_work = 0.0
@@ -200,12 +208,14 @@ class LiveSource:
         reader = self._reader
         try:
             rows = reader.read(max_rows)
-        except ctnetlink.NetlinkError:
+        except ctnetlink.NetlinkError as e:      # counted and shown; tried again next period
             reader.close()
             self._reader = None
             self.live.abort()
-            self._next = self.clock() + self.MIN_PERIOD
-            raise
+            self.errors += 1
+            self.last_error = str(e)
+            self._next = self.clock() + self.period()
+            return
         seen, accept = self.live.seen, self.accept
         for row in rows:
             if accept(row):
@@ -253,7 +263,10 @@ class LiveSource:
             "overruns": self.overruns,
             "resyncs": self.resyncs,
             "swept": self.swept,
+            "errors": self.errors,
         }
+        if self.last_error:
+            out["last_error"] = self.last_error
         if mode == "off":
             out["note"] = ("nf_conntrack_events=0: the kernel sends no conntrack events; live "
                            f"counts come from a dump every {self.period():.0f} s or so, and "

@@ -277,3 +277,19 @@ def test_exact_from_events_needs_no_reconcile(monkeypatch):
     src.EVENTS_PER_PUMP = 100
     src.pump()
     assert src.backlog and len(src.live) == 105     # bounded: the rest waits for the next pump
+
+
+def test_a_failed_reconcile_is_counted_not_raised(monkeypatch):
+    src, clock, _ = feed(monkeypatch, 0, rows(10))
+
+    class Broken(_Reader):
+        def read(self, n):
+            raise ctnetlink.NetlinkError("ctnetlink request failed: No buffer space available")
+    monkeypatch.setattr(livetable.ctnetlink, "DumpReader", Broken)
+    clock.t += src.period()
+    src.pump()                                      # begins
+    src.pump()                                      # the read fails: no exception
+    st = src.status()
+    assert st["errors"] == 1 and "No buffer space" in st["last_error"] and len(src.live) == 10
+    src.pump()
+    assert src.errors == 1                          # not retried before its period

@@ -7,8 +7,10 @@
  *                           NF_DROP an insert failure
  *   nf_ct_delete            entry+return: true is a delete (expiry, flush,
  *                           early drop, reset)
- *   early_drop              entry+return: the deletes made inside it are
- *                           evictions by a full table (early drops)
+ *   (early drops: the deletes made while __nf_conntrack_alloc runs are its
+ *   early_drop() evicting entries of a full table; early_drop() itself is
+ *   static and inlined on some kernels, e.g. Debian's 5.10, so the alloc
+ *   call brackets it)
  * plus skb:kfree_skb for the drops conntrack did not cause, i.e. rule
  * drops: this file is compiled after drops_tracepoint.c, in one unit, with
  * -DCT_KPROBES (BCC rewrites TRACEPOINT_PROBE only in the main text, so
@@ -33,7 +35,7 @@ struct call_key { u64 id; u32 cpu; u32 pad; };
 BPF_HASH(alloc_args, struct call_key, struct alloc_arg, 16384);
 BPF_HASH(confirm_args, struct call_key, struct confirm_arg, 16384);
 BPF_HASH(delete_args, struct call_key, u64, 16384);
-BPF_PERCPU_ARRAY(in_early_drop, u64, 1);   /* nf_ct_delete calls inside early_drop() are evictions */
+BPF_PERCPU_ARRAY(in_alloc, u64, 1);   /* nf_ct_delete calls inside __nf_conntrack_alloc are evictions */
 
 static __always_inline struct call_key call_key(void)
 {
@@ -111,12 +113,20 @@ int alloc_entry(struct pt_regs *ctx)
     struct call_key id = call_key();
     struct alloc_arg a = {.net = PT_REGS_PARM1(ctx), .orig = PT_REGS_PARM3(ctx)};
     alloc_args.update(&id, &a);
+    int z = 0;
+    u64 *in = in_alloc.lookup(&z);
+    if (in)
+        *in = 1;
     return 0;
 }
 
 int alloc_return(struct pt_regs *ctx)
 {
     struct call_key id = call_key();
+    int z = 0;
+    u64 *in = in_alloc.lookup(&z);
+    if (in)
+        *in = 0;
     struct alloc_arg *a = alloc_args.lookup(&id);
     if (!a) {
         ct_stat(CT_ARGS_MISSED);
@@ -214,7 +224,7 @@ int delete_return(struct pt_regs *ctx)
         read_tuple(&ev, (char *)*ctp + CT_TUPLE);
         ct_stat(CT_DELETES);
         int z = 0;
-        u64 *early = in_early_drop.lookup(&z);
+        u64 *early = in_alloc.lookup(&z);
         if (early && *early)
             ct_stat(CT_EARLY_DROPS);
         struct src_val *v = source(&ev);
@@ -222,25 +232,5 @@ int delete_return(struct pt_regs *ctx)
             __sync_fetch_and_add(&v->deletes, 1);
     }
     delete_args.delete(&id);
-    return 0;
-}
-
-/* early_drop() may evict several entries per call (early_drop_list); each
- * eviction is an nf_ct_delete() made while this flag is up. */
-int early_drop_entry(struct pt_regs *ctx)
-{
-    int z = 0;
-    u64 *v = in_early_drop.lookup(&z);
-    if (v)
-        *v = 1;
-    return 0;
-}
-
-int early_drop_return(struct pt_regs *ctx)
-{
-    int z = 0;
-    u64 *v = in_early_drop.lookup(&z);
-    if (v)
-        *v = 0;
     return 0;
 }

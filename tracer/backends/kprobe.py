@@ -3,9 +3,9 @@
 
 Sees every table-full refusal with its tuple, every insert, insert failure,
 delete and early drop, exactly. Needs CONFIG_KPROBES and the functions
-__nf_conntrack_alloc, __nf_conntrack_confirm, nf_ct_delete (early_drop is
-optional: static, sometimes inlined; without it early drops are the
-kernel's counter only).
+__nf_conntrack_alloc, __nf_conntrack_confirm, nf_ct_delete (early drops
+are the deletes made inside __nf_conntrack_alloc: early_drop() itself is
+static and inlined on some kernels, e.g. Debian's 5.10).
 
 fentry/fexit would cost less per call, but BCC 0.26 (Debian 12) looks
 fentry targets up in vmlinux BTF only, so it cannot attach to functions of
@@ -35,7 +35,6 @@ PROBES = [  # (function, entry handler, return handler, required)
     ("__nf_conntrack_alloc", "alloc_entry", "alloc_return", True),
     ("__nf_conntrack_confirm", "confirm_entry", "confirm_return", True),
     ("nf_ct_delete", "delete_entry", "delete_return", True),
-    ("early_drop", "early_drop_entry", "early_drop_return", False),
 ]
 
 

@@ -4,9 +4,14 @@
  * Every skb freed with reason NETFILTER_DROP is counted per source in
  * `sources` (exact) and sent as a drop_event through `events`, at most
  * RATE_PER_SEC per CPU (burst RATE_BURST); the rest are counted in
- * ST_SAMPLED_OUT. Whether a conntrack entry was attached (skb->_nfct) and a
- * per-(netns, cpu) sequence of ct-less drops let user space tell table-full
- * drops (counted by the kernel's per-CPU `drop` stat) from rule drops.
+ * ST_SAMPLED_OUT. Whether a conntrack entry was attached (skb->_nfct) and
+ * per-(netns, cpu) sequences of drops with and without one let user space
+ * match drops with the kernel's per-CPU counters (tracer/classify.py):
+ * without an entry and counted in `drop` (less `insert_failed`): conntrack
+ * refused the packet (table full); with one and counted in `insert_failed`:
+ * a clash at confirm (NAT port exhaustion, the UDP DNS race); the rest:
+ * rules. Where an entry is attached, its original tuple (what the sender
+ * used, before NAT) travels with the event and keys the per-source count.
  *
  * Struct offsets and the enum value come from the running kernel's BTF, as
  * -D constants (tracer/btf.py): OFF_SKB_HEAD, OFF_SKB_NH, OFF_SKB_NFCT,
@@ -44,7 +49,7 @@ static __always_inline void mark_conntrack_drop(void)
 
 BPF_PERF_OUTPUT(events);
 BPF_HASH(sources, struct drop_key, u64, 65536);
-BPF_HASH(ctless_seq, struct cpu_key, u64, 16384);
+BPF_HASH(drop_seq, struct cpu_key, u64, 16384);
 BPF_PERCPU_ARRAY(stats, u64, ST_MAX);
 BPF_PERCPU_ARRAY(bucket, u64, 2);      /* [0] tokens (scaled), [1] last refill ns */
 
@@ -83,6 +88,116 @@ static __always_inline u32 net_inum(void *net)
     return inum;
 }
 
+static __always_inline u64 net_cookie(void *net)
+{
+    u64 cookie = 0;
+#if OFF_NET_COOKIE >= 0
+    if (net)
+        bpf_probe_read_kernel(&cookie, sizeof(cookie), (char *)net + OFF_NET_COOKIE);
+#endif
+    return cookie;
+}
+
+/* The packet's addresses and ports: IPv4 (ports only in the first fragment)
+ * or IPv6 after up to 6 extension headers (hop-by-hop, routing,
+ * destination options, fragment, AH). */
+static __always_inline void read_packet(struct drop_event *ev, char *l3)
+{
+    u8 vihl = 0;
+    bpf_probe_read_kernel(&vihl, 1, l3);
+    char *l4 = 0;
+    if ((vihl >> 4) == 4) {
+        struct iphdr ip = {};
+        bpf_probe_read_kernel(&ip, sizeof(ip), l3);
+        ev->family = 4;
+        ev->proto = ip.protocol;
+        __builtin_memcpy(ev->saddr, &ip.saddr, 4);
+        __builtin_memcpy(ev->daddr, &ip.daddr, 4);
+        if (ntohs(ip.frag_off) & 0x1fff)            /* IP_OFFSET: not the first fragment */
+            ev->fragment = 1;
+        else
+            l4 = l3 + (vihl & 0xf) * 4;
+    } else if ((vihl >> 4) == 6) {
+        struct ipv6hdr ip6 = {};
+        bpf_probe_read_kernel(&ip6, sizeof(ip6), l3);
+        ev->family = 6;
+        __builtin_memcpy(ev->saddr, &ip6.saddr, 16);
+        __builtin_memcpy(ev->daddr, &ip6.daddr, 16);
+        u8 next = ip6.nexthdr;
+        char *p = l3 + sizeof(ip6);
+#pragma unroll
+        for (int i = 0; i < 6; i++) {
+            u8 h[4] = {};
+            if (next == 0 || next == 43 || next == 60) {          /* HBH, routing, dstopts */
+                bpf_probe_read_kernel(h, 2, p);
+                next = h[0];
+                p += ((u32)h[1] + 1) * 8;
+            } else if (next == 51) {                              /* AH */
+                bpf_probe_read_kernel(h, 2, p);
+                next = h[0];
+                p += ((u32)h[1] + 2) * 4;
+            } else if (next == 44) {                              /* fragment */
+                bpf_probe_read_kernel(h, 4, p);
+                next = h[0];
+                p += 8;
+                if (((u16)h[2] << 8 | h[3]) & 0xfff8) {           /* offset != 0 */
+                    ev->fragment = 1;
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        ev->proto = next;
+        if (!ev->fragment)
+            l4 = p;
+    }
+    if (!l4)
+        return;
+    u8 p = ev->proto;
+    if (p == IPPROTO_TCP || p == IPPROTO_UDP || p == IPPROTO_SCTP || p == IPPROTO_UDPLITE ||
+        p == IPPROTO_DCCP) {
+        u16 ports[2] = {};
+        bpf_probe_read_kernel(ports, sizeof(ports), l4);
+        ev->sport = ntohs(ports[0]);
+        ev->dport = ntohs(ports[1]);
+    } else if (p == IPPROTO_ICMP || p == 58 /* ICMPv6 */) {
+        u8 tc[2] = {};
+        bpf_probe_read_kernel(tc, sizeof(tc), l4);
+        ev->sport = tc[0];
+        ev->dport = tc[1];
+    }
+}
+
+#ifdef HAVE_CT_TUPLE
+/* The original tuple of the attached entry (struct nf_conntrack_tuple). */
+static __always_inline void read_orig(struct drop_event *ev, char *t)
+{
+    u16 l3 = 0, sp = 0, dp = 0;
+    bpf_probe_read_kernel(&l3, sizeof(l3), t + T_L3NUM);
+    if (l3 != 2 && l3 != 10)
+        return;
+    bpf_probe_read_kernel(ev->osaddr, 16, t + T_SRC_U3);
+    bpf_probe_read_kernel(ev->odaddr, 16, t + T_DST_U3);
+    bpf_probe_read_kernel(&sp, sizeof(sp), t + T_SRC_PORT);
+    bpf_probe_read_kernel(&dp, sizeof(dp), t + T_DST_PORT);
+    u8 proto = 0;
+    bpf_probe_read_kernel(&proto, 1, t + T_PROTONUM);
+    if (proto == IPPROTO_ICMP || proto == 58) {
+        ev->osport = dp & 0xff;                     /* dst.u.icmp = {type, code} */
+        ev->odport = dp >> 8;
+    } else {
+        ev->osport = ntohs(sp);
+        ev->odport = ntohs(dp);
+    }
+    if (l3 == 2) {
+        __builtin_memset(ev->osaddr + 4, 0, 12);
+        __builtin_memset(ev->odaddr + 4, 0, 12);
+    }
+    ev->has_orig = 1;
+}
+#endif
+
 #ifndef CT_NO_RULE_HALF
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
@@ -113,7 +228,8 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 
     unsigned long nfct = 0;
     bpf_probe_read_kernel(&nfct, sizeof(nfct), skb + OFF_SKB_NFCT);
-    ev.ct_attached = nfct != 0;
+    char *ct = (char *)(nfct & ~7UL);              /* NFCT_PTRMASK; untracked: no entry */
+    ev.ct_attached = ct != 0;
 #ifdef CT_KPROBES
     ev.kind = KIND_RULE;        /* conntrack's own drops were filtered above */
 #endif
@@ -129,66 +245,49 @@ TRACEPOINT_PROBE(skb, kfree_skb)
             bpf_probe_read_kernel(&net, sizeof(net), (char *)sk + OFF_SK_NET);
     }
     ev.netns = net_inum(net);
+    ev.netns_cookie = net_cookie(net);
 
-    /* the packet: network header, then ports */
     char *head = 0;
     u16 nh = 0;
     bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_SKB_HEAD);
     bpf_probe_read_kernel(&nh, sizeof(nh), skb + OFF_SKB_NH);
-    char *l3 = head + nh;
-    u8 vihl = 0;
-    bpf_probe_read_kernel(&vihl, 1, l3);
-    char *l4 = 0;
-    if ((vihl >> 4) == 4) {
-        struct iphdr ip = {};
-        bpf_probe_read_kernel(&ip, sizeof(ip), l3);
-        ev.family = 4;
-        ev.proto = ip.protocol;
-        __builtin_memcpy(ev.saddr, &ip.saddr, 4);
-        __builtin_memcpy(ev.daddr, &ip.daddr, 4);
-        l4 = l3 + (vihl & 0xf) * 4;
-    } else if ((vihl >> 4) == 6) {
-        struct ipv6hdr ip6 = {};
-        bpf_probe_read_kernel(&ip6, sizeof(ip6), l3);
-        ev.family = 6;
-        ev.proto = ip6.nexthdr;
-        __builtin_memcpy(ev.saddr, &ip6.saddr, 16);
-        __builtin_memcpy(ev.daddr, &ip6.daddr, 16);
-        l4 = l3 + sizeof(ip6);
+    read_packet(&ev, head + nh);
+    ev.clash_candidate = ev.ct_attached;
+#ifdef HAVE_CT_TUPLE
+    if (ct) {
+        read_orig(&ev, ct + CT_TUPLE);
+        /* A clash at confirm drops an unconfirmed entry, at the last hook,
+         * after source NAT (which marks even a null binding done). */
+        unsigned long status = 0;
+        bpf_probe_read_kernel(&status, sizeof(status), ct + CT_STATUS);
+        ev.clash_candidate = !(status & IPS_CONFIRMED_) && (status & IPS_SRC_NAT_DONE_);
     }
-    if (l4) {
-        u8 p = ev.proto;
-        if (p == IPPROTO_TCP || p == IPPROTO_UDP || p == IPPROTO_SCTP || p == IPPROTO_UDPLITE ||
-            p == IPPROTO_DCCP) {
-            u16 ports[2] = {};
-            bpf_probe_read_kernel(ports, sizeof(ports), l4);
-            ev.sport = ntohs(ports[0]);
-            ev.dport = ntohs(ports[1]);
-        } else if (p == IPPROTO_ICMP || p == 58 /* ICMPv6 */) {
-            u8 tc[2] = {};
-            bpf_probe_read_kernel(tc, sizeof(tc), l4);
-            ev.sport = tc[0];
-            ev.dport = tc[1];
-        }
-    }
-
-    if (!ev.ct_attached) {
+#endif
+    if (!ev.ct_attached)
         stat_add(ST_CTLESS);
-        struct cpu_key ck = {.netns = ev.netns, .cpu = ev.cpu};
-        u64 one = 1;
-        u64 *seq = ctless_seq.lookup(&ck);
+
+    /* numbered: drops that the kernel's counters may claim (see events.h) */
+    if (!ev.ct_attached || ev.clash_candidate) {
+        struct cpu_key ck = {.netns_cookie = ev.netns_cookie, .netns = ev.netns, .cpu = ev.cpu,
+                             .ct_attached = ev.ct_attached};
+        u64 *seq = drop_seq.lookup(&ck);
         if (seq) {
-            __sync_fetch_and_add(seq, 1);
+            /* the key holds the CPU: no other CPU writes it. No fetching atomic
+             * (BPF_FETCH needs Linux 5.12; 5.10 refuses "BPF_STX uses reserved fields") */
+            *seq += 1;
             ev.seq = *seq;
         } else {
-            ctless_seq.update(&ck, &one);
-            ev.seq = 1;
+            u64 one = 1;
+            if (drop_seq.insert(&ck, &one) == 0)
+                ev.seq = 1;
+            else
+                stat_add(ST_SEQ_FULL);              /* seq 0: the class cannot be told */
         }
     }
 
     struct drop_key key = {.netns = ev.netns, .family = ev.family, .proto = ev.proto,
                            .ct_attached = ev.ct_attached};
-    __builtin_memcpy(key.saddr, ev.saddr, 16);
+    __builtin_memcpy(key.saddr, ev.has_orig ? ev.osaddr : ev.saddr, 16);
     u64 *cnt = sources.lookup(&key);
     if (cnt) {
         __sync_fetch_and_add(cnt, 1);

@@ -3,20 +3,31 @@
 #ifndef CTTRACE_EVENTS_H
 #define CTTRACE_EVENTS_H
 
-/* One packet dropped by netfilter (skb:kfree_skb, reason NETFILTER_DROP). */
+/* One packet dropped by netfilter (skb:kfree_skb, reason NETFILTER_DROP),
+ * or refused by conntrack (kprobe backend). */
 struct drop_event {
     u64 ts_ns;          /* bpf_ktime_get_ns() */
-    u64 seq;            /* ct-less drops so far on this (netns, cpu), this one included; 0 if ct attached */
+    u64 seq;            /* drops so far of this one's class (ct attached or not) on this
+                           (netns, cpu), this one included; 0: unknown (sequence map full) */
+    u64 netns_cookie;   /* net->net_cookie (never reused, unlike inodes); 0 if unknown */
     u32 netns;          /* network namespace inode, 0 if unknown */
     u32 cpu;
     u8  family;         /* 4, 6, or 0 if not IP */
-    u8  proto;          /* IPPROTO_* */
+    u8  proto;          /* IPPROTO_* (after IPv6 extension headers) */
     u8  ct_attached;    /* the packet had a conntrack entry when dropped */
     u8  kind;           /* KIND_*: what the kernel side saw */
-    u16 sport;          /* host order; ICMP: type */
+    u16 sport;          /* host order; ICMP: type; 0 in non-first fragments */
     u16 dport;          /* host order; ICMP: code */
-    u8  saddr[16];      /* IPv4 in the first 4 bytes */
+    u8  saddr[16];      /* the packet as dropped; IPv4 in the first 4 bytes */
     u8  daddr[16];
+    u8  has_orig;       /* o*: the entry's original tuple (what the sender used, pre-NAT) */
+    u8  fragment;       /* 1: a non-first fragment (no transport header) */
+    u8  clash_candidate;/* an unconfirmed entry past source NAT: a clash at confirm is possible */
+    u8  pad;
+    u16 osport;
+    u16 odport;
+    u8  osaddr[16];
+    u8  odaddr[16];
 };
 
 /* drop_event.kind */
@@ -58,7 +69,9 @@ enum {
     CT_MAX,
 };
 
-/* Exact per-source drop counters, whatever the event sampling. */
+/* Exact per-source drop counters, whatever the event sampling; the source
+ * is the entry's original source where an entry is attached (the pod
+ * behind a NAT), the packet's otherwise. */
 struct drop_key {
     u32 netns;
     u8  family;
@@ -68,9 +81,17 @@ struct drop_key {
     u8  saddr[16];
 };
 
+/* Sequence numbers of drops per (netns, cpu, class): class 0 without a
+ * conntrack entry, 1 with an entry that may have clashed at confirm
+ * (unconfirmed, past source NAT); user space matches them with the kernel's
+ * per-CPU `drop` and `insert_failed` counters. Other drops with an entry
+ * (confirmed, or before source NAT) are rules' and need no number. */
 struct cpu_key {
-    u32 netns;
-    u32 cpu;
+    u64 netns_cookie;   /* 0 where the kernel has no cookie */
+    u32 netns;          /* inode */
+    u16 cpu;
+    u8  ct_attached;
+    u8  pad;
 };
 
 /* Indexes of the `stats` array. */
@@ -81,6 +102,7 @@ enum {
     ST_SAMPLED_OUT,      /* events not sent: over the per-CPU rate */
     ST_SUBMIT_FAILED,    /* perf_submit errors (buffer full) */
     ST_KEYS_FULL,        /* per-source map full: counted in ST_DROPS only */
+    ST_SEQ_FULL,         /* sequence map full: the drop's class cannot be told (seq 0) */
     ST_MAX,
 };
 

@@ -11,10 +11,13 @@ from tracer.conntrack import proto_name
 
 
 class DropEventC(ct.Structure):
-    _fields_ = [("ts_ns", ct.c_uint64), ("seq", ct.c_uint64), ("netns", ct.c_uint32),
-                ("cpu", ct.c_uint32), ("family", ct.c_uint8), ("proto", ct.c_uint8),
-                ("ct_attached", ct.c_uint8), ("kind", ct.c_uint8), ("sport", ct.c_uint16),
-                ("dport", ct.c_uint16), ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16)]
+    _fields_ = [("ts_ns", ct.c_uint64), ("seq", ct.c_uint64), ("netns_cookie", ct.c_uint64),
+                ("netns", ct.c_uint32), ("cpu", ct.c_uint32), ("family", ct.c_uint8),
+                ("proto", ct.c_uint8), ("ct_attached", ct.c_uint8), ("kind", ct.c_uint8),
+                ("sport", ct.c_uint16), ("dport", ct.c_uint16), ("saddr", ct.c_uint8 * 16),
+                ("daddr", ct.c_uint8 * 16), ("has_orig", ct.c_uint8), ("fragment", ct.c_uint8),
+                ("clash_candidate", ct.c_uint8), ("pad", ct.c_uint8), ("osport", ct.c_uint16), ("odport", ct.c_uint16),
+                ("osaddr", ct.c_uint8 * 16), ("odaddr", ct.c_uint8 * 16)]
 
 
 class DropKeyC(ct.Structure):
@@ -33,21 +36,25 @@ class SrcValC(ct.Structure):
 
 
 class CpuKeyC(ct.Structure):
-    _fields_ = [("netns", ct.c_uint32), ("cpu", ct.c_uint32)]
+    _fields_ = [("netns_cookie", ct.c_uint64), ("netns", ct.c_uint32), ("cpu", ct.c_uint16),
+                ("ct_attached", ct.c_uint8), ("pad", ct.c_uint8)]
 
 
 # bpf/events.h: enum of the `stats` array
-STATS = ("drops", "ctless", "emitted", "sampled_out", "submit_failed", "keys_full")
+STATS = ("drops", "ctless", "emitted", "sampled_out", "submit_failed", "keys_full", "seq_full")
 
 # bpf/events.h: enum of the kprobe backend's `ct_stats` array
 CT_STATS = ("table_full", "inserts", "insert_failed", "deletes", "early_drops", "clash_resolved",
             "emitted", "sampled_out", "submit_failed", "keys_full", "args_missed")
 KIND_NF_DROP, KIND_TABLE_FULL, KIND_INSERT_FAILED, KIND_RULE = range(4)
 
-# drop reasons shown to users
-TABLE_FULL = "table_full"      # conntrack could not take the packet: the kernel counted it in `drop`
-RULE = "rule"                  # dropped by a rule (iptables/nftables), or otherwise by netfilter
-INSERT_FAILED = "insert_failed"  # conntrack could not insert the new entry (a clash)
+# Drop reasons shown to users (every view, metric and finding uses these).
+TABLE_FULL = "table_full"        # conntrack refused a new entry: the table was full
+INSERT_FAILED = "insert_failed"  # a clash at confirm: NAT port exhaustion, the UDP DNS race
+INVALID = "invalid"              # conntrack refused the packet with room in the table (a tracker verdict)
+RULE = "rule"                    # a ruleset DROP (raw table, INVALID state, filter, ...)
+UNKNOWN = "unknown"              # the kernel gave no way to tell
+REASONS = (TABLE_FULL, INSERT_FAILED, INVALID, RULE, UNKNOWN)
 _KIND_REASON = {KIND_TABLE_FULL: TABLE_FULL, KIND_INSERT_FAILED: INSERT_FAILED, KIND_RULE: RULE}
 
 
@@ -62,7 +69,9 @@ def addr(family: int, raw) -> str:
 
 @dataclass
 class Drop:
-    """One dropped packet."""
+    """One dropped packet. src/sport/dst/dport are what the sender used (the
+    entry's original tuple where one was attached); `translated` is the
+    packet as it was dropped when NAT had changed it."""
     ts: float            # seconds since the epoch
     netns: int
     cpu: int
@@ -76,24 +85,47 @@ class Drop:
     ct_attached: bool
     seq: int = 0
     container: str | None = None
+    netns_cookie: int = 0
+    translated: tuple[str, int, str, int] | None = None     # (src, sport, dst, dport) after NAT
+    fragment: bool = False           # a non-first fragment: no ports
+    clash_candidate: bool = False    # an entry that may have clashed at confirm (see classify.py)
+
+    @property
+    def netns_key(self) -> tuple[int, int]:
+        """The namespace's identity for per-namespace state: (cookie, inode);
+        inodes are reused quickly, cookies never (0 where the kernel has none)."""
+        return (self.netns_cookie, self.netns)
 
     def to_dict(self) -> dict:
+        t = self.translated
         return {"ts": round(self.ts, 6), "reason": self.reason, "family": self.family,
                 "proto": self.proto, "src": self.src, "sport": self.sport, "dst": self.dst,
                 "dport": self.dport, "netns": self.netns, "cpu": self.cpu,
-                "ct_attached": self.ct_attached, "container": self.container}
+                "ct_attached": self.ct_attached, "container": self.container,
+                "translated": None if t is None else
+                {"src": t[0], "sport": t[1], "dst": t[2], "dport": t[3]},
+                "fragment": self.fragment}
 
 
 def decode_drop(data, boot_offset: float) -> Drop:
-    """A Drop from raw perf-buffer bytes (size-checked); reason filled later."""
+    """A Drop from raw perf-buffer bytes (size-checked); reason filled later
+    for drops the kernel side could not classify."""
     if len(data) < ct.sizeof(DropEventC):
         raise ValueError(f"short drop event: {len(data)} < {ct.sizeof(DropEventC)} bytes")
     e = DropEventC.from_buffer_copy(data[:ct.sizeof(DropEventC)])
     fam = {4: "ipv4", 6: "ipv6"}.get(e.family, "")
-    return Drop(ts=boot_offset + e.ts_ns / 1e9, netns=e.netns, cpu=e.cpu, family=fam,
-                proto=proto_name(e.proto), src=addr(e.family, e.saddr), sport=e.sport,
-                dst=addr(e.family, e.daddr), dport=e.dport, reason=_KIND_REASON.get(e.kind, ""),
-                ct_attached=bool(e.ct_attached), seq=e.seq)
+    src, dst = addr(e.family, e.saddr), addr(e.family, e.daddr)
+    d = Drop(ts=boot_offset + e.ts_ns / 1e9, netns=e.netns, cpu=e.cpu, family=fam,
+             proto=proto_name(e.proto), src=src, sport=e.sport, dst=dst, dport=e.dport,
+             reason=_KIND_REASON.get(e.kind, ""), ct_attached=bool(e.ct_attached), seq=e.seq,
+             netns_cookie=e.netns_cookie, fragment=bool(e.fragment),
+             clash_candidate=bool(e.clash_candidate))
+    if e.has_orig:
+        o = (addr(e.family, e.osaddr), e.osport, addr(e.family, e.odaddr), e.odport)
+        if o != (src, e.sport, dst, e.dport) and not e.fragment:
+            d.translated = (src, e.sport, dst, e.dport)
+        d.src, d.sport, d.dst, d.dport = o
+    return d
 
 
 @dataclass
@@ -126,6 +158,8 @@ class Counters:
     netfilter_drops: int = 0          # skb:kfree_skb NETFILTER_DROP, after the backend's own
     ctless_drops: int = 0             # ... of which without a conntrack entry
     table_full: dict[int, int] = field(default_factory=dict)   # by netns inode
+    by_reason: dict[str, int] = field(default_factory=dict)    # drops per reason (REASONS), exact
+    reasons_by_netns: dict[int, dict[str, int]] = field(default_factory=dict)   # the same, per inode
     conntrack: dict[str, int] | None = None   # the conntrack probes' totals (CT_STATS), kprobe only
     sources: list[SourceCounts] = field(default_factory=list)
     events_sent: int = 0
@@ -148,4 +182,5 @@ class Counters:
         from dataclasses import asdict
         d = asdict(self)
         d["table_full"] = {str(k): v for k, v in self.table_full.items()}
+        d["reasons_by_netns"] = {str(k): v for k, v in self.reasons_by_netns.items()}
         return d

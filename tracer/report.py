@@ -36,10 +36,11 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     for s in stats:
         i = bucket(s["t"])
         tl[i]["count"], tl[i]["max"] = s.get("count"), s.get("max")
-        if prev is not None:     # the interval's increase, at its middle
-            old, new = prev["kernel"].get("drop", 0), s["kernel"].get("drop", 0)
+        if prev is not None:     # the interval's table-full drops, at its middle
+            inc = lambda k: (lambda o, n: n - o if n >= o else n)(  # noqa: E731
+                prev["kernel"].get(k, 0), s["kernel"].get(k, 0))
             j = bucket((prev["t"] + s["t"]) / 2)
-            tl[j if j is not None else i]["drops"] += int(new - old if new >= old else new)
+            tl[j if j is not None else i]["drops"] += max(int(inc("drop") - inc("insert_failed")), 0)
         prev = s
     last = None
     for x in tl:                 # samples every interval > 1 s: carry the fill forward
@@ -66,9 +67,14 @@ def analyse(cap: Capture, top: int = 10) -> dict:
                     "backend": cap.header.get("backend"), "netns": cap.header.get("netns"),
                     "started": t0, "seconds": round(t1 - t0, 3), "records": len(cap.records),
                     "truncated": cap.truncated, "bad_records": cap.bad_records},
+        # drops: the kernel's `drop` (every packet conntrack dropped); a clash at
+        # confirm counts in both `drop` and `insert_failed`, so table_full is
+        # the difference
         "totals": {"inserts": len(ins), "deletes": len(dels), "drops": delta("drop"),
+                   "table_full": max(delta("drop") - delta("insert_failed"), 0),
                    "drop_events": len(drops), "early_drops": delta("early_drop"),
-                   "insert_failed": delta("insert_failed"), "lost": lost},
+                   "insert_failed": delta("insert_failed"), "lost": lost,
+                   "drop_events_by_reason": dict(Counter(r.get("reason", "") for r in drops))},
         "fill": {"start": _fill(stats[0]) if stats else None, "end": _fill(stats[-1]) if stats else None,
                  "max": stats[-1].get("max") if stats else None},
         "timeline": tl,
@@ -103,7 +109,7 @@ def render(rep: dict):
                 f"netns {safe(c['netns'])}\n")
     head.append(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['started']))}, {c['seconds']:.0f} s, "
                 f"{c['records']:,} records" + (" (TRUNCATED)" if c["truncated"] else "") + "\n")
-    head.append(f"inserts {t['inserts']:,}  deletes {t['deletes']:,}  table-full drops {t['drops']:,}  "
+    head.append(f"inserts {t['inserts']:,}  deletes {t['deletes']:,}  table-full drops {t['table_full']:,}  "
                 f"early drops {t['early_drops']:,}  insert failures {t['insert_failed']:,}  lost {t['lost']}\n",
                 style="bold")
     tl = rep["timeline"]
@@ -167,7 +173,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}pre{{background:#f
 <h1>cttrace report</h1>
 <p>{esc(str(c['host']))} · kernel {esc(str(c['kernel']))} · backend {esc(str(c['backend']))} · netns {esc(str(c['netns']))}<br>
 {esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['started'])))}, {c['seconds']:.0f} s{' (truncated capture)' if c['truncated'] else ''}</p>
-<p><b>inserts {t['inserts']:,} · deletes {t['deletes']:,} · table-full drops {t['drops']:,} ·
+<p><b>inserts {t['inserts']:,} · deletes {t['deletes']:,} · table-full drops {t['table_full']:,} ·
 early drops {t['early_drops']:,} · insert failures {t['insert_failed']:,} · lost events {t['lost']}</b></p>
 <h2>Table fill</h2>{_svg_line(fills, color="#1f77b4", top=1.0, label="fill (count/max)")}
 <h2>Table-full drops per second</h2>{_svg_line([x['drops'] for x in tl], color="#d62728", label="drops/s")}

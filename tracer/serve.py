@@ -99,6 +99,7 @@ class Collector:
         s = self.session
         with self.lock:
             st = s.read_table()
+            kernel = s.kernel_totals(st)
             c = s.backend.counters()
             lost = s.lost()
             live = dict(s.live.live.by["src"])
@@ -118,15 +119,26 @@ class Collector:
         yield b
         stat = CounterMetricFamily("cttrace_conntrack_stat", "The kernel's per-CPU conntrack "
                                    "counters, summed (/proc/net/stat/nf_conntrack)", labels=["stat"])
-        for k, v in sorted(st.totals.items()):
-            stat.add_metric([k], v)
+        for k, v in sorted(kernel.items()):
+            if k != "table_full":
+                stat.add_metric([k], v)
         yield stat
-        drops = CounterMetricFamily("cttrace_conntrack_drops", "Packets dropped because conntrack "
-                                    "could not take them, by reason", labels=["reason"])
-        drops.add_metric(["table_full"], st.totals.get("drop", 0))
-        drops.add_metric(["insert_failed"], st.totals.get("insert_failed", 0))
-        drops.add_metric(["early_drop"], st.totals.get("early_drop", 0))
+        drops = CounterMetricFamily(
+            "cttrace_conntrack_drops", "Packets dropped by netfilter in this namespace, by "
+            "reason: table_full (conntrack refused a new entry; the kernel's drop less its "
+            "insert_failed), insert_failed (a clash at confirm: NAT port exhaustion, the UDP DNS "
+            "race), both since boot; invalid, rule, unknown: since cttrace started",
+            labels=["reason"])
+        mine = c.reasons_by_netns.get(s.inum, {})
+        drops.add_metric(["table_full"], kernel.get("table_full", 0))
+        drops.add_metric(["insert_failed"], kernel.get("insert_failed", 0))
+        for r in ("invalid", "rule", "unknown"):
+            drops.add_metric([r], mine.get(r, 0))
         yield drops
+        early = CounterMetricFamily("cttrace_conntrack_early_drops", "Entries evicted to make room "
+                                    "in a full table (the kernel's early_drop; not a packet drop)")
+        early.add_metric([], kernel.get("early_drop", 0))
+        yield early
         for m, help_ in (("inserts", "Entries created"), ("deletes", "Entries deleted"),
                          ("drops", "Packets dropped by netfilter")):
             fam = CounterMetricFamily(f"cttrace_source_{m}", f"{help_}, by original source "

@@ -72,6 +72,7 @@ class TracingSession:
         self.counters: Counters | None = None
         self.state: table.TableState | None = None
         self.drops_seen = 0                 # drop events that passed the filters
+        self._stat_acc: dict = {}           # wrap-safe sums of the followed table's per-CPU stats
         self._stop = False
         self._old_handlers: dict = {}
 
@@ -214,6 +215,18 @@ class TracingSession:
         with ns.entered(self.opts.netns):
             return table.read()
 
+    def kernel_totals(self, st: table.TableState) -> dict[str, int]:
+        """The followed table's per-CPU stats summed, monotonic (each CPU's
+        32-bit counter accumulated modulo 2**32: a wrap is not a reset), with
+        table_full = drop - insert_failed (a clash at confirm counts in both)."""
+        from tracer.backends.tracepoint import fold
+        fold(self._stat_acc, st.cpu)
+        out: dict[str, int] = {}
+        for (cpu, stat), (raw, total) in self._stat_acc.items():
+            out[stat] = out.get(stat, 0) + total
+        out["table_full"] = max(out.get("drop", 0) - out.get("insert_failed", 0), 0)
+        return out
+
     def sample(self) -> dict:
         """Read the exact counters (BPF maps, the kernel's per-CPU stats) and
         fold them into the rates; the interval's rates."""
@@ -224,7 +237,7 @@ class TracingSession:
                    inserts=Counter(live.inserts) if live is not None else Counter(),
                    deletes=Counter(live.deletes) if live is not None else Counter(),
                    drops=Counter(self.counters.drops_by_src(self.inum)),
-                   kernel=self.state.totals, count=self.state.count, max=self.state.max)
+                   kernel=self.kernel_totals(self.state), count=self.state.count, max=self.state.max)
         return self.rates.update(s)
 
     def lost(self) -> dict:
@@ -257,7 +270,8 @@ class TracingSession:
             "freshness": self.live.status(),
             "interval": r.get("seconds", 0.0),
             "rates": {"inserts": t.get("inserts", 0.0), "deletes": t.get("deletes", 0.0),
-                      "drops": t.get("drop", 0.0), "early_drops": t.get("early_drop", 0.0),
+                      "drops": t.get("table_full", 0.0), "table_full": t.get("table_full", 0.0),
+                      "early_drops": t.get("early_drop", 0.0),
                       "insert_failed": t.get("insert_failed", 0.0), "invalid": t.get("invalid", 0.0)},
             "group": group, "sort": sort, "paused": paused,
             "top": [{**x, "key": str(x["key"])} for x in rows],
@@ -267,7 +281,7 @@ class TracingSession:
                              "container": x["container"]}
                             for x in src_rows],
             # exact, since the session started: the kernel's counters and the probes' maps
-            "totals": {"table_full": tot["drop"], "early_drops": tot["early_drop"],
+            "totals": {"table_full": tot["table_full"], "early_drops": tot["early_drop"],
                        "insert_failed": tot["insert_failed"],
                        "inserts": tot["inserts"], "deletes": tot["deletes"]},
             "drops": [d.to_dict() for d in list(self.recent)[:8]],

@@ -95,8 +95,11 @@ def test_full_screen_view_in_tmux(lab, tmp_path):
             time.sleep(0.1)
         lab.tcp_established(lab.containers[1], 20)
         lab.table_full(lab.containers[0], k=120, admit=60)
-        time.sleep(1.5)
+        deadline = time.monotonic() + 15           # a loaded machine redraws late
         screen = _pane(session)
+        while "table_full" not in screen and time.monotonic() < deadline:
+            time.sleep(0.25)
+            screen = _pane(session)
         assert "table " in screen and "█" in screen or "░" in screen      # the fill gauge
         assert "by src" in screen
         top_line = next(l for l in screen.splitlines() if "198.18.1." in l)

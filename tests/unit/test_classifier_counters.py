@@ -1,62 +1,115 @@
-"""The tracepoint backend's classifier (table_full vs rule, per netns and
-CPU, against the kernel's per-CPU drop stat) and the typed Counters."""
+"""Drop reasons (tracer/classify.py) against the kernel's per-CPU counters,
+the wrap-safe accumulation of those 32-bit counters, and the typed Counters."""
 
-from tracer.backends.tracepoint import Classifier
+from tracer.backends.tracepoint import fold
+from tracer.classify import Classifier
 from tracer.events import Counters, SourceCounts
 
+NS = (77, 4026532000)          # (cookie, inode)
 
-class FakeStats:
-    """The kernel's per-CPU `drop` deltas of each namespace, set by the test."""
+
+class FakeKernel:
+    """The kernel's per-CPU counts since start of each namespace, set by the test."""
 
     def __init__(self):
-        self.drop = {}
+        self.c = {}
+        self.full = {}
         self.reads = 0
 
-    def delta(self, netns, key="drop", refresh=True):
+    def set(self, key, stat, cpu, n):
+        self.c.setdefault(key, {}).setdefault(stat, {})[cpu] = n
+
+    def __call__(self, key, stat):
         self.reads += 1
-        return dict(self.drop.get(netns, {}))
+        return dict(self.c.get(key, {}).get(stat, {}))
+
+    def at_limit(self, key):
+        return self.full.get(key)
 
 
-def test_ctless_drops_covered_by_the_kernel_count_are_table_full():
-    st = FakeStats()
-    c = Classifier(st)
-    st.drop[7] = {0: 3}
-    assert [c.reason(7, 0, seq, False) for seq in (1, 2, 3)] == ["table_full"] * 3
-    # a fourth ct-less drop that the kernel did not count: a raw-table/INVALID rule
-    assert c.reason(7, 0, 4, False) == "rule"
-    st.drop[7] = {0: 4}
-    assert c.reason(7, 0, 5, False) == "table_full"
+def test_ctless_drops_covered_by_drop_are_table_full_the_rest_rule():
+    k = FakeKernel()
+    c = Classifier(k, k.at_limit)
+    k.set(NS, "drop", 0, 3)
+    assert [c.reason(NS, 0, seq, False) for seq in (1, 2, 3)] == ["table_full"] * 3
+    assert c.reason(NS, 0, 4, False) == "rule"        # not counted: a raw/INVALID rule
+    k.set(NS, "drop", 0, 4)
+    assert c.reason(NS, 0, 5, False) == "table_full"
+    assert c.totals["table_full"] == 4 and c.totals["rule"] == 1
 
 
-def test_ct_attached_is_always_a_rule_and_cpus_are_apart():
-    st = FakeStats()
-    c = Classifier(st)
-    st.drop[7] = {0: 1, 1: 0}
-    assert c.reason(7, 0, 0, True) == "rule"
-    assert c.reason(7, 1, 1, False) == "rule"          # CPU 1's count is 0
-    assert c.reason(7, 0, 1, False) == "table_full"
+def test_clash_drops_count_in_drop_and_insert_failed():
+    """A clash at confirm: the kernel counts it in both `drop` and
+    `insert_failed`, and the packet carries its (unconfirmed) entry."""
+    k = FakeKernel()
+    c = Classifier(k, k.at_limit)
+    k.set(NS, "drop", 0, 2)
+    k.set(NS, "insert_failed", 0, 2)
+    assert c.reason(NS, 0, 1, True) == "insert_failed"
+    assert c.reason(NS, 0, 1, False) == "rule"         # drop - insert_failed = 0 refusals
+    assert c.reason(NS, 0, 2, True) == "insert_failed"
+    assert c.reason(NS, 0, 3, True) == "rule"          # a filter rule on a new flow
+
+
+def test_refusal_with_room_in_the_table_is_invalid():
+    k = FakeKernel()
+    c = Classifier(k, k.at_limit)
+    k.set(NS, "drop", 1, 2)
+    k.full[NS] = False
+    assert c.reason(NS, 1, 1, False) == "invalid"
+    k.full[NS] = True
+    assert c.reason(NS, 1, 2, False) == "table_full"
+
+
+def test_cpus_namespaces_and_unknown_are_apart():
+    k = FakeKernel()
+    c = Classifier(k, k.at_limit)
+    other = (78, 4026532000)                           # the same inode, reused: another key
+    k.set(NS, "drop", 0, 1)
+    assert c.reason(NS, 1, 1, False) == "rule"         # CPU 1 counted nothing
+    assert c.reason(other, 0, 1, False) == "rule"
+    assert c.reason(NS, 0, 1, False) == "table_full"
+    assert c.reason(NS, 0, 0, False) == "unknown"      # no sequence number (map full)
 
 
 def test_a_gap_of_unseen_events_consumes_the_count():
-    """Events over the rate limit are not seen, but their seq numbers are:
-    a gap of 3 with a kernel count of 2 means at most 2 were table_full."""
-    st = FakeStats()
-    c = Classifier(st)
-    st.drop[9] = {0: 2}
-    assert c.reason(9, 0, 3, False) == "rule"
-    st.drop[9] = {0: 3}
-    assert c.reason(9, 0, 4, False) == "table_full"
+    """Events over the rate limit are not seen, their sequence numbers are."""
+    k = FakeKernel()
+    c = Classifier(k, k.at_limit)
+    k.set(NS, "drop", 0, 2)
+    assert c.reason(NS, 0, 3, False) == "rule"
+    k.set(NS, "drop", 0, 3)
+    assert c.reason(NS, 0, 4, False) == "table_full"
+
+
+def test_a_restarted_sequence_starts_the_namespace_over():
+    k = FakeKernel()
+    c = Classifier(k, k.at_limit)
+    k.set(NS, "drop", 0, 5)
+    for seq in range(1, 6):
+        c.reason(NS, 0, seq, False)
+    k.set(NS, "drop", 0, 1)                            # a new namespace, same key
+    assert c.reason(NS, 0, 1, False) == "table_full"
 
 
 def test_the_kernel_is_read_only_when_needed():
-    st = FakeStats()
-    c = Classifier(st)
-    st.drop[1] = {0: 100}
-    c.reason(1, 0, 1, False)
-    n = st.reads
+    k = FakeKernel()
+    c = Classifier(k, k.at_limit)
+    k.set(NS, "drop", 0, 100)
+    c.reason(NS, 0, 1, False)
+    n = k.reads
     for seq in range(2, 50):
-        c.reason(1, 0, seq, False)
-    assert st.reads == n
+        c.reason(NS, 0, seq, False)
+    assert k.reads == n
+
+
+def test_32_bit_counters_wrap_without_a_reset():
+    acc = {}
+    fold(acc, [{"cpu": 0, "drop": 0xFFFFFFF0}, {"cpu": 1, "drop": 5}])
+    assert acc[(0, "drop")][1] == 0xFFFFFFF0
+    fold(acc, [{"cpu": 0, "drop": 0x10}, {"cpu": 1, "drop": 7}])     # CPU 0 wrapped
+    assert acc[(0, "drop")][1] == 0xFFFFFFF0 + 0x20 and acc[(1, "drop")][1] == 7
+    assert sum(a[1] for a in acc.values()) == 0xFFFFFFF0 + 0x20 + 7
 
 
 def test_counters_drops_by_source_and_namespace():

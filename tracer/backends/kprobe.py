@@ -177,6 +177,17 @@ class KprobeBackend(TracepointBackend):
                 full[k.netns] = full.get(k.netns, 0) + v.table_full
         c.sources = list(by.values())
         c.table_full = full
+        # conntrack's own refusals come from its probes; every drop the
+        # kfree_skb half still sees is a rule's (a tracker's drop too: rare)
+        c.by_reason = {"table_full": ctt["table_full"], "insert_failed": ctt["insert_failed"],
+                       "invalid": 0, "rule": c.netfilter_drops, "unknown": 0}
+        c.reasons_by_netns = {}
+        for s in c.sources:
+            r = c.reasons_by_netns.setdefault(s.netns, {"table_full": 0, "insert_failed": 0,
+                                                        "invalid": 0, "rule": 0, "unknown": 0})
+            r["table_full"] += s.table_full
+            r["insert_failed"] += s.insert_failed
+            r["rule"] += s.rule
         c.conntrack = ctt
         c.events_sent += ctt["emitted"]
         c.over_rate_limit += ctt["sampled_out"]

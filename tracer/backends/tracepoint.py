@@ -30,8 +30,9 @@ from tracer import netns as ns
 from tracer.backends import BackendError
 from tracer import table
 from tracer.btf import BTF, BTFError
-from tracer.events import (RULE, STATS, TABLE_FULL, Counters, CpuKeyC, DropEventC, DropKeyC,
-                           SourceCounts, addr, decode_drop)
+from tracer.classify import Classifier
+from tracer.events import (INSERT_FAILED, INVALID, REASONS, RULE, STATS, TABLE_FULL, UNKNOWN, Counters,
+                           CpuKeyC, DropEventC, DropKeyC, SourceCounts, addr, decode_drop)
 
 NAME = "tracepoint"
 BLIND_SPOTS = ("no kprobes/fentry on this kernel: inserts and deletes come from ctnetlink "
@@ -78,6 +79,12 @@ def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
             "OFF_NET_INUM": btf.offset("net", "ns.inum"),
             "RATE_PER_SEC": rate, "RATE_BURST": burst,
         }
+        # net->net_cookie (5.14+; never reused, unlike inodes)
+        try:
+            consts["OFF_NET_COOKIE"] = btf.offset("net", "net_cookie")
+        except BTFError:
+            consts["OFF_NET_COOKIE"] = -1
+        consts.update(ct_tuple_consts(btf))
         if how and how[0] == "reason":
             reasons = btf.enum("skb_drop_reason")
             consts["REASON_NETFILTER_DROP"] = reasons["SKB_DROP_REASON_NETFILTER_DROP"]
@@ -90,20 +97,75 @@ def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
     return [f"-D{k}={v}" for k, v in consts.items()] + [f"-I{bpf_include_dir()}"]
 
 
+def ct_tuple_consts(btf: BTF) -> dict:
+    """struct nf_conn's original tuple (T_*, CT_TUPLE, CT_NET), where the BTF
+    describes it (nf_conntrack built in, or its module's split BTF), and
+    the status bits that say whether a drop may be a clash at confirm."""
+    try:
+        status = btf.enum("ip_conntrack_status")
+        return {
+            "T_SRC_U3": btf.offset("nf_conntrack_tuple", "src.u3"),
+            "T_SRC_PORT": btf.offset("nf_conntrack_tuple", "src.u"),
+            "T_L3NUM": btf.offset("nf_conntrack_tuple", "src.l3num"),
+            "T_DST_U3": btf.offset("nf_conntrack_tuple", "dst.u3"),
+            "T_DST_PORT": btf.offset("nf_conntrack_tuple", "dst.u"),
+            "T_PROTONUM": btf.offset("nf_conntrack_tuple", "dst.protonum"),
+            "CT_TUPLE": btf.offset("nf_conn", "tuplehash") + btf.offset("nf_conntrack_tuple_hash", "tuple"),
+            "CT_NET": btf.offset("nf_conn", "ct_net"),
+            "CT_STATUS": btf.offset("nf_conn", "status"),
+            "IPS_CONFIRMED_": status["IPS_CONFIRMED"],
+            "IPS_SRC_NAT_DONE_": status["IPS_SRC_NAT_DONE"],
+            "HAVE_CT_TUPLE": 1,
+        }
+    except (BTFError, KeyError):
+        return {}
+
+
+def netns_cookie() -> int:
+    """The current namespace's cookie (SO_NETNS_COOKIE, 5.14+), 0 if unknown."""
+    import socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little")
+    except OSError:
+        return 0
+
+
+def fold(acc: dict[tuple[int, str], list[int]], rows: list[dict]) -> None:
+    """Accumulate per-CPU readings of 32-bit kernel counters into totals:
+    acc[(cpu, stat)] = [last raw value, total since the first reading]; a
+    counter seen for the first time counts from zero (it was born later)."""
+    for r in rows:
+        cpu = r["cpu"]
+        for stat, v in r.items():
+            if stat == "cpu":
+                continue
+            a = acc.get((cpu, stat))
+            if a is None:
+                acc[(cpu, stat)] = [v, v]
+            else:
+                a[1] += (v - a[0]) % (1 << 32)
+                a[0] = v
+
+
 class NetnsStats:
-    """Per-CPU conntrack counters of any namespace, by inode, relative to
-    when tracing started (namespaces born later start from zero)."""
+    """Per-CPU conntrack counters and fill of any namespace, counted since
+    tracing started, by key (cookie, inode): a reused inode is another key.
+    Namespaces known at start count from their reading then; those born
+    later from zero. The kernel's per-CPU counters are 32-bit: readings are
+    accumulated modulo 2**32, so one CPU wrapping is not a reset."""
 
     def __init__(self) -> None:
         self.paths: dict[int, str] = {}
         self.names: dict[int, str] = {}
         self._scan()
-        self.base: dict[int, list[dict]] = {}
+        self.start: dict[int, tuple[int, list[dict]]] = {}    # inode -> (cookie, rows) at start
         for inum in list(self.paths):
-            rows = self._read(inum)
-            if rows is not None:
-                self.base[inum] = rows
-        self.last: dict[int, list[dict]] = {}
+            got = self._read(inum)
+            if got is not None:
+                self.start[inum] = (got[0], got[1])
+        self.acc: dict[tuple, dict[tuple[int, str], list[int]]] = {}   # key -> (cpu, stat) -> [raw, total]
+        self.fill: dict[tuple, tuple[int | None, int | None]] = {}
 
     def _scan(self) -> None:
         paths, names = ns.known()
@@ -111,7 +173,8 @@ class NetnsStats:
             self.paths.setdefault(ino, p)
         self.names.update(names)
 
-    def _read(self, inum: int) -> list[dict] | None:
+    def _read(self, inum: int):
+        """(cookie, per-CPU rows, count, max) of a namespace now, or None."""
         path = self.paths.get(inum)
         if path is None:
             self._scan()
@@ -120,51 +183,53 @@ class NetnsStats:
                 return None
         try:
             with ns.entered(path):
-                return table.cpu_stats()
+                if ns.inode() != inum:             # the path now leads elsewhere (PID reused)
+                    raise OSError("namespace changed")
+                st = table.read()
+                return netns_cookie(), st.cpu, st.count, st.max
         except Exception:
             self.paths.pop(inum, None)
             return None
 
-    def delta(self, inum: int, key: str = "drop", refresh: bool = True) -> dict[int, int]:
-        """{cpu: counter delta since start} for a namespace."""
-        rows = self._read(inum) if refresh else None
-        if rows is None:
-            rows = self.last.get(inum)      # the namespace is gone: its last reading stands
-        if rows is None:
-            return {}
-        self.last[inum] = rows
-        base = {r["cpu"]: r.get(key, 0) for r in self.base.get(inum, [])}
-        return {r["cpu"]: r.get(key, 0) - base.get(r["cpu"], 0) for r in rows}
+    def refresh(self, key: tuple[int, int]) -> bool:
+        """Read a namespace (key: (cookie, inode)); False if it cannot be
+        read any more (its last reading stands)."""
+        cookie, inum = key
+        got = self._read(inum)
+        if got is None or (cookie and got[0] and got[0] != cookie):
+            return False
+        acc = self.acc.get(key)
+        if acc is None:
+            acc = self.acc[key] = {}
+            first = self.start.get(inum)
+            if first is not None and (not cookie or not first[0] or first[0] == cookie):
+                for r in first[1]:                 # known at start: count from then
+                    for stat, v in r.items():
+                        if stat != "cpu":
+                            acc[(r["cpu"], stat)] = [v, 0]
+        fold(acc, got[1])
+        self.fill[key] = (got[2], got[3])
+        return True
+
+    def kernel(self, key: tuple[int, int], stat: str, refresh: bool = True) -> dict[int, int]:
+        """{cpu: count since tracing started} of a kernel stat of a namespace."""
+        if refresh:
+            self.refresh(key)
+        return {cpu: a[1] for (cpu, s), a in self.acc.get(key, {}).items() if s == stat}
+
+    def at_limit(self, key: tuple[int, int]) -> bool | None:
+        """Whether the namespace's table is (nearly) full, as last read."""
+        count, limit = self.fill.get(key, (None, None))
+        if count is None or not limit:
+            return None
+        return count >= 0.9 * limit
+
+    def forget(self, key: tuple[int, int]) -> None:
+        self.acc.pop(key, None)
+        self.fill.pop(key, None)
 
     def name(self, inum: int) -> str | None:
         return self.names.get(inum)
-
-
-class Classifier:
-    """table_full vs rule, per (netns, CPU), against the kernel's `drop` stat."""
-
-    def __init__(self, stats: NetnsStats):
-        self.stats = stats
-        self.seen: dict[tuple[int, int], int] = {}       # last ct-less seq seen
-        self.full: dict[tuple[int, int], int] = {}       # ct-less drops deemed table_full
-        self.kernel: dict[tuple[int, int], int] = {}     # kernel drop delta, last read
-
-    def reason(self, netns: int, cpu: int, seq: int, ct_attached: bool) -> str:
-        if ct_attached or seq == 0:
-            return RULE
-        k = (netns, cpu)
-        gap = seq - self.seen.get(k, 0)
-        full = self.full.get(k, 0)
-        if full + gap > self.kernel.get(k, 0):
-            for c, v in self.stats.delta(netns).items():
-                self.kernel[(netns, c)] = v
-        avail = self.kernel.get(k, 0) - full
-        self.seen[k] = seq
-        if avail >= gap:
-            self.full[k] = full + gap
-            return TABLE_FULL
-        self.full[k] = full + max(avail, 0)
-        return RULE
 
 
 class TracepointBackend:
@@ -185,7 +250,7 @@ class TracepointBackend:
         self.boot_offset = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
 
     def program(self) -> tuple[str, list[str]]:
-        return bpf_source(), cflags(load_btf(), self.rate, self.burst)
+        return bpf_source(), cflags(load_btf("nf_conntrack"), self.rate, self.burst)
 
     def start(self) -> "TracepointBackend":
         from tracer import features
@@ -204,7 +269,7 @@ class TracepointBackend:
                                "cttrace with the system Python (scripts/setup)") from None
         text, flags = self.program()
         self.stats = NetnsStats()              # baseline before the probe sees anything
-        self.classifier = Classifier(self.stats)
+        self.classifier = Classifier(self.stats.kernel, self.stats.at_limit)
         try:
             with features.quiet_stderr():
                 self.bpf = BPF(text=text, cflags=flags)
@@ -238,7 +303,8 @@ class TracepointBackend:
         for data in raw:
             d = decode_drop(data, self.boot_offset)
             if not d.reason:
-                d.reason = self.classifier.reason(d.netns, d.cpu, d.seq, d.ct_attached)
+                d.reason = RULE if d.ct_attached and not d.clash_candidate else \
+                    self.classifier.reason(d.netns_key, d.cpu, d.seq, d.ct_attached)
             out.append(d)
         return out
 
@@ -246,7 +312,8 @@ class TracepointBackend:
         return {4: "ipv4", 6: "ipv6"}.get(f, "")
 
     def counters(self) -> Counters:
-        """Exact totals: BPF stats, per-source counts, the kernel's drop deltas."""
+        """Exact totals: BPF stats, per-source counts, and the drops of each
+        reason, matched with the kernel's per-CPU counters (see classify.py)."""
         st = self.bpf["stats"]
         t = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(STATS)}
         by: dict[tuple[int, str], SourceCounts] = {}
@@ -255,18 +322,47 @@ class TracepointBackend:
             s = by.get((k.netns, src))
             if s is None:
                 s = by[(k.netns, src)] = SourceCounts(k.netns, src, self._family(k.family))
-            if k.ct_attached:
-                s.rule += v.value            # an entry was attached: conntrack did not refuse it
-            else:
-                s.netfilter += v.value       # table-full or a raw/INVALID rule: told apart in total
-        netns_seen = {k.netns for k, _ in self.bpf["ctless_seq"].items()}
-        full = {n: sum(max(v, 0) for v in self.stats.delta(n).values()) for n in netns_seen}
+            s.netfilter += v.value          # the cause is told apart in total only
+        per_ns = self._reason_totals(t, by)
+        reasons = {r: sum(x[r] for x in per_ns.values()) for r in REASONS}
+        reasons[UNKNOWN] = t["seq_full"]             # drops whose class could not be told
+        reasons[RULE] = max(reasons[RULE] - t["seq_full"], 0)
         # A failed submit and the perf ring's "lost" record are the same event:
         # count it once.
         return Counters(backend=self.name, netfilter_drops=t["drops"], ctless_drops=t["ctless"],
-                        table_full=full, sources=list(by.values()), events_sent=t["emitted"],
-                        over_rate_limit=t["sampled_out"], lost=max(self.lost, t["submit_failed"]),
-                        keys_full=t["keys_full"], attached=["skb:kfree_skb"])
+                        table_full={n: r[TABLE_FULL] for n, r in per_ns.items()},
+                        by_reason=reasons, reasons_by_netns=per_ns, sources=list(by.values()),
+                        events_sent=t["emitted"], over_rate_limit=t["sampled_out"],
+                        lost=max(self.lost, t["submit_failed"]), keys_full=t["keys_full"],
+                        attached=["skb:kfree_skb"])
+
+    def _reason_totals(self, t: dict, by: dict) -> dict[int, dict[str, int]]:
+        """Drops per reason in each namespace (by inode): the drops of each
+        class on each (namespace, CPU) (BPF sequences) matched with the
+        kernel's counts there; the rest of a namespace's drops are rules'."""
+        classes: dict[tuple, dict[int, list[int]]] = {}
+        for k, v in self.bpf["drop_seq"].items():
+            classes.setdefault((k.netns_cookie, k.netns), {}).setdefault(k.cpu, [0, 0])[k.ct_attached] = v.value
+        out: dict[int, dict[str, int]] = {}
+        for key, cpus in classes.items():
+            drop = self.stats.kernel(key, "drop")
+            ins = self.stats.kernel(key, "insert_failed", refresh=False)
+            refused = failed = 0
+            for cpu, (ctless, with_ct) in cpus.items():
+                fc = max(ins.get(cpu, 0), 0)
+                failed += min(with_ct, fc)
+                refused += min(ctless, max(drop.get(cpu, 0) - fc, 0))
+            invalid = min(self.classifier.invalid.get(key, 0), refused)
+            r = out.setdefault(key[1], {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0})
+            r[TABLE_FULL] += refused - invalid
+            r[INSERT_FAILED] += failed
+            r[INVALID] += invalid
+        for (netns, _), s in by.items():          # every drop not conntrack's is a rule's
+            r = out.setdefault(netns, {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0})
+            r[RULE] += s.netfilter
+        for r in out.values():
+            r[RULE] = max(r[RULE] - r[TABLE_FULL] - r[INSERT_FAILED] - r[INVALID], 0)
+        return out
 
     def forget_sources(self, netns: int, srcs: set[str]) -> None:
         """Drop per-source map entries of sources folded away (bounded maps
@@ -302,4 +398,4 @@ class TracepointBackend:
 
 
 # the structs BPF and Python share must agree
-assert ct.sizeof(DropEventC) == 64 and ct.sizeof(DropKeyC) == 24 and ct.sizeof(CpuKeyC) == 8
+assert ct.sizeof(DropEventC) == 112 and ct.sizeof(DropKeyC) == 24 and ct.sizeof(CpuKeyC) == 16

@@ -16,7 +16,9 @@ from tracer.cli.options import backend_option, duration, netns_option, ready_fil
 
 
 @click.command()
-@click.option("--output", "-o", required=True, metavar="FILE", help="The capture file (created mode 0600).")
+@click.option("--output", "-o", required=True, metavar="FILE",
+              help="The capture file (created mode 0600; never through a symbolic link).")
+@click.option("--force", is_flag=True, help="Replace FILE if it exists (a new file renamed over it).")
 @click.option("--duration", "-d", "length", default="30s", show_default=True, callback=duration,
               metavar="TIME", help="How long to record (30s, 2m, ...).")
 @click.option("--max-events", type=click.IntRange(min=1), metavar="N", help="Stop after N records.")
@@ -25,7 +27,7 @@ from tracer.cli.options import backend_option, duration, netns_option, ready_fil
               help="Table counters every S seconds.")
 @backend_option
 @ready_file_option(hidden=True)
-def capture(output, length, max_events, netns, interval, backend, ready_file):
+def capture(output, force, length, max_events, netns, interval, backend, ready_file):
     """Record inserts, deletes, drops and table counters to a file, with
     the host's settings and rules, for `cttrace report` on any machine.
     Ctrl-C ends it early and keeps what was recorded.
@@ -51,7 +53,8 @@ def capture(output, length, max_events, netns, interval, backend, ready_file):
             w = Writer(output, {"created": time.time(), "host": platform.node(),
                                 "kernel": platform.release(), "backend": s.backend.name,
                                 "netns": netns or "host", "netns_inode": s.inum,
-                                "interval": interval, "state": asdict(start_state)})
+                                "interval": interval, "state": asdict(start_state)},
+                       overwrite=force)
         except CaptureError as e:
             abort(str(e))
         try:

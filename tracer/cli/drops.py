@@ -10,6 +10,7 @@ import time
 import click
 
 from tracer.cli import abort, say, session
+from tracer.events import REASONS
 from tracer.cli.options import flow_filters, ready_file_option, tracing_options
 
 
@@ -21,16 +22,18 @@ from tracer.cli.options import flow_filters, ready_file_option, tracing_options
 @click.option("--netns", "-n", multiple=True, metavar="NAME|PID",
               help="Only drops in this network namespace; repeatable.")
 @flow_filters()
-@click.option("--reason", type=click.Choice(["table_full", "insert_failed", "rule"]), multiple=True,
+@click.option("--reason", type=click.Choice(REASONS), multiple=True,
               help="Only drops of this kind; repeatable.")
 @tracing_options
 @click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the BPF program and its flags, and exit.")
 def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, backend, rate, dump_bpf):
-    """Print packets dropped by netfilter as they happen, with their
-    5-tuple and why: table_full (conntrack refused: the table is full),
-    insert_failed (a clash at confirm: NAT port exhaustion, the UDP DNS
-    race; kprobe backend) or rule (an iptables/nftables rule). On exit, a
-    summary goes to stderr.
+    """Print packets dropped by netfilter as they happen, with the tuple
+    their sender used (and, where NAT had changed it, the packet as it was
+    dropped) and why: table_full (conntrack refused a new entry: the table
+    is full), insert_failed (a clash at confirm: NAT port exhaustion, the
+    UDP DNS race), invalid (conntrack refused it with room in the table),
+    rule (an iptables/nftables rule), unknown. On exit, exact totals per
+    reason go to stderr.
 
     \b
     Examples:

@@ -14,8 +14,9 @@ from tracer.cli import abort, warn
 @click.argument("path", metavar="FILE")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as one JSON object.")
 @click.option("--html", "html_path", metavar="OUT", help="Also write a self-contained HTML report to OUT.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--top", "-t", type=click.IntRange(min=1), default=10, show_default=True, metavar="N")
-def report(path, as_json, html_path, top):
+def report(path, as_json, html_path, force, top):
     """Analyse a capture (or a table export) on any machine, no root needed:
     timeline of fill and drops, top sources and containers, state mix, drop
     bursts, and the doctor's findings for the captured host.
@@ -26,7 +27,7 @@ def report(path, as_json, html_path, top):
       cttrace report incident.ctcap --html incident.html
       cttrace report table-export.txt.gz     # a /proc or conntrack -L export
     """
-    from tracer.capture import CaptureError, read_capture
+    from tracer.capture import CaptureError, read_capture, write_new
     from tracer.report import analyse, render, to_html
 
     try:
@@ -53,10 +54,9 @@ def report(path, as_json, html_path, top):
         abort(f"{path}: cannot analyse this capture ({type(e).__name__}: {e}): it may be corrupted")
     if html_path:
         try:
-            with open(html_path, "w") as f:
-                f.write(page)
-        except OSError as e:
-            abort(f"{html_path}: cannot write: {e.strerror}")
+            write_new(html_path, page, overwrite=force)
+        except CaptureError as e:
+            abort(str(e))
     if as_json:
         click.echo(json.dumps(rep))
     else:

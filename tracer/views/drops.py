@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from tracer.events import Counters, Drop
+from tracer.events import REASONS, Counters, Drop
 from tracer.views.escape import safe
 
 
@@ -17,33 +17,33 @@ def line(d: Drop) -> str:
     icmp = d.proto in ("icmp", "icmpv6")
     sp = f" type {d.sport}" if icmp else f":{d.sport}"
     dp = f" code {d.dport}" if icmp else f":{d.dport}"
-    return f"{t} {where:18s} {d.proto:5s} {d.src}{sp} -> {d.dst}{dp}  {d.reason}"
+    out = f"{t} {where:18s} {d.proto:5s} {d.src}{sp} -> {d.dst}{dp}  {d.reason}"
+    if d.translated:                 # NAT had changed the packet: as it was dropped
+        ts, tsp, td, tdp = d.translated
+        out += f"  (as {ts}:{tsp} -> {td}:{tdp})"
+    return out
 
 
 def summary(c: Counters, shown: int, netns_name=lambda inum: None, top: int = 10) -> list[str]:
     """The summary printed at the end of `cttrace drops` (to stderr)."""
+    r = c.by_reason
+    reasons = ", ".join(f"{r.get(k, 0)} {k}" for k in REASONS)
     events = (f"events: {c.events_sent} sent, {c.over_rate_limit} over the rate limit, "
               f"{c.lost} lost")
+    out = [f"cttrace drops: {shown} shown; {sum(r.values())} dropped: {reasons}; {events}"]
     if c.conntrack is not None:        # conntrack's own probes: exact counts
         k = c.conntrack
         missed = "unknown" if c.missed is None else str(c.missed)
-        out = [f"cttrace drops: {shown} shown; {k['table_full']} table_full, "
-               f"{k['insert_failed']} insert_failed, {c.netfilter_drops} rule drops; conntrack: "
-               f"{k['inserts']} inserts, {k['deletes']} deletes, {k['early_drops']} early drops, "
-               f"{k['clash_resolved']} clashes resolved; {events}; missed probe runs: {missed}; "
-               f"probes: {', '.join(c.attached)}"
-               + (f" (not attached: {', '.join(c.not_attached)})" if c.not_attached else "")]
-    else:
-        full = sum(c.table_full.values())
-        out = [f"cttrace drops: {shown} shown; {c.netfilter_drops} netfilter drops in all "
-               f"({full} table_full by the kernel's drop counters, {c.netfilter_drops - full} other); "
-               f"{events}"]
+        out.append(f"  conntrack: {k['inserts']} inserts, {k['deletes']} deletes, "
+                   f"{k['early_drops']} early drops, {k['clash_resolved']} clashes resolved; "
+                   f"missed probe runs: {missed}; probes: {', '.join(c.attached)}"
+                   + (f" (not attached: {', '.join(c.not_attached)})" if c.not_attached else ""))
     for s in sorted(c.sources, key=lambda s: -s.drops)[:top]:
         if not s.drops:
             break
         kinds = ", ".join(f"{n} {k}" for k, n in (("table_full", s.table_full),
                                                    ("insert_failed", s.insert_failed),
-                                                   ("rule", s.rule), ("without entry", s.netfilter))
+                                                   ("rule", s.rule), ("netfilter", s.netfilter))
                           if n)
-        out.append(f"  {s.drops:>8} from {s.src or '?':<39} netns {safe(netns_name(s.netns)) or s.netns} ({kinds})")
+        out.append(f"  {s.drops:>8} from {s.src or '?':<39} netns {netns_name(s.netns) or s.netns} ({kinds})")
     return out

@@ -70,7 +70,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
                 for d in s.pump(50):
                     w.write({"k": "drop", "t": d.ts, **d.to_dict()})
                     counts["drop"] += 1
-                batch = s.events.poll(0)
+                batch = s.events.poll(0, max_events=20_000)      # bounded: the loop keeps its schedule
                 now = time.time()
                 for kind, row in batch.events:
                     k = "delete" if kind is DELETE else "insert"

@@ -1,0 +1,125 @@
+"""tracer.forecast: schedule, idle buckets, candidates, time to full (pure)."""
+
+import math
+
+import pytest
+
+from tracer import forecast as F
+from tracer.conntrack import F_ASSURED, F_UNREPLIED
+
+SYS = {"udp_timeout": 120, "udp_timeout_stream": 180, "tcp_timeout_established": 432000,
+       "tcp_timeout_time_wait": 120}
+IP = bytes([198, 18, 0, 2])
+
+
+def row(proto, state, flags, timeout, dport=53, src=IP):
+    return (proto, state, src, bytes([198, 18, 0, 1]), dport, flags, (0, 0), 40000, None, timeout)
+
+
+def test_kinds_and_sysctls():
+    assert F.kind(17, None, F_UNREPLIED) == "udp/UNREPLIED"
+    assert F.kind(17, None, F_ASSURED) == "udp/STREAM"
+    assert F.kind(17, None, 0) == "udp/REPLIED"
+    assert F.kind(6, 3, F_ASSURED) == "tcp/ESTABLISHED"
+    assert F.kind(1, None, 0) == "icmp"
+    assert F.sysctl_of("udp/STREAM") == "udp_timeout_stream"
+    assert F.sysctl_of("udp/REPLIED") == "udp_timeout"
+    assert F.sysctl_of("tcp/TIME_WAIT") == "tcp_timeout_time_wait"
+    assert F.sysctl_of("gre") == "generic_timeout"
+
+
+def test_schedule_idle_and_candidates_from_rows():
+    a = F.Ages()
+    # 30 UDP unreplied flows idle 100 s (20 left), 50 idle 5 s (115 left),
+    # 4 established idle 2 days, 1 established idle 1 s
+    a.add_rows([row(17, None, F_UNREPLIED, 20, dport=4000 + i) for i in range(30)])
+    a.add_rows([row(17, None, F_UNREPLIED, 115, dport=5000) for _ in range(50)])
+    a.add_rows([row(6, 3, F_ASSURED, 432000 - 172800, dport=5432) for _ in range(4)])
+    a.add_rows([row(6, 3, F_ASSURED, 431999, dport=443)])
+    s = a.summary(SYS, addr=lambda raw: ".".join(map(str, raw)))
+    assert s["total"] == 85 and s["assured"] == 5
+    assert s["schedule"]["udp/UNREPLIED"] == {"10s": 0, "1m": 30, "10m": 80, "total": 80}
+    assert s["schedule"]["tcp/ESTABLISHED"]["10m"] == 0
+    assert s["idle"]["udp/UNREPLIED"]["buckets"]["0s-10s"] == 50
+    assert s["idle"]["udp/UNREPLIED"]["buckets"]["1m-5m"] == 30
+    assert s["idle"]["tcp/ESTABLISHED"]["buckets"][">=1d"] == 4
+    assert s["idle"]["tcp/ESTABLISHED"]["buckets"]["0s-10s"] == 1
+    c = {(x["sysctl"], x["proposed"]): x for x in s["candidates"]}
+    assert c[("udp_timeout", 10)]["freed"] == 30 and c[("udp_timeout", 10)]["of"] == 80
+    assert c[("tcp_timeout_established", 86400)]["freed"] == 4
+    assert c[("tcp_timeout_established", 86400)]["by_app"] == [
+        {"src": "198.18.0.2", "dport": "tcp/5432", "entries": 4}]
+    assert ("tcp_timeout_time_wait", 30) in c and c[("tcp_timeout_time_wait", 30)]["freed"] == 0
+    assert s["new_kind"] == "udp/UNREPLIED" and s["life"] == 120
+
+
+def test_candidates_only_below_current():
+    s = F.summarize({"udp/UNREPLIED": {5: 3}}, {"udp_timeout": 10})
+    assert [c["proposed"] for c in s["candidates"]] == []
+
+
+def test_apps_capped(monkeypatch):
+    monkeypatch.setattr(F, "APPS_CAP", 3)
+    a = F.Ages()
+    a.add_rows([row(17, None, F_UNREPLIED, 20, dport=i) for i in range(5)])
+    s = a.summary(SYS)
+    assert all("by_app" not in c for c in s["candidates"])
+    assert s["total"] == 5
+
+
+def test_time_to_full_straight_fill():
+    # empty table, 100/s, entries live 120 s, limit 5000: full at 50 s
+    t, steady = F.time_to_full([], 5000, 100.0, 120)
+    assert t == pytest.approx(50.0) and steady == 12000
+
+
+def test_not_filling_when_steady_below_limit():
+    t, steady = F.time_to_full([], 20000, 100.0, 120)
+    assert t is None and steady == 12000
+
+
+def test_existing_entries_expire_on_schedule():
+    # 4000 entries expire at 10 s; 100/s new; limit 4500: without expiry
+    # full at 5 s (4000 + 500); with 4000 leaving at 10 s it is full at 5 s still
+    t, _ = F.time_to_full([(10, 4000)], 4500, 100.0, 120)
+    assert t == pytest.approx(5.0)
+    # limit 5100: would be full at 11 s in a straight line, but at 10 s 4000
+    # leave: 100 t alone reaches 5100 only at 51 s
+    t, _ = F.time_to_full([(10, 4000)], 5100, 100.0, 120)
+    assert t == pytest.approx(51.0)
+    # ... and never when new entries live 30 s
+    assert F.time_to_full([(10, 4000)], 5100, 100.0, 30)[0] is None
+
+
+def test_full_now_and_no_inserts():
+    assert F.time_to_full([(5, 10)], 10, 0.0, 60)[0] == 0.0
+    assert F.time_to_full([(5, 5)], 10, 0.0, 60)[0] is None
+    t, _ = F.time_to_full([], 100, 1.0, None)
+    assert t == pytest.approx(100.0)
+
+
+def test_band_and_forecast_text():
+    lo, m, hi = F.rate_band([90.0, 100.0, 110.0])
+    assert (lo, m, hi) == (90.0, 100.0, 110.0)
+    lo, m, hi = F.rate_band(None, count=400, seconds=4.0)
+    assert m == 100.0 and lo == pytest.approx(90.0) and hi == pytest.approx(110.0)
+    f = F.forecast([], 5000, (90.0, 100.0, 110.0), 120)
+    assert f["filling"] and f["seconds"] == pytest.approx(50.0)
+    assert f["low"] == pytest.approx(5000 / 110) and f["high"] == pytest.approx(5000 / 90)
+    assert F.text(f) == "full in ~50s (45s-56s)"
+    g = F.forecast([], 20000, (90.0, 100.0, 110.0), 120)
+    assert not g["filling"] and F.text(g) == "not filling (levels at ~12,000)"
+    assert F.forecast([], None, (1, 1, 1), 1) == {"filling": None, "reason": "no limit known"}
+    assert F.text({}) == ""
+
+
+def test_flat_and_human():
+    assert F.flat({"a": {"10": 2}, "b": {10: 1, "3": 4}}) == [(3.0, 4), (10.0, 3)]
+    assert F.human(30) == "30s" and F.human(600) == "10m" and F.human(None) == "never"
+    assert F.human(3 * 86400) == "3.0d"
+
+
+def test_entry_size():
+    assert F.entry_size(248, None)[0] == 256
+    assert F.entry_size(248, 320)[0] == 320
+    assert F.entry_size(None)[0] is None

@@ -41,6 +41,15 @@ DS = daemonset_container()
 CAPS = DS["container"]["securityContext"]["capabilities"]["add"]
 
 
+# linux/capability.h, 0..40
+ALL_CAPS = ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+            "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+            "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+            "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+            "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+            "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE"]
+
+
 def free_port() -> int:
     import socket
     s = socket.socket()
@@ -75,8 +84,10 @@ class Serve:
                "--read-only", "--seccomp", "--seccomp-profile", str(seccomp),
                "--log-uri", f"file://{self.log}", "--fifo-dir", str(LOGS / "fifo"),
                "--runc-root", str(LOGS / "runc")]
-        for cap in (CAPS if caps is None else caps):     # ctr starts from no capability at all
-            cmd += ["--cap-add", f"CAP_{cap}"]
+        # ctr starts from Docker's default set: add the DaemonSet's, drop every other
+        keep = set(CAPS if caps is None else caps)
+        cmd += [a for cap in sorted(keep) for a in ("--cap-add", f"CAP_{cap}")]
+        cmd += [a for cap in ALL_CAPS if cap not in keep for a in ("--cap-drop", f"CAP_{cap}")]
         vols = {v["name"]: v for v in spec["volumes"]}
         for m in c["volumeMounts"]:
             v = vols[m["name"]]
@@ -205,9 +216,10 @@ def test_the_daemonset_serves_this_hosts_table():
             status = f.read()
         rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) // 1024
         # the process holds exactly the DaemonSet's capabilities, under a seccomp filter
-        bits = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}
-        want = sum(1 << bits[c] for c in CAPS)
-        assert int(re.search(r"CapEff:\s+([0-9a-f]+)", status).group(1), 16) == want
+        want = sum(1 << ALL_CAPS.index(c) for c in CAPS)
+        for kind in ("CapEff", "CapPrm", "CapBnd"):
+            got = int(re.search(kind + r":\s+([0-9a-f]+)", status).group(1), 16)
+            assert got == want, (kind, [c for i, c in enumerate(ALL_CAPS) if got >> i & 1])
         assert re.search(r"Seccomp:\s+(\d)", status).group(1) == "2"
         nnp = re.search(r"NoNewPrivs:\s+(\d)", status).group(1)
         print(f"\nserve in the image: RSS {rss} MiB; NoNewPrivs {nnp}")

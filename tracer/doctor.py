@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from tracer import forecast as fc
 from tracer import nat
 
 CRITICAL, WARNING, INFO = "critical", "warning", "info"
@@ -40,6 +41,9 @@ class HostState:
     max_global: int | None = None                       # the initial namespace's limit, where it differs
     nat: dict = field(default_factory=dict)             # nat.Usage.to_state(): SNAT usage, DNAT services
     insert_failed_by_dst: dict = field(default_factory=dict)  # captures: "udp 10.96.0.10:53" -> drop events
+    ages: dict = field(default_factory=dict)            # forecast.summarize(): remaining timeouts, idle, candidates
+    entry_bytes: int | None = None                      # memory per entry of this kernel
+    entry_bytes_how: str = ""
 
 
 @dataclass
@@ -88,6 +92,7 @@ def diagnose(h: HostState) -> list[Finding]:
     elif mx and fill >= 0.75:
         add("table_filling", WARNING, f"the conntrack table is {100 * fill:.0f}% full", limit, raise_fix)
 
+    _forecast(h, add, new_max, raise_fix)
     clash = _drops(h, add, fill, raise_fix)
     _nat(h, add, *clash)
 
@@ -118,9 +123,16 @@ def diagnose(h: HostState) -> list[Finding]:
     for port, name in TUNNELS.items():
         n = h.by_proto_dport.get(f"udp/{port}", 0)
         if n and not _notrack(h.rules, port):
+            after = ""
+            if h.ages and h.max and total:
+                # the tunnel's share of the table (and of the inserts) goes away
+                keep = 1 - n / total
+                f = table_forecast(h, h.max, scale=keep)
+                after = (f"; without them {total - n:,} of {total:,} entries stay"
+                         + (f", {fc.text(f)}" if f.get("filling") is not None else ""))
             add(f"tracked_{name.lower()}", WARNING,
                 f"{name} tunnel traffic (udp/{port}) is tracked: {n:,} entries that need no state",
-                f"{n:,} entries with destination port udp/{port}; no NOTRACK rule for it",
+                f"{n:,} entries with destination port udp/{port}; no NOTRACK rule for it" + after,
                 f"iptables -t raw -A PREROUTING -p udp --dport {port} -j CT --notrack\n"
                 f"iptables -t raw -A OUTPUT -p udp --dport {port} -j CT --notrack\n"
                 f"conntrack -D -p udp --dport {port}\n"
@@ -138,6 +150,104 @@ def diagnose(h: HostState) -> list[Finding]:
                 "# if it is a container on a NATed bridge with heavy traffic: host networking, "
                 "connection reuse, or NOTRACK for its traffic")
     return out
+
+
+def table_forecast(h: HostState, limit: int | None, scale: float = 1.0) -> dict:
+    """Time to full of h's table against `limit` (forecast.forecast): the
+    entries' remaining timeouts from the dump, the kernel's insert counter
+    over the window (Poisson band), new entries living the timeout of the
+    kind the youngest entries hold. `scale` keeps that share of entries and
+    inserts (a NOTRACK rule removing the rest)."""
+    a = h.ages or {}
+    ins = inserts(h)
+    band = fc.rate_band(None, count=ins * scale, seconds=h.window) if h.window else (0.0, 0.0, 0.0)
+    # The dump was read at the window's start, the count at its end: the
+    # remaining timeouts are a window older, and the entries made during
+    # the window (count - dumped) are new ones, half a window old on average.
+    w, life = h.window or 0.0, a.get("life")
+    existing = [(t - w, n * scale) for t, n in fc.flat(a.get("remaining", {})) if t > w]
+    made = max((h.count or 0) - a.get("total", 0), 0) * scale
+    fixed = 0
+    if life:
+        existing = sorted(existing + [(life - w / 2, made)])
+    else:
+        fixed = made
+    return fc.forecast(existing, limit, band, life, fixed)
+
+
+def inserts(h: HostState) -> int:
+    """New entries over the window: the kernel's insert counter where it
+    counts (recent kernels leave it at 0), else the count's growth plus the
+    dumped entries whose timeout ended within the window."""
+    n = _delta(h, "insert")
+    if n or not h.ages:
+        return n
+    w = h.window or 0.0
+    expired = sum(n for t, n in fc.flat(h.ages.get("remaining", {})) if t <= w)
+    return max((h.count or 0) - h.ages.get("total", 0), 0) + expired
+
+
+def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
+    """Time to full, what a shorter timeout or a higher limit would do, and
+    whether early drop can make room (from the entries' remaining timeouts)."""
+    a = h.ages
+    if not a or not h.max:
+        return
+    total, mx, cnt = a.get("total", 0), h.max, h.count or 0
+    f = table_forecast(h, mx)
+    ins = inserts(h)
+    sched = a.get("schedule", {})
+    soon = {lab: sum(d.get(lab, 0) for d in sched.values()) for lab, _ in fc.HORIZONS}
+    life = a.get("life")
+    new = a.get("new_kind")
+    sysctl = a.get("idle", {}).get(new, {}).get("sysctl") if new else None
+    model = (f"new entries +{ins:,} in {h.window:.1f} s ({f['rate']:,.1f}/s, band {f['rate_low']:,.1f}-"
+             f"{f['rate_high']:,.1f}/s); nf_conntrack_count={cnt:,} nf_conntrack_max={mx:,}; expiring "
+             f"unless refreshed: {soon['10s']:,} in 10 s, {soon['1m']:,} in 1 min, {soon['10m']:,} in "
+             f"10 min; new entries are {new or 'unknown'}"
+             + (f" and live {life:,} s (nf_conntrack_{sysctl})" if life else "")
+             + "; refreshed entries live longer than this model says")
+    cost = ""
+    if h.entry_bytes:
+        more = max(new_max - mx, 0)
+        after = fc.text(table_forecast(h, new_max)) or "unknown"
+        cost = (f"; nf_conntrack_max={new_max:,} costs {more * h.entry_bytes / 2**20:,.1f} MiB more at "
+                f"{h.entry_bytes} bytes per entry ({h.entry_bytes_how}; extensions such as NAT are a "
+                f"separate allocation) plus 8 bytes per hash bucket, and then: {after}")
+    if f.get("filling"):
+        s = f["seconds"]
+        sev = CRITICAL if s <= 600 else WARNING if s <= 86400 else INFO
+        add("time_to_full", sev, f"the conntrack table will be {fc.text(f)} at the current insert rate",
+            model + cost, raise_fix + "\n# and find who fills it: cttrace top")
+    elif f.get("filling") is False and total >= 100:
+        add("not_filling", INFO, f"the conntrack table is {fc.text(f)} of {mx:,}", model, "# nothing to do")
+    # shorter timeouts: what they would free now, and whose entries those are
+    if total >= 100:
+        best: dict = {}
+        for c in a.get("candidates", []):
+            if c["freed"] >= max(1, total // 20):
+                best.setdefault(c["sysctl"], c)       # the gentlest value that frees 5% or more
+        for name, c in best.items():
+            idle = "; ".join(f"{k}: " + ", ".join(f"{lab} {n:,}" for lab, n in a["idle"][k]["buckets"].items() if n)
+                             for k in c["kinds"] if k in a.get("idle", {}))
+            apps = ", ".join(f"{x['src']} -> {x['dport']} {x['entries']:,}" for x in c.get("by_app", []))
+            add(f"shorter_{name}", INFO,
+                f"nf_conntrack_{name}={c['proposed']:,} (now {c['current']:,}) would free "
+                f"{c['freed']:,} entries now ({100 * c['freed'] / total:.0f}% of the table)",
+                f"idle time of {', '.join(c['kinds'])} (timeout - remaining): {idle}"
+                + (f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else ""),
+                f"sysctl -w net.netfilter.nf_conntrack_{name}={c['proposed']}\n"
+                f"# it cuts flows idle longer than {c['proposed']} s: the applications above must "
+                "send within that time (keep-alives) or reconnect")
+    # early drop only evicts entries that are not ASSURED
+    if cnt and cnt >= 0.9 * mx and total:
+        share = a.get("assured", 0) / total
+        if share >= 0.9:
+            add("early_drop_blocked", WARNING,
+                f"early drop cannot make room: {100 * share:.0f}% of entries are ASSURED",
+                f"{a.get('assured', 0):,} of {total:,} entries are ASSURED; the kernel evicts only entries "
+                "that are not (early_drop, nf_conntrack_core.c), so new flows are dropped instead",
+                raise_fix)
 
 
 def _scope(h: HostState) -> str:

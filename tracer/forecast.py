@@ -139,6 +139,8 @@ def summarize(remaining: dict, sysctls: dict, assured: int = 0, apps=None) -> di
         if not T:
             continue
         kinds = [k for k in remaining if sysctl_of(k) == name]
+        if not kinds:
+            continue
         for P in values:
             if P >= T:
                 continue

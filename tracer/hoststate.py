@@ -9,14 +9,15 @@ import stat
 import subprocess
 import time
 
-from tracer import ctnetlink, nat, table
+from tracer import ctnetlink, forecast, nat, table
 from tracer import netns as ns
 from tracer.doctor import HostState
 from tracer.snapshot import Columns, Summary
 
 TIMEOUTS = ("tcp_timeout_established", "tcp_timeout_time_wait", "tcp_timeout_syn_sent",
             "tcp_timeout_close_wait", "udp_timeout", "udp_timeout_stream", "icmp_timeout",
-            "generic_timeout")
+            "generic_timeout", "tcp_timeout_syn_recv", "tcp_timeout_fin_wait",
+            "tcp_timeout_last_ack", "tcp_timeout_close", "icmpv6_timeout")
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 # Each section of the rules text starts with "# cttrace: <tool>" (nat.parse_rules reads them).
 RULE_COMMANDS = (("iptables", ["iptables-save", "-t", "raw"]), ("iptables", ["iptables-save", "-t", "nat"]),
@@ -62,6 +63,31 @@ def max_scope() -> str:
     return "netns" if mode & stat.S_IWUSR else "global"
 
 
+def entry_size() -> tuple[int | None, str]:
+    """Bytes per entry of this kernel (forecast.entry_size): the slab's
+    object size where /proc/slabinfo shows it, else BTF's sizeof(nf_conn)."""
+    slab = None
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                if line.startswith("nf_conntrack "):
+                    slab = int(line.split()[3])
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    size = None
+    from tracer.btf import BTF, BTFError
+    try:
+        base = BTF.load()
+        try:
+            size = base.size("nf_conn")
+        except BTFError:                  # nf_conntrack built as a module: its own BTF
+            size = BTF.load("/sys/kernel/btf/nf_conntrack", base=base).size("nf_conn")
+    except BTFError:
+        pass
+    return forecast.entry_size(size, slab)
+
+
 def read_live(netns: str | None = None, window: float = 1.0, names=None) -> HostState:
     global_max = _sysctl("max")                    # the caller's (initial) namespace
     with ns.entered(netns):
@@ -69,7 +95,12 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
         st1 = table.read()
         t1 = time.monotonic()
         cols = Columns()
-        ctnetlink.dump(sink=cols.add_rows)      # streamed into the counts: no list of rows
+        ages = forecast.Ages()
+
+        def sink(rows):
+            cols.add_rows(rows)
+            ages.add_rows(rows)
+        ctnetlink.dump(sink=sink)               # streamed into the counts: no list of rows
         rules = rules_text()
         # Both tuples of every entry (a second dump) only where NAT rules exist.
         usage = nat.read_live() if any(w in rules for w in NAT_WORDS) else None
@@ -79,7 +110,9 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
             time.sleep(left)
         st2 = table.read()
         dt = max(time.monotonic() - t1, 1e-6)
-    s = Summary.from_columns(cols, ctnetlink.NetlinkDecoder())
+    dec = ctnetlink.NetlinkDecoder()
+    s = Summary.from_columns(cols, dec)
+    size, how = entry_size()
     a, b = st1.totals, st2.totals
     deltas = {k: max(b.get(k, 0) - a.get(k, 0), 0) for k in b}
     h = HostState(netns=netns or "host", count=st2.count, max=st2.max, buckets=st2.buckets,
@@ -89,7 +122,9 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
                   by_src=dict(s.by_src), rules=rules, total=s.total,
                   kernel=platform.release(), max_scope=scope,
                   max_global=global_max if scope == "netns" and global_max != st2.max else None,
-                  nat=usage.to_state() if usage is not None else {})
+                  nat=usage.to_state() if usage is not None else {},
+                  ages=ages.summary(sysctls, addr=lambda raw: dec.addr(raw)[1]),
+                  entry_bytes=size, entry_bytes_how=how)
     if names is not None:
         h.containers = {ip: n for ip in h.by_src if (n := names.by_ip.get(ip))}
     return h

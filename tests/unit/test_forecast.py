@@ -123,3 +123,51 @@ def test_entry_size():
     assert F.entry_size(248, None)[0] == 256
     assert F.entry_size(248, 320)[0] == 320
     assert F.entry_size(None)[0] is None
+
+
+def _state(**kw):
+    from tracer.doctor import HostState
+    rem = {"udp/UNREPLIED": {110: 900, 20: 100}}
+    ages = F.summarize(rem, {"udp_timeout": 120}, assured=0)
+    base = dict(count=1000, max=2000, window=2.0, deltas={"insert": 200}, ages=ages, total=1000,
+                sysctls={"udp_timeout": 120}, entry_bytes=256, entry_bytes_how="slab")
+    base.update(kw)
+    return HostState(**base)
+
+
+def test_doctor_time_to_full_and_candidates():
+    from tracer.doctor import diagnose, table_forecast
+    h = _state()
+    f = table_forecast(h, 2000)
+    # 1000 now (100 expire at 18 s after the window), +100/s living 120 s:
+    # 1000 + 100 s = 2000 at 10 s
+    assert f["filling"] and f["seconds"] == pytest.approx(10.0)
+    found = {x.id: x for x in diagnose(h)}
+    assert found["time_to_full"].severity == "critical"
+    assert "full in ~10s" in found["time_to_full"].message
+    assert "costs 0.0 MiB" not in found["time_to_full"].evidence
+    assert "nf_conntrack_max=262,144 costs" in found["time_to_full"].evidence
+    c = found["shorter_udp_timeout"]
+    assert "would free 1,000 entries now" in c.message     # idle 10 and 100 s, both >= 10
+    assert "sysctl -w net.netfilter.nf_conntrack_udp_timeout=10" in c.fix
+
+
+def test_doctor_not_filling_and_early_drop():
+    from tracer.doctor import diagnose
+    h = _state(max=100000)
+    found = {x.id: x for x in diagnose(h)}
+    assert "time_to_full" not in found and "levels at ~12,000" in found["not_filling"].message
+    ages = F.summarize({"tcp/ESTABLISHED": {400000: 1900}}, {"tcp_timeout_established": 432000},
+                       assured=1900)
+    full = _state(count=1950, ages=ages, deltas={})
+    found = {x.id: x for x in diagnose(full)}
+    assert "95%" not in found["early_drop_blocked"].message
+    assert "100% of entries are ASSURED" in found["early_drop_blocked"].message
+
+
+def test_doctor_without_kernel_insert_counter_uses_growth():
+    from tracer.doctor import inserts
+    # count grew by 150 over the dump's 1000; 100 entries had <= 2 s left
+    h = _state(count=1150, deltas={"insert": 0},
+               ages=F.summarize({"udp/UNREPLIED": {110: 900, 1: 100}}, {"udp_timeout": 120}))
+    assert inserts(h) == 250

@@ -375,7 +375,7 @@ def _clean_state(raw) -> dict:
         v = raw.get(f.name)
         if v is None:
             continue
-        if f.name in ("count", "max", "buckets", "total", "window", "max_global") and _num(v):
+        if f.name in ("count", "max", "buckets", "total", "window", "max_global", "entry_bytes") and _num(v):
             out[f.name] = v
         elif f.name in ("sysctls", "stats", "rates", "by_state", "by_proto_dport", "by_src",
                         "deltas", "insert_failed_by_dst") and _counts(v):
@@ -383,8 +383,11 @@ def _clean_state(raw) -> dict:
         elif f.name == "containers" and isinstance(v, dict) and all(
                 isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
             out[f.name] = v
-        elif f.name in ("rules", "netns", "kernel", "max_scope") and isinstance(v, str):
+        elif f.name in ("rules", "netns", "kernel", "max_scope", "entry_bytes_how") and isinstance(v, str):
             out[f.name] = v
+        elif f.name == "ages":
+            from tracer.forecast import clean
+            out[f.name] = clean(v)
         elif f.name == "nat":
             from tracer.nat import clean_state
             out[f.name] = clean_state(v)

@@ -278,3 +278,44 @@ def entry_size(btf_size: int | None, slab_objsize: int | None = None) -> tuple[i
     if btf_size:
         return -(-btf_size // 64) * 64, f"sizeof(struct nf_conn) = {btf_size} (BTF), rounded to 64"
     return None, "unknown"
+
+
+def clean(raw) -> dict:
+    """A recorded summary (a capture's) with the right shapes, else {}: the
+    doctor reads it as it reads a live one."""
+    def counts(d):
+        return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
+                                           and not isinstance(v, bool) for k, v in d.items())
+    if not isinstance(raw, dict):
+        return {}
+    rem = raw.get("remaining")
+    if not isinstance(rem, dict) or not all(isinstance(k, str) and counts(d) for k, d in rem.items()):
+        return {}
+    try:
+        for d in rem.values():
+            for t in d:
+                float(t)
+    except ValueError:
+        return {}
+    out = {"remaining": rem}
+    for key in ("schedule", "idle"):
+        v = raw.get(key)
+        if isinstance(v, dict) and all(isinstance(k, str) and isinstance(d, dict) for k, d in v.items()):
+            out[key] = v
+    idle = out.get("idle", {})
+    if not all(isinstance(d.get("timeout"), int) and isinstance(d.get("sysctl"), str)
+               and counts(d.get("buckets")) for d in idle.values()):
+        out["idle"] = {}
+    c = raw.get("candidates")
+    if isinstance(c, list) and all(isinstance(x, dict) and isinstance(x.get("sysctl"), str)
+                                   and isinstance(x.get("kinds"), list)
+                                   and all(isinstance(x.get(k), int) for k in ("current", "proposed",
+                                                                               "freed", "of"))
+                                   for x in c):
+        out["candidates"] = c
+    for key in ("assured", "total", "life"):
+        if isinstance(raw.get(key), int) and not isinstance(raw.get(key), bool):
+            out[key] = raw[key]
+    if isinstance(raw.get("new_kind"), str):
+        out["new_kind"] = raw["new_kind"]
+    return out

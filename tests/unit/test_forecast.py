@@ -171,3 +171,14 @@ def test_doctor_without_kernel_insert_counter_uses_growth():
     h = _state(count=1150, deltas={"insert": 0},
                ages=F.summarize({"udp/UNREPLIED": {110: 900, 1: 100}}, {"udp_timeout": 120}))
     assert inserts(h) == 250
+
+
+def test_capture_state_keeps_a_clean_summary():
+    from tracer.capture import _clean_state
+    s = F.summarize({"udp/UNREPLIED": {110: 900, 20: 100}}, {"udp_timeout": 120})
+    s = __import__("json").loads(__import__("json").dumps(s))       # as a capture holds it
+    got = _clean_state({"ages": s, "entry_bytes": 256, "entry_bytes_how": "slab"})
+    assert got["ages"]["remaining"] == s["remaining"] and got["entry_bytes"] == 256
+    assert got["ages"]["candidates"] == s["candidates"]
+    assert _clean_state({"ages": {"remaining": {"udp": {"x": 1}}}})["ages"] == {}
+    assert _clean_state({"ages": [1, 2]})["ages"] == {}

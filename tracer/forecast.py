@@ -319,3 +319,20 @@ def clean(raw) -> dict:
     if isinstance(raw.get("new_kind"), str):
         out["new_kind"] = raw["new_kind"]
     return out
+
+
+def from_net(count: int | None, limit: int | None, net: list[float]) -> dict:
+    """Time to full from the last intervals' net rates (inserts - deletes per
+    second), for the live views: the live table keeps no timeouts, so the
+    schedule is the one the deletes show. Low/high from the spread of the
+    intervals; "filling" False when the mean net rate is not positive."""
+    if not limit or count is None or not net:
+        return {"filling": None, "reason": "no limit or no interval yet"}
+    lo_r, r, hi_r = rate_band(net)
+    room = max(limit - count, 0)
+
+    def eta(rate):
+        return None if rate <= 0 else room / rate
+    return {"filling": r > 0, "seconds": eta(r), "low": eta(hi_r), "high": eta(lo_r),
+            "steady": None if r > 0 else count, "rate": r, "rate_low": lo_r, "rate_high": hi_r,
+            "limit": limit, "model": "net rate of the last intervals"}

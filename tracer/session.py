@@ -26,6 +26,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from tracer import forecast
 from tracer import netns as ns
 from tracer import table
 from tracer.aggregate import Rates, Sample, top_rows
@@ -73,6 +74,7 @@ class TracingSession:
         self.state: table.TableState | None = None
         self.drops_seen = 0                 # drop events that passed the filters
         self._stat_acc: dict = {}           # wrap-safe sums of the followed table's per-CPU stats
+        self.net_hist: deque = deque(maxlen=30)   # inserts - deletes per second, per interval
         self._stop = False
         self._old_handlers: dict = {}
 
@@ -238,7 +240,10 @@ class TracingSession:
                    deletes=Counter(live.deletes) if live is not None else Counter(),
                    drops=Counter(self.counters.drops_by_src(self.inum)),
                    kernel=self.kernel_totals(self.state), count=self.state.count, max=self.state.max)
-        return self.rates.update(s)
+        r = self.rates.update(s)
+        if r.get("seconds") and live is not None:
+            self.net_hist.append(r["table"]["inserts"] - r["table"]["deletes"])
+        return r
 
     def lost(self) -> dict:
         """Everything lost on the way (never silent): shown by every view."""
@@ -287,4 +292,5 @@ class TracingSession:
             "drops": [d.to_dict() for d in list(self.recent)[:8]],
             "lost": self.lost(),
             "history": {"fill": list(self.rates.fill_hist), "drops": list(self.rates.drop_hist)},
+            "forecast": forecast.from_net(st.count, st.max, list(self.net_hist)),
         }

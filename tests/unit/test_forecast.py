@@ -182,3 +182,31 @@ def test_capture_state_keeps_a_clean_summary():
     assert got["ages"]["candidates"] == s["candidates"]
     assert _clean_state({"ages": {"remaining": {"udp": {"x": 1}}}})["ages"] == {}
     assert _clean_state({"ages": [1, 2]})["ages"] == {}
+
+
+def test_from_net():
+    f = F.from_net(1000, 2000, [90.0, 100.0, 110.0])
+    assert f["filling"] and f["seconds"] == 10.0 and f["high"] == pytest.approx(1000 / 90)
+    assert F.text(f) == "full in ~10s (9s-11s)"
+    g = F.from_net(1000, 2000, [-5.0, 0.0, 5.0])
+    assert g["filling"] is False and g["low"] == 200.0
+    assert F.text(g).startswith("not filling (levels at ~1,000)")
+    assert F.from_net(1000, 2000, [])["filling"] is None
+
+
+def test_top_header_shows_the_forecast():
+    import copy
+
+    from rich.console import Console
+
+    from tests.unit.test_views_top import FRAME
+    from tracer.views.top import render
+    f = copy.deepcopy(FRAME)
+    f["forecast"] = F.from_net(1234, 2000, [18.0, 20.0, 22.0])
+    c = Console(record=True, width=100)
+    c.print(render(f, full_screen=False))
+    assert "full in ~38s (35s-43s)" in c.export_text()
+    f["forecast"] = F.from_net(1234, 2000, [-1.0, 0.0, 1.0])
+    c = Console(record=True, width=100)
+    c.print(render(f, full_screen=False))
+    assert "not filling (levels at ~1,234)" in c.export_text()

@@ -18,6 +18,11 @@ HELP = ("g: group by source, destination, port, state, container   s: sort by en
         "inserts/s, deletes/s, drops/s   p: pause (the counts go on)   q: quit")
 
 
+def forecast_text(fc) -> str:
+    from tracer.forecast import text as _text
+    return _text(fc) if fc else ""
+
+
 def sparkline(values, width: int = 40, top: float | None = None) -> str:
     vals = list(values)[-width:]
     if not vals:
@@ -70,7 +75,9 @@ class Header:
         t = Text()
         if f.get("max"):
             t.append_text(_pack([Text(f"table {f['count']:,} / {f['max']:,}"), gauge(f["count"], f["max"])]
-                                + ([Text(f"buckets {f['buckets']:,}")] if f.get("buckets") else []),
+                                + ([Text(f"buckets {f['buckets']:,}")] if f.get("buckets") else [])
+                                + ([Text(ft, style="bold red" if f["forecast"].get("filling") else "")]
+                                   if (ft := forecast_text(f.get("forecast"))) else []),
                                 inner, "  "))
             t.append("\n")
         r = f["rates"]

@@ -105,6 +105,7 @@ class Collector:
             live = dict(s.live.live.by["src"])
             series = {m: self.series.series(m) for m in METRICS}
             sampled = s.rates.prev.t if s.rates.prev else 0
+            net = list(getattr(s, "net_hist", ()))
         names = s.names
         entries = GaugeMetricFamily("cttrace_conntrack_entries",
                                     "Entries in the conntrack table (as node_nf_conntrack_entries)")
@@ -117,6 +118,16 @@ class Collector:
         b = GaugeMetricFamily("cttrace_conntrack_buckets", "Hash table buckets (nf_conntrack_buckets)")
         b.add_metric([], st.buckets or 0)
         yield b
+        # +Inf when not filling (an alert `< 3600` stays quiet), NaN before
+        # the first interval or without a limit (unknown, not "never")
+        from tracer.forecast import from_net
+        fc = from_net(st.count, st.max, net)
+        ttf = GaugeMetricFamily("cttrace_conntrack_seconds_to_full",
+                                "Seconds until the table is full at the last intervals' net insert "
+                                "rate; +Inf when not filling, NaN when unknown")
+        ttf.add_metric([], float("nan") if fc["filling"] is None else
+                       fc["seconds"] if fc["filling"] else float("inf"))
+        yield ttf
         stat = CounterMetricFamily("cttrace_conntrack_stat", "The kernel's per-CPU conntrack "
                                    "counters, summed (/proc/net/stat/nf_conntrack)", labels=["stat"])
         for k, v in sorted(kernel.items()):

@@ -142,3 +142,46 @@ def test_forecast_and_timeout_evidence_match_the_generator(ns):
     got = D.table_forecast(h, big)
     assert truth_full(both, t_ref, big, RATE) is None
     assert got["filling"] is False and got["rate_low"] * T <= got["steady"] <= got["rate_high"] * T
+
+
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_serve_seconds_to_full(ns, tmp_path):
+    """+Inf with no new flows; with the generator on, finite and no sooner
+    than the room left at the generator's rate."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ready = tmp_path / "ready"
+    srv = subprocess.Popen([CTTRACE, "serve", "--netns", ns.name, "--listen", f"127.0.0.1:{port}",
+                            "--interval", "0.5", "--ready-file", str(ready)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    gen = Generator(ns.name, RATE)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert srv.poll() is None, srv.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.5)
+        assert _metric(port, "cttrace_conntrack_seconds_to_full") == float("inf")
+        gen.start()
+        time.sleep(4)
+        v = _metric(port, "cttrace_conntrack_seconds_to_full")
+        mx = int(ns.read("/proc/sys/net/netfilter/nf_conntrack_max"))
+        assert 0 < v < float("inf")
+        # the net rate seen is at most the generator's (no entry leaves: T = 100 s)
+        assert (mx - ns.count()) / v <= RATE * 1.3, v
+    finally:
+        gen.stop.set()
+        if gen.is_alive():
+            gen.join()
+        srv.terminate()
+        srv.wait(timeout=30)

@@ -220,7 +220,10 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
         add("time_to_full", sev, f"the conntrack table will be {fc.text(f)} at the current insert rate",
             model + cost, raise_fix + "\n# and find who fills it: cttrace top")
     elif f.get("filling") is False and total >= 100:
-        add("not_filling", INFO, f"the conntrack table is {fc.text(f)} of {mx:,}", model, "# nothing to do")
+        lvl = f" at ~{f['steady']:,} of {mx:,}" if f.get("steady") is not None else ""
+        add("not_filling", INFO, f"the conntrack table is not filling: at this rate it levels{lvl}"
+            + (f" (full in ~{fc.human(f['low'])} at the band's high rate)" if f.get("low") is not None else ""),
+            model, "# nothing to do now; `cttrace top` shows the forecast live")
     # shorter timeouts: what they would free now, and whose entries those are
     if total >= 100:
         best: dict = {}
@@ -228,7 +231,7 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
             if c["freed"] >= max(1, total // 20):
                 best.setdefault(c["sysctl"], c)       # the gentlest value that frees 5% or more
         for name, c in best.items():
-            idle = "; ".join(f"{k}: " + ", ".join(f"{lab} {n:,}" for lab, n in a["idle"][k]["buckets"].items() if n)
+            idle = "; ".join((f"{k}: " if len(c["kinds"]) > 1 else "") + ", ".join(f"{lab} {n:,}" for lab, n in a["idle"][k]["buckets"].items() if n)
                              for k in c["kinds"] if k in a.get("idle", {}))
             apps = ", ".join(f"{x['src']} -> {x['dport']} {x['entries']:,}" for x in c.get("by_app", []))
             add(f"shorter_{name}", INFO,

@@ -156,7 +156,8 @@ def test_doctor_not_filling_and_early_drop():
     from tracer.doctor import diagnose
     h = _state(max=100000)
     found = {x.id: x for x in diagnose(h)}
-    assert "time_to_full" not in found and "levels at ~12,000" in found["not_filling"].message
+    assert "time_to_full" not in found and found["not_filling"].message == (
+        "the conntrack table is not filling: at this rate it levels at ~12,000 of 100,000")
     ages = F.summarize({"tcp/ESTABLISHED": {400000: 1900}}, {"tcp_timeout_established": 432000},
                        assured=1900)
     full = _state(count=1950, ages=ages, deltas={})

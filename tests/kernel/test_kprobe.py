@@ -48,7 +48,12 @@ def test_table_full_and_inserts_exactly(backend, lab):
     assert after["inserts"] - before["inserts"] == len(r.admitted)
     assert after["table_full"] - before["table_full"] == len(r.dropped)
     d = {k: c1.conntrack[k] - c0.conntrack[k] for k in c1.conntrack}
-    assert d["early_drops"] == k1["early_drop"] - k0["early_drop"] == r.kernel_early_drop
+    assert k1["early_drop"] - k0["early_drop"] == r.kernel_early_drop
+    from tracer.backends.kprobe import EARLY_DROPS_UNSEEN, early_drops_seen
+    if early_drops_seen():
+        assert d["early_drops"] == r.kernel_early_drop
+    else:                               # 5.10: early_drop() inlined; said, not guessed
+        assert EARLY_DROPS_UNSEEN in backend.blind_spots
     assert d["insert_failed"] == k1["insert_failed"] - k0["insert_failed"]
     assert c1.lost == 0
 

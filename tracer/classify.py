@@ -7,8 +7,9 @@ entry) on its (namespace, CPU). The kernel counts its own refusals per
 namespace and CPU, before the packet is freed:
 
     no entry, counted in `drop` (less `insert_failed`)  conntrack refused it:
-        table_full   ... and the table was at its limit
-        invalid      ... with room in the table (a tracker verdict)
+        table_full   ... and the table was at its limit (or nothing says otherwise)
+        invalid      ... with room in the table, the kernel's `invalid` counter
+                     having moved as much (a tracker verdict counts in both)
     an entry, counted in `insert_failed`                 insert_failed: a clash at
                                                          confirm (NAT ports, DNS race)
     the rest                                             rule: a ruleset DROP
@@ -50,10 +51,12 @@ class Classifier:
     def _read(self, key) -> None:
         drop = self.kernel(key, "drop")
         failed = self.kernel(key, "insert_failed")
-        for cpu in set(drop) | set(failed):
+        invalid = self.kernel(key, "invalid")
+        for cpu in set(drop) | set(failed) | set(invalid):
             f = max(failed.get(cpu, 0), 0)
             self.budget[(key, cpu, True)] = f
             self.budget[(key, cpu, False)] = max(drop.get(cpu, 0) - f, 0)
+            self.budget[(key, cpu, "invalid")] = max(invalid.get(cpu, 0), 0)
 
     def reason(self, key, cpu: int, seq: int, ct_attached: bool) -> str:
         if seq == 0:
@@ -74,8 +77,12 @@ class Classifier:
                 if ct_attached:
                     r = INSERT_FAILED
                 else:
-                    r = INVALID if self.at_limit(key) is False else TABLE_FULL
-                    if r is INVALID:
+                    r = TABLE_FULL
+                    ki = (key, cpu, "invalid")
+                    if self.at_limit(key) is False and \
+                            self.budget.get(ki, 0) - self.used.get(ki, 0) >= gap:
+                        r = INVALID
+                        self.used[ki] = self.used.get(ki, 0) + gap
                         self.invalid[key] = self.invalid.get(key, 0) + gap
             else:
                 self.used[k] = used + max(avail, 0)

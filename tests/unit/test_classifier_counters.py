@@ -52,13 +52,19 @@ def test_clash_drops_count_in_drop_and_insert_failed():
 
 
 def test_refusal_with_room_in_the_table_is_invalid():
+    """A tracker's verdict counts in `drop` and `invalid`; a refusal counted
+    in `drop` alone is table_full even when the table has room by the time
+    it is read (the limit raised again right after, as tests do)."""
     k = FakeKernel()
     c = Classifier(k, k.at_limit)
-    k.set(NS, "drop", 1, 2)
+    k.set(NS, "drop", 1, 3)
+    k.set(NS, "invalid", 1, 1)
     k.full[NS] = False
     assert c.reason(NS, 1, 1, False) == "invalid"
+    assert c.reason(NS, 1, 2, False) == "table_full"     # `invalid` moved once only
     k.full[NS] = True
-    assert c.reason(NS, 1, 2, False) == "table_full"
+    k.set(NS, "invalid", 1, 2)
+    assert c.reason(NS, 1, 3, False) == "table_full"     # at the limit: table full
 
 
 def test_cpus_namespaces_and_unknown_are_apart():

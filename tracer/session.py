@@ -200,12 +200,16 @@ class TracingSession:
         out: list[Drop] = []
         due = time.monotonic() + seconds
         while not self._stop:
-            left = due - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= due:
                 break
-            out += self.pump(max(1, int(min(left, PUMP_S) * 1000)))
+            tick = min(due, now + PUMP_S)
+            out += self.pump(0)
             if on_tick is not None and on_tick():
                 break
+            # one batch per tick, whatever arrives meanwhile: under a flood a
+            # poll that returns on the first event would spin
+            time.sleep(max(0.0, tick - time.monotonic()))
         return out
 
     def container_of(self, d: Drop) -> str | None:

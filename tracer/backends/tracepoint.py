@@ -240,7 +240,7 @@ class TracepointBackend:
     blind_spots = BLIND_SPOTS
     needs_tracepoint = True       # the kprobe backend can run without it
 
-    def __init__(self, rate: int = 2000, burst: int = 4000, page_cnt: int = 64):
+    def __init__(self, rate: int = 2000, burst: int = 4000, page_cnt: int = 128):
         self.rate, self.burst, self.page_cnt = rate, burst, page_cnt
         self.bpf = None
         self.lost = 0

@@ -20,7 +20,7 @@ import os
 import re
 
 from tracer.backends import BackendError
-from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, load_btf
+from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, ct_offsets, load_btf
 from tracer.btf import BTFError
 from tracer.events import CT_STATS, STATS, Counters, SourceCounts, SrcKeyC, addr
 from tracer.features import probeable  # noqa: F401  (choose() imports it from here)
@@ -122,17 +122,7 @@ class KprobeBackend(TracepointBackend):
     def program(self) -> tuple[str, list[str]]:
         btf = load_btf("nf_conntrack")
         try:
-            tuple_hash = btf.offset("nf_conn", "tuplehash") + btf.offset("nf_conntrack_tuple_hash", "tuple")
-            consts = {
-                "T_SRC_U3": btf.offset("nf_conntrack_tuple", "src.u3"),
-                "T_SRC_PORT": btf.offset("nf_conntrack_tuple", "src.u"),
-                "T_L3NUM": btf.offset("nf_conntrack_tuple", "src.l3num"),
-                "T_DST_U3": btf.offset("nf_conntrack_tuple", "dst.u3"),
-                "T_DST_PORT": btf.offset("nf_conntrack_tuple", "dst.u"),
-                "T_PROTONUM": btf.offset("nf_conntrack_tuple", "dst.protonum"),
-                "CT_TUPLE": tuple_hash,
-                "CT_NET": btf.offset("nf_conn", "ct_net"),
-            }
+            consts = ct_offsets(btf)
         except BTFError as e:
             raise BackendError(f"this kernel's BTF lacks what the conntrack probes need: {e}") from None
         flags = cflags(btf, self.rate, self.burst) + [f"-D{k}={v}" for k, v in consts.items()]

@@ -97,26 +97,30 @@ def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
     return [f"-D{k}={v}" for k, v in consts.items()] + [f"-I{bpf_include_dir()}"]
 
 
+def ct_offsets(btf: BTF) -> dict:
+    """struct nf_conn's original tuple (T_*, CT_TUPLE, CT_NET): BTFError
+    where the BTF does not describe it."""
+    return {
+        "T_SRC_U3": btf.offset("nf_conntrack_tuple", "src.u3"),
+        "T_SRC_PORT": btf.offset("nf_conntrack_tuple", "src.u"),
+        "T_L3NUM": btf.offset("nf_conntrack_tuple", "src.l3num"),
+        "T_DST_U3": btf.offset("nf_conntrack_tuple", "dst.u3"),
+        "T_DST_PORT": btf.offset("nf_conntrack_tuple", "dst.u"),
+        "T_PROTONUM": btf.offset("nf_conntrack_tuple", "dst.protonum"),
+        "CT_TUPLE": btf.offset("nf_conn", "tuplehash") + btf.offset("nf_conntrack_tuple_hash", "tuple"),
+        "CT_NET": btf.offset("nf_conn", "ct_net"),
+    }
+
+
 def ct_tuple_consts(btf: BTF) -> dict:
-    """struct nf_conn's original tuple (T_*, CT_TUPLE, CT_NET), where the BTF
-    describes it (nf_conntrack built in, or its module's split BTF), and
-    the status bits that say whether a drop may be a clash at confirm."""
+    """ct_offsets() and the status bits that say whether a drop may be a
+    clash at confirm, where the BTF describes them (nf_conntrack built in,
+    or its module's split BTF); {} otherwise."""
     try:
         status = btf.enum("ip_conntrack_status")
-        return {
-            "T_SRC_U3": btf.offset("nf_conntrack_tuple", "src.u3"),
-            "T_SRC_PORT": btf.offset("nf_conntrack_tuple", "src.u"),
-            "T_L3NUM": btf.offset("nf_conntrack_tuple", "src.l3num"),
-            "T_DST_U3": btf.offset("nf_conntrack_tuple", "dst.u3"),
-            "T_DST_PORT": btf.offset("nf_conntrack_tuple", "dst.u"),
-            "T_PROTONUM": btf.offset("nf_conntrack_tuple", "dst.protonum"),
-            "CT_TUPLE": btf.offset("nf_conn", "tuplehash") + btf.offset("nf_conntrack_tuple_hash", "tuple"),
-            "CT_NET": btf.offset("nf_conn", "ct_net"),
-            "CT_STATUS": btf.offset("nf_conn", "status"),
-            "IPS_CONFIRMED_": status["IPS_CONFIRMED"],
-            "IPS_SRC_NAT_DONE_": status["IPS_SRC_NAT_DONE"],
-            "HAVE_CT_TUPLE": 1,
-        }
+        return {**ct_offsets(btf), "CT_STATUS": btf.offset("nf_conn", "status"),
+                "IPS_CONFIRMED_": status["IPS_CONFIRMED"],
+                "IPS_SRC_NAT_DONE_": status["IPS_SRC_NAT_DONE"], "HAVE_CT_TUPLE": 1}
     except (BTFError, KeyError):
         return {}
 
@@ -158,6 +162,7 @@ class NetnsStats:
     def __init__(self) -> None:
         self.paths: dict[int, str] = {}
         self.names: dict[int, str] = {}
+        self._missing: dict[int, float] = {}     # inode -> when a walk of /proc did not find it
         self._scan()
         self.start: dict[int, tuple[int, list[dict]]] = {}    # inode -> (cookie, rows) at start
         for inum in list(self.paths):
@@ -177,9 +182,16 @@ class NetnsStats:
         """(cookie, per-CPU rows, count, max) of a namespace now, or None."""
         path = self.paths.get(inum)
         if path is None:
+            # not seen yet: walk /proc at once; gone (not found by the last
+            # walk): again only after a second, or every reading of a gone
+            # namespace would walk /proc
+            missed = self._missing.get(inum)
+            if missed is not None and time.monotonic() - missed < 1.0:
+                return None
             self._scan()
             path = self.paths.get(inum)
             if path is None:
+                self._missing[inum] = time.monotonic()
                 return None
         try:
             with ns.entered(path):

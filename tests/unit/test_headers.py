@@ -31,10 +31,15 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setattr(H, "SEARCH", (str(src), str(mods)))
     monkeypatch.setattr(H, "MODULES", str(mods))
     monkeypatch.setattr(H, "RUN_DIR", str(run))
-    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    before = os.environ.pop("BCC_KERNEL_SOURCE", None)
     H._ensured.clear()
     yield src, mods, run
     H._ensured.clear()
+    # ensure() sets it in os.environ itself (monkeypatch cannot undo that):
+    # cttrace processes started by later tests would inherit a gone tree
+    os.environ.pop("BCC_KERNEL_SOURCE", None)
+    if before is not None:
+        os.environ["BCC_KERNEL_SOURCE"] = before
 
 
 def test_own_tree_wins(fake):
@@ -70,7 +75,6 @@ def test_closest_split_tree_is_merged(fake, monkeypatch):
               "arch/x86/include/asm", "arch/x86/include/generated", "include/config"):
         assert (merged / p).exists(), p
     assert H.ensure("6.13.2-custom") is h                # made once
-    monkeypatch.delenv("BCC_KERNEL_SOURCE")
 
 
 def test_nothing_names_the_package(fake):

@@ -7,6 +7,7 @@ system.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 
 from tracer import forecast as fc
@@ -44,6 +45,11 @@ class HostState:
     ages: dict = field(default_factory=dict)            # forecast.summarize(): remaining timeouts, idle, candidates
     entry_bytes: int | None = None                      # memory per entry of this kernel
     entry_bytes_how: str = ""
+    # A table export (doctor --file): its name; no rates, counters or rules then.
+    export: str = ""
+    assumed: list = field(default_factory=list)         # timeouts taken as the kernel's defaults
+    malformed: int = 0                                  # export lines that are not entries
+    malformed_samples: list = field(default_factory=list)  # [line number, text] of the first few
 
 
 @dataclass
@@ -109,7 +115,9 @@ def diagnose(h: HostState) -> list[Finding]:
         add("established_timeout", WARNING,
             f"{100 * est / total:.0f}% of entries are ESTABLISHED and they live {t_est // 86400} days "
             "when idle (kube-proxy uses 1 day)",
-            f"{est:,} ESTABLISHED of {total:,}; nf_conntrack_tcp_timeout_established={t_est}",
+            f"{est:,} ESTABLISHED of {total:,}; nf_conntrack_tcp_timeout_established={t_est}"
+            + (" (assumed: the kernel's default; an export carries no sysctls)"
+               if "tcp_timeout_established" in h.assumed else ""),
             "sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=86400")
     tw = h.by_state.get("TIME_WAIT", 0)
     t_tw = h.sysctls.get("tcp_timeout_time_wait")
@@ -132,7 +140,8 @@ def diagnose(h: HostState) -> list[Finding]:
                          + (f", {fc.text(f)}" if f.get("filling") is not None else ""))
             add(f"tracked_{name.lower()}", WARNING,
                 f"{name} tunnel traffic (udp/{port}) is tracked: {n:,} entries that need no state",
-                f"{n:,} entries with destination port udp/{port}; no NOTRACK rule for it" + after,
+                f"{n:,} entries with destination port udp/{port}; "
+                + ("an export holds only tracked entries" if h.export else "no NOTRACK rule for it") + after,
                 f"iptables -t raw -A PREROUTING -p udp --dport {port} -j CT --notrack\n"
                 f"iptables -t raw -A OUTPUT -p udp --dport {port} -j CT --notrack\n"
                 f"conntrack -D -p udp --dport {port}\n"
@@ -191,8 +200,50 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
     """Time to full, what a shorter timeout or a higher limit would do, and
     whether early drop can make room (from the entries' remaining timeouts)."""
     a = h.ages
-    if not a or not h.max:
+    if not a or not (h.max or h.export):
         return
+    if h.export:
+        _export(h, add, new_max)
+    else:
+        _time_to_full(h, add, new_max, raise_fix)
+    total, mx, cnt = a.get("total", 0), h.max or 0, h.count or 0
+    # shorter timeouts: what they would free now, and whose entries those are
+    if total >= 100:
+        best: dict = {}
+        for c in a.get("candidates", []):
+            if c["freed"] >= max(1, total // 20):
+                best.setdefault(c["sysctl"], c)       # the gentlest value that frees 5% or more
+        for name, c in best.items():
+            idle = "; ".join((f"{k}: " if len(c["kinds"]) > 1 else "") + ", ".join(f"{lab} {n:,}" for lab, n in a["idle"][k]["buckets"].items() if n)
+                             for k in c["kinds"] if k in a.get("idle", {}))
+            apps = ", ".join(f"{x['src']} -> {x['dport']} {x['entries']:,}" for x in c.get("by_app", []))
+            assumed = (f" (nf_conntrack_{name}={c['current']:,} assumed: the kernel's default; an export "
+                       "carries no sysctls, give the host's with --sysctls)" if name in h.assumed else "")
+            add(f"shorter_{name}", INFO,
+                f"nf_conntrack_{name}={c['proposed']:,} (now {c['current']:,}) would free "
+                f"{c['freed']:,} entries now ({100 * c['freed'] / total:.0f}% of the table)",
+                f"idle time of {', '.join(c['kinds'])} (timeout - remaining): {idle}"
+                + (f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else "")
+                + assumed,
+                f"sysctl -w net.netfilter.nf_conntrack_{name}={c['proposed']}\n"
+                f"# it cuts flows idle longer than {c['proposed']} s: the applications above must "
+                "send within that time (keep-alives) or reconnect")
+    # early drop only evicts entries that are not ASSURED
+    share = a.get("assured", 0) / total if total else 0.0
+    why = (f"{a.get('assured', 0):,} of {total:,} entries are ASSURED; the kernel evicts only entries "
+           "that are not (early_drop, nf_conntrack_core.c), so new flows are dropped instead")
+    if mx and cnt >= 0.9 * mx and total and share >= 0.9:
+        add("early_drop_blocked", WARNING,
+            f"early drop cannot make room: {100 * share:.0f}% of entries are ASSURED", why, raise_fix)
+    elif h.export and total >= 100 and share >= 0.9:
+        add("early_drop_blocked", INFO,
+            f"if this table fills, early drop cannot make room: {100 * share:.0f}% of entries are ASSURED",
+            why + (" once it is full" if not mx else f"; it is {100 * cnt / mx:.0f}% full now"), raise_fix)
+
+
+def _time_to_full(h: HostState, add, new_max: int, raise_fix: str) -> None:
+    """time_to_full / not_filling from the live (or captured) rates."""
+    a = h.ages
     total, mx, cnt = a.get("total", 0), h.max, h.count or 0
     f = table_forecast(h, mx)
     ins = inserts(h)
@@ -224,33 +275,75 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
         add("not_filling", INFO, f"the conntrack table is not filling: at this rate it levels{lvl}"
             + (f" (full in ~{fc.human(f['low'])} at the band's high rate)" if f.get("low") is not None else ""),
             model, "# nothing to do now; `cttrace top` shows the forecast live")
-    # shorter timeouts: what they would free now, and whose entries those are
-    if total >= 100:
-        best: dict = {}
-        for c in a.get("candidates", []):
-            if c["freed"] >= max(1, total // 20):
-                best.setdefault(c["sysctl"], c)       # the gentlest value that frees 5% or more
-        for name, c in best.items():
-            idle = "; ".join((f"{k}: " if len(c["kinds"]) > 1 else "") + ", ".join(f"{lab} {n:,}" for lab, n in a["idle"][k]["buckets"].items() if n)
-                             for k in c["kinds"] if k in a.get("idle", {}))
-            apps = ", ".join(f"{x['src']} -> {x['dport']} {x['entries']:,}" for x in c.get("by_app", []))
-            add(f"shorter_{name}", INFO,
-                f"nf_conntrack_{name}={c['proposed']:,} (now {c['current']:,}) would free "
-                f"{c['freed']:,} entries now ({100 * c['freed'] / total:.0f}% of the table)",
-                f"idle time of {', '.join(c['kinds'])} (timeout - remaining): {idle}"
-                + (f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else ""),
-                f"sysctl -w net.netfilter.nf_conntrack_{name}={c['proposed']}\n"
-                f"# it cuts flows idle longer than {c['proposed']} s: the applications above must "
-                "send within that time (keep-alives) or reconnect")
-    # early drop only evicts entries that are not ASSURED
-    if cnt and cnt >= 0.9 * mx and total:
-        share = a.get("assured", 0) / total
-        if share >= 0.9:
-            add("early_drop_blocked", WARNING,
-                f"early drop cannot make room: {100 * share:.0f}% of entries are ASSURED",
-                f"{a.get('assured', 0):,} of {total:,} entries are ASSURED; the kernel evicts only entries "
-                "that are not (early_drop, nf_conntrack_core.c), so new flows are dropped instead",
-                raise_fix)
+
+
+def _export(h: HostState, add, new_max: int) -> None:
+    """What an export tells about expiry and memory, and what it cannot tell."""
+    a = h.ages
+    total = a.get("total", 0)
+    sched = a.get("schedule", {})
+    soon = {lab: sum(d.get(lab, 0) for d in sched.values()) for lab, _ in fc.HORIZONS}
+    mx = h.max
+    if h.entry_bytes:
+        if mx:
+            more = max(new_max - mx, 0)
+            cost = (f"nf_conntrack_max={new_max:,} (now {mx:,}) costs {more * h.entry_bytes / 2**20:,.1f} MiB "
+                    f"more")
+        else:
+            cost = f"each 100,000 entries of nf_conntrack_max cost {1e5 * h.entry_bytes / 2**20:,.1f} MiB"
+        cost = (f"; a higher limit: {cost} at {h.entry_bytes} bytes per entry ({h.entry_bytes_how}; the "
+                "exporting host's kernel may differ; extensions such as NAT are a separate allocation) "
+                "plus 8 bytes per hash bucket")
+    else:
+        cost = ""
+    used = sorted({d["sysctl"] for d in a.get("idle", {}).values()})   # the table's kinds
+    given = [k for k in used if k not in h.assumed]
+    assumed = [k for k in used if k in h.assumed]
+    timeouts = "; ".join(x for x in (
+        ("given: " + ", ".join(f"{k}={h.sysctls[k]:,}" for k in given)) if given else "",
+        ("assumed, the kernel's defaults: " + ", ".join(f"{k}={h.sysctls[k]:,}" for k in assumed))
+        if assumed else "") if x) or "none needed"
+    add("export_no_rates", INFO,
+        "a table export has no rates: how soon the table fills cannot be told from it",
+        f"{total:,} entries with a timeout in {h.export}"
+        + (f" ({h.count - total:,} more without one: offloaded)" if (h.count or 0) > total else "")
+        + f"; expiring unless refreshed: {soon['10s']:,} in 10 s, {soon['1m']:,} in 1 min, "
+        f"{soon['10m']:,} in 10 min; "
+        + (f"nf_conntrack_max={mx:,} ({100 * (h.count or 0) / mx:.0f}% full)" if mx else
+           "the limit is not known (nf_conntrack_max: give it with --sysctls or --sysctl max=N)")
+        + f"{cost}; not in an export: insert and delete rates (time to full), the kernel's drop, "
+        f"early-drop and insert-failure counters, the host's rules (NOTRACK, NAT) and sysctls (timeouts "
+        f"{timeouts})"
+        + (f"; {h.malformed:,} lines were not entries and were skipped" if h.malformed else ""),
+        "# on the exporting host: rates, time to full, drops, rules\n"
+        "sudo cttrace doctor\n"
+        "sudo cttrace capture --duration 60s -o host.ctcap   # for cttrace report\n"
+        "# its settings, for: cttrace doctor --file EXPORT --sysctls sysctls.txt\n"
+        "sysctl net.netfilter > sysctls.txt")
+    # remaining timeouts longer than the timeout said (or assumed): a wrong timeout
+    wrong = []
+    for k, d in a.get("idle", {}).items():
+        rem = a.get("remaining", {}).get(k, {})
+        top = max((int(t) for t in rem), default=0)
+        n = sum(rem.values())
+        if top > d["timeout"]:
+            wrong.append(f"{k}: up to {top:,} s left, more than nf_conntrack_{d['sysctl']}={d['timeout']:,}"
+                         + (" (assumed)" if d["sysctl"] in h.assumed else ""))
+        elif d["sysctl"] in h.assumed and n >= 10 and d["timeout"] - top >= 3600:
+            # long timeouts: some of many entries were busy a moment ago, unless
+            # the host's timeout is shorter than the default
+            wrong.append(f"{k}: at most {top:,} s left of the assumed {d['timeout']:,} (the kernel's "
+                         f"default): either every entry has been idle {d['timeout'] - top:,} s or more, "
+                         "or the host uses a shorter timeout"
+                         + (" (kube-proxy sets 86400)" if d["sysctl"] == "tcp_timeout_established" else ""))
+    if wrong:
+        add("export_timeouts", WARNING,
+            "the export's remaining timeouts do not fit the timeouts "
+            + ("assumed" if h.assumed else "given") + ": idle times of these kinds are unreliable",
+            "; ".join(wrong),
+            "sysctl net.netfilter > sysctls.txt     # on the exporting host\n"
+            f"cttrace doctor --file {shlex.quote(h.export) if h.export != 'standard input' else 'EXPORT'} "
+            "--sysctls sysctls.txt")
 
 
 def _scope(h: HostState) -> str:

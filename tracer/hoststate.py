@@ -19,6 +19,15 @@ TIMEOUTS = ("tcp_timeout_established", "tcp_timeout_time_wait", "tcp_timeout_syn
             "generic_timeout", "tcp_timeout_syn_recv", "tcp_timeout_fin_wait",
             "tcp_timeout_last_ack", "tcp_timeout_close", "icmpv6_timeout")
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+# The kernel's defaults (nf_conntrack_proto_{tcp,udp,icmp,icmpv6,generic}.c; the
+# values of this project's 6.18 host; older kernels had udp_timeout_stream=180).
+# An export carries no sysctls: `doctor --file` assumes these unless told.
+DEFAULT_TIMEOUTS = {"tcp_timeout_established": 432000, "tcp_timeout_time_wait": 120,
+                    "tcp_timeout_syn_sent": 120, "tcp_timeout_close_wait": 60, "udp_timeout": 30,
+                    "udp_timeout_stream": 120, "icmp_timeout": 30, "generic_timeout": 600,
+                    "tcp_timeout_syn_recv": 60, "tcp_timeout_fin_wait": 120,
+                    "tcp_timeout_last_ack": 30, "tcp_timeout_close": 10, "icmpv6_timeout": 30}
+SETTINGS = frozenset(TIMEOUTS) | {"max", "buckets"}
 # Each section of the rules text starts with "# cttrace: <tool>" (nat.parse_rules reads them).
 RULE_COMMANDS = (("iptables", ["iptables-save", "-t", "raw"]), ("iptables", ["iptables-save", "-t", "nat"]),
                  ("iptables-legacy", ["iptables-legacy-save", "-t", "raw"]),
@@ -127,4 +136,68 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
                   entry_bytes=size, entry_bytes_how=how)
     if names is not None:
         h.containers = {ip: n for ip in h.by_src if (n := names.by_ip.get(ip))}
+    return h
+
+
+class SettingsError(Exception):
+    """A bad --sysctl/--sysctls value: the message says which and why."""
+
+
+def parse_settings(text: str, where: str) -> dict:
+    """Conntrack sysctls from text: `sysctl net.netfilter` output
+    ("net.netfilter.nf_conntrack_udp_timeout = 30"), or NAME=VALUE / NAME VALUE
+    lines with or without the net.netfilter. and nf_conntrack_ prefixes
+    (also net.nf_conntrack_max). Unrelated sysctls are skipped; a known one
+    with a value that is not a whole number is an error."""
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" in line:
+            name, _, value = line.partition("=")
+        else:
+            name, _, value = line.partition(" ")
+        name = name.strip().replace("/", ".")
+        for prefix in ("proc.sys.", ".proc.sys.", "net.netfilter.", "net."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        if name.startswith("nf_conntrack_"):
+            name = name[len("nf_conntrack_"):]
+        if name not in SETTINGS:
+            continue
+        value = value.strip()
+        if not value.isdigit():
+            raise SettingsError(f"{where}, line {n}: nf_conntrack_{name} must be a whole number "
+                                f"of {'entries' if name in ('max', 'buckets') else 'seconds'}, "
+                                f"not {value[:40]!r}")
+        out[name] = int(value)
+    return out
+
+
+def read_export(path: str, settings: dict | None = None, jobs: int | None = None) -> HostState:
+    """A table export (tablefile.scan, timeouts counted in the same pass)
+    as a doctor.HostState. An export has no rates, kernel counters, rules
+    or sysctls: `settings` (parse_settings) gives the host's timeouts and
+    limit where known; missing timeouts are the kernel's defaults, listed
+    in HostState.assumed. Raises tablefile.InputError."""
+    from tracer import tablefile
+    from tracer.filters import Filter
+    settings = dict(settings or {})
+    res, dec = tablefile.scan(path, Filter(), jobs, timed=True)
+    name = "standard input" if path == "-" else path
+    if res.entries == 0:
+        raise tablefile.InputError(
+            f"{name}: no conntrack entries found in {res.lines:,} lines ({res.malformed:,} malformed): "
+            "expected /proc/net/nf_conntrack or conntrack -L output")
+    sysctls = {k: settings.get(k, DEFAULT_TIMEOUTS[k]) for k in TIMEOUTS}
+    s = Summary.from_columns(res.cols, dec)
+    size, how = entry_size()
+    h = HostState(netns="", count=s.total, max=settings.get("max"), buckets=settings.get("buckets"),
+                  sysctls=sysctls, by_state=dict(s.by_state), by_proto_dport=dict(s.by_proto_dport),
+                  by_src=dict(s.by_src), total=s.total,
+                  ages=tablefile.ages_summary(res.ages, dec, sysctls),
+                  entry_bytes=size, entry_bytes_how=how + " of this machine's kernel",
+                  export=name, assumed=sorted(k for k in TIMEOUTS if k not in settings),
+                  malformed=res.malformed, malformed_samples=[list(x) for x in res.samples])
     return h

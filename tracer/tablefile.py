@@ -22,7 +22,9 @@ import os
 import zlib
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import BinaryIO
 
 from tracer.conntrack import FLAG_BITS, canonical_addr
@@ -50,16 +52,24 @@ _L4_ORIG = (rb"(?: sport=" + _V + rb" dport=(" + _N + rb")| type=" + _V + rb" co
 _L4_REPLY = (rb"(?: sport=" + _V + rb" dport=" + _V + rb"| type=" + _V + rb" code=" + _V +
              rb" id=" + _V + rb"| srckey=" + _V + rb" dstkey=" + _V + rb")?")
 _ACCT = rb"(?: packets=" + _N + rb" bytes=" + _N + rb")?"
-FAST = re.compile(
-    rb"\n(?:ipv[46] +" + _N + rb" +)?[a-z][a-z0-9-]* +(" + _N + rb") +(?:" + _N + rb" )?"
-    rb"(?:([A-Z][A-Z0-9_]*) )?src=(" + _V + rb") dst=(" + _V + rb")" + _L4_ORIG +
-    rb"((?: zone-orig=" + _N + rb")?" + _ACCT + rb"(?: \[UNREPLIED\])?)"
-    rb" src=" + _V + rb" dst=" + _V + _L4_REPLY + rb"(?: zone-reply=" + _N + rb")?" + _ACCT +
-    rb"((?: \[[A-Z_]+\])*(?: mark=" + _N + rb")?(?: secctx=" + _V + rb")?(?: zone=" + _N + rb")?)"
-    # then only key=value fields other than mark/zone, or [bracketed] ones
-    # (use=, id=, delta-time=, labels=, [start=...]): a bare word, a second
-    # entry on the line, or a stray mark= sends the line to the tolerant path.
-    rb"(?: use=[0-9]+)?(?: (?!mark=|zone=)[a-z][a-z-]*=[^ \n]*| \[[^\]\n]*\])*(?=\n|\Z)")
+def _fast(timed: bool) -> "re.Pattern[bytes]":
+    """The fast-path expression; `timed` also captures the timeout column
+    (then a row is (proto, timeout, state, src, dst, dport, extra1, extra2))."""
+    timeout = rb"(?:(" + _N + rb") )?" if timed else rb"(?:" + _N + rb" )?"
+    return re.compile(
+        rb"\n(?:ipv[46] +" + _N + rb" +)?[a-z][a-z0-9-]* +(" + _N + rb") +" + timeout +
+        rb"(?:([A-Z][A-Z0-9_]*) )?src=(" + _V + rb") dst=(" + _V + rb")" + _L4_ORIG +
+        rb"((?: zone-orig=" + _N + rb")?" + _ACCT + rb"(?: \[UNREPLIED\])?)"
+        rb" src=" + _V + rb" dst=" + _V + _L4_REPLY + rb"(?: zone-reply=" + _N + rb")?" + _ACCT +
+        rb"((?: \[[A-Z_]+\])*(?: mark=" + _N + rb")?(?: secctx=" + _V + rb")?(?: zone=" + _N + rb")?)"
+        # then only key=value fields other than mark/zone, or [bracketed] ones
+        # (use=, id=, delta-time=, labels=, [start=...]): a bare word, a second
+        # entry on the line, or a stray mark= sends the line to the tolerant path.
+        rb"(?: use=[0-9]+)?(?: (?!mark=|zone=)[a-z][a-z-]*=[^ \n]*| \[[^\]\n]*\])*(?=\n|\Z)")
+
+
+FAST = _fast(False)
+FAST_T = _fast(True)       # doctor --file: the timeout column too (one capture group more)
 
 _IGNORED = re.compile(rb"^\s*(?:$|conntrack v[0-9.]+ \(conntrack-tools\):.*$|nfct_[a-z_]+: .*$)")
 
@@ -73,6 +83,13 @@ _TUPLE_KEYS = frozenset((b"src", b"dst", b"sport", b"dport", b"type", b"code", b
 
 def parse_line(line: bytes) -> tuple | None:
     """One entry in any known layout -> raw row (same form as the fast path), or None."""
+    row = parse_timed(line)
+    return None if row is None else (row[0],) + row[2:]
+
+
+def parse_timed(line: bytes) -> tuple | None:
+    """As parse_line, with the timeout (b"" when absent) as the second column,
+    the form FAST_T's rows have."""
     toks = line.split()
     if len(toks) < 4:
         return None
@@ -85,7 +102,9 @@ def parse_line(line: bytes) -> tuple | None:
     if not (name[:1].isalpha() and name.islower() and num.isdigit()):
         return None
     i += 2
+    timeout = b""
     if i < len(toks) and toks[i].isdigit():      # timeout (absent when offloaded)
+        timeout = toks[i]
         i += 1
     state = b""
     if i < len(toks) and _STATE.fullmatch(toks[i]):
@@ -128,7 +147,7 @@ def parse_line(line: bytes) -> tuple | None:
         return None
     if not _NUM.fullmatch(num):
         return None
-    return (num, state, src, dst, dport or b"", b"", b" " + b" ".join(extra) if extra else b"")
+    return (num, timeout, state, src, dst, dport or b"", b"", b" " + b" ".join(extra) if extra else b"")
 
 
 # --- decoding of raw text values ----------------------------------------------------
@@ -194,9 +213,14 @@ class ScanResult:
     trailers: int = 0           # conntrack's "N flow entries have been shown." lines
     malformed: int = 0
     samples: list = field(default_factory=list)   # (line number, text)
+    ages: "RawAges | None" = None                 # timed scans: the timeout column's counts
 
     def merge(self, other: "ScanResult", line_offset: int) -> None:
         self.cols.merge(other.cols)
+        if other.ages is not None:
+            if self.ages is None:
+                self.ages = RawAges()
+            self.ages.merge(other.ages)
         self.entries += other.entries
         self.ignored += other.ignored
         self.trailers += other.trailers
@@ -207,27 +231,82 @@ class ScanResult:
         self.lines += other.lines
 
 
-class Scanner:
-    """Folds blocks of complete lines into a ScanResult."""
+# Columns of a timed row (FAST_T, parse_timed): the timeout is the second.
+_T_COMBO = itemgetter(0, 2, 5, 6, 7)
+_T_SRC = itemgetter(3)
+_T_DST = itemgetter(4)
+_T_AGE = itemgetter(0, 2, 6, 7, 1)          # proto, state, extra1, extra2, timeout
+_T_APP = itemgetter(0, 2, 6, 7, 1, 3, 5)    # ... and source, destination port
 
-    def __init__(self, flt: Filter):
+
+def _add_timed(cols: Columns, rows: list) -> None:
+    """Columns.add_rows for timed rows."""
+    cols.combo.update(map(_T_COMBO, rows))
+    cols.src.update(map(_T_SRC, rows))
+    cols.dst.update(map(_T_DST, rows))
+    cols.total += len(rows)
+
+
+@dataclass
+class RawAges:
+    """Raw counts of the timeout column: (proto, state, extra1, extra2,
+    timeout) and, up to forecast.APPS_CAP distinct keys, the same with the
+    source and destination port (for "whose entries would a shorter
+    timeout cut"). Decoded by `ages_summary`."""
+    raw: Counter = field(default_factory=Counter)
+    apps: Counter = field(default_factory=Counter)
+    apps_complete: bool = True
+
+    def add_rows(self, rows: list) -> None:
+        self.raw.update(map(_T_AGE, rows))
+        if self.apps_complete:
+            self.apps.update(map(_T_APP, rows))
+            self._cap()
+
+    def merge(self, other: "RawAges") -> None:
+        self.raw.update(other.raw)
+        if self.apps_complete and other.apps_complete:
+            self.apps.update(other.apps)
+            self._cap()
+        else:
+            self.apps_complete = False
+            self.apps.clear()
+
+    def _cap(self) -> None:
+        from tracer.forecast import APPS_CAP
+        if len(self.apps) > APPS_CAP:
+            self.apps_complete = False
+            self.apps.clear()
+
+
+class Scanner:
+    """Folds blocks of complete lines into a ScanResult. `timed` also counts
+    the timeout column (rows of FAST_T; no filter then)."""
+
+    def __init__(self, flt: Filter, timed: bool = False):
+        if timed and flt.active:
+            raise ValueError("a timed scan takes no filter")
         self.flt = flt
+        self.timed = timed
         self.dec = TextDecoder()
         self.cache: dict = {}
-        self.res = ScanResult()
+        self.res = ScanResult(ages=RawAges() if timed else None)
         self._seen: dict[bytes, bool] = {}
+        self._add = _add_timed if timed else Columns.add_rows
 
     def block(self, data: bytes) -> None:
         """`data`: whole lines, each ending in a newline."""
         nlines = data.count(b"\n")
-        rows = FAST.findall(b"\n" + data)
+        rows = (FAST_T if self.timed else FAST).findall(b"\n" + data)
         cols = Columns()
         if len(rows) == nlines:
-            cols.add_rows(rows)
+            self._add(cols, rows)
         if len(rows) != nlines or not self._values_ok(cols):
             rows = self._line_by_line(data)
             cols = Columns()
-            cols.add_rows(rows)
+            self._add(cols, rows)
+        if self.timed:
+            self.res.ages.add_rows(rows)
         self.res.entries += len(rows)
         self.res.lines += nlines
         if self.flt.active:
@@ -256,10 +335,12 @@ class Scanner:
         rows = []
         res = self.res
         base = res.lines
+        timed = self.timed
+        rx, parse = (FAST_T, parse_timed) if timed else (FAST, parse_line)
         for idx, line in enumerate(data.split(b"\n")[:-1]):
-            m = FAST.fullmatch(b"\n" + line)
-            row = m.groups() if m else parse_line(line)
-            if row is not None and self.dec.valid(row):
+            m = rx.fullmatch(b"\n" + line)
+            row = (m.groups(b"") if timed else m.groups()) if m else parse(line)
+            if row is not None and self.dec.valid((row[0],) + row[2:] if timed else row):
                 rows.append(row)
             elif _IGNORED.match(line):
                 res.ignored += 1
@@ -339,8 +420,8 @@ def _blocks(stream: BinaryIO, name: str, end: int | None = None):
         yield rest + b"\n"
 
 
-def _scan_range(path: str, start: int, end: int, flt: Filter) -> ScanResult:
-    sc = Scanner(flt)
+def _scan_range(path: str, start: int, end: int, flt: Filter, timed: bool = False) -> ScanResult:
+    sc = Scanner(flt, timed)
     with open(path, "rb") as f:
         f.seek(start)
         for blk in _blocks(f, path, end - start):
@@ -376,16 +457,18 @@ def default_jobs() -> int:
     return max(1, min(8, cpus, int(free + 0.5)))
 
 
-def scan(path: str, flt: Filter, jobs: int | None = None) -> tuple[ScanResult, TextDecoder]:
-    """Read a table export (path or '-') into a ScanResult. Raises InputError."""
+def scan(path: str, flt: Filter, jobs: int | None = None,
+         timed: bool = False) -> tuple[ScanResult, TextDecoder]:
+    """Read a table export (path or '-') into a ScanResult. Raises InputError.
+    `timed`: count the timeout column too (ScanResult.ages; no filter)."""
     stream, name, seekable = _open(path)
     try:
         jobs = jobs or default_jobs()
         if seekable and jobs > 1 and os.path.getsize(path) >= PARALLEL_MIN:
             _check_text(stream.read(65536), name)
             stream.close()
-            return _scan_parallel(path, flt, jobs), TextDecoder()
-        sc = Scanner(flt)
+            return _scan_parallel(path, flt, jobs, timed), TextDecoder()
+        sc = Scanner(flt, timed)
         first = True
         for blk in _blocks(stream, name):
             if first:
@@ -402,14 +485,56 @@ def scan(path: str, flt: Filter, jobs: int | None = None) -> tuple[ScanResult, T
             stream.close()
 
 
-def _scan_parallel(path: str, flt: Filter, jobs: int) -> ScanResult:
+def _scan_parallel(path: str, flt: Filter, jobs: int, timed: bool = False) -> ScanResult:
     import multiprocessing as mp
     points = _split_points(path, jobs)
     ctx = mp.get_context("fork")
     with ctx.Pool(jobs) as pool:
-        parts = pool.starmap(_scan_range, [(path, points[k], points[k + 1], flt)
+        parts = pool.starmap(_scan_range, [(path, points[k], points[k + 1], flt, timed)
                                            for k in range(jobs)])
-    total = ScanResult()
+    total = ScanResult(ages=RawAges() if timed else None)
     for part in parts:
         total.merge(part, total.lines)
     return total
+
+
+# --- the timeout column -------------------------------------------------------------
+def ages_summary(ages: RawAges, dec: TextDecoder, sysctls: dict) -> dict:
+    """forecast.summarize() of an export's timeout column: the same evidence
+    a live dump gives (schedule, idle buckets, shorter-timeout candidates
+    by source and destination port), from the text's raw counts."""
+    from tracer import forecast
+    from tracer.conntrack import F_ASSURED, STATE_NAMES, proto_name
+
+    kinds: dict = {}
+
+    def kind_of(p_raw, s_raw, x1, x2):
+        k = (p_raw, s_raw, x1, x2)
+        v = kinds.get(k)
+        if v is None:
+            p = dec.proto(p_raw)
+            flags = dec.extra((x1, x2))[0]
+            names = STATE_NAMES.get(p, ())
+            st = s_raw.decode("latin-1") if s_raw else ""
+            idx = names.index(st) if st in names else None
+            v = kinds[k] = (forecast.kind(p, idx, flags), bool(flags & F_ASSURED), p)
+        return v
+
+    remaining: dict = {}
+    assured = 0
+    for (p, s, x1, x2, t), n in ages.raw.items():
+        k, a, _ = kind_of(p, s, x1, x2)
+        assured += n if a else 0
+        if t:
+            d = remaining.setdefault(k, {})
+            d[int(t)] = d.get(int(t), 0) + n
+    apps = None
+    if ages.apps_complete:
+        apps = []
+        for (p, s, x1, x2, t, src, dport), n in ages.apps.items():
+            if t:
+                k, _, proto = kind_of(p, s, x1, x2)
+                port = dec.dport(dport)
+                apps.append((k, int(t), dec.addr(src)[1],
+                             f"{proto_name(proto)}/{port}" if port is not None else proto_name(proto), n))
+    return forecast.summarize(remaining, sysctls, assured=assured, apps=apps)

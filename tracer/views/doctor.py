@@ -14,7 +14,12 @@ SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 def render(findings, state) -> Group:
     fill = f"{state.count:,}/{state.max:,}" if state.count is not None and state.max else "?"
-    parts = [text(f"cttrace doctor: netns {state.netns}, table {fill}, {len(findings)} finding(s)")]
+    if getattr(state, "export", ""):
+        fill = f"{state.count:,}/{state.max:,}" if state.max else f"{state.count:,} entries"
+        head = f"cttrace doctor: export {state.export}, table {fill}, {len(findings)} finding(s)"
+    else:
+        head = f"cttrace doctor: netns {state.netns}, table {fill}, {len(findings)} finding(s)"
+    parts = [text(head)]
     if not findings:
         parts.append(Text("nothing to fix"))
     for f in findings:

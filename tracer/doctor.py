@@ -50,6 +50,9 @@ class HostState:
     assumed: list = field(default_factory=list)         # timeouts taken as the kernel's defaults
     malformed: int = 0                                  # export lines that are not entries
     malformed_samples: list = field(default_factory=list)  # [line number, text] of the first few
+    # Set when reading a capture (report.capture_state), never recorded:
+    dump_lag: float | None = None       # seconds from the dump of `ages` to the window's end (None: the window)
+    inserts_seen: int | None = None     # new entries the capture's events showed over the window
 
 
 @dataclass
@@ -170,10 +173,12 @@ def table_forecast(h: HostState, limit: int | None, scale: float = 1.0) -> dict:
     a = h.ages or {}
     ins = inserts(h)
     band = fc.rate_band(None, count=ins * scale, seconds=h.window) if h.window else (0.0, 0.0, 0.0)
-    # The dump was read at the window's start, the count at its end: the
-    # remaining timeouts are a window older, and the entries made during
-    # the window (count - dumped) are new ones, half a window old on average.
-    w, life = h.window or 0.0, a.get("life")
+    # The dump was read at the window's start (live; a capture says when),
+    # the count at its end: the remaining timeouts are that much older, and
+    # the entries made since (count - dumped) are new ones, half of it old
+    # on average.
+    life = a.get("life")
+    w = (h.window or 0.0) if h.dump_lag is None else h.dump_lag
     existing = [(t - w, n * scale) for t, n in fc.flat(a.get("remaining", {})) if t > w]
     made = max((h.count or 0) - a.get("total", 0), 0) * scale
     fixed = 0
@@ -191,6 +196,8 @@ def inserts(h: HostState) -> int:
     n = _delta(h, "insert")
     if n or not h.ages:
         return n
+    if h.inserts_seen is not None:              # a capture: its insert events
+        return h.inserts_seen
     w = h.window or 0.0
     expired = sum(n for t, n in fc.flat(h.ages.get("remaining", {})) if t <= w)
     return max((h.count or 0) - h.ages.get("total", 0), 0) + expired

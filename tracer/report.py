@@ -8,11 +8,39 @@ import math
 import time
 from collections import Counter
 
+from tracer import forecast as fc
 from tracer.capture import Capture, counter_deltas
-from tracer.doctor import diagnose
+from tracer.doctor import HostState, diagnose, table_forecast
 
 
 MAX_POINTS = 3600
+
+
+def capture_state(cap: Capture) -> HostState:
+    """The captured host's state (Capture.host_state) with what the forecast
+    needs to know about a capture: when its dump was read (at the end, or at
+    the start when the capture was cut short before its end record) and the
+    new entries its insert events showed over the window."""
+    h = cap.host_state()
+    stats = cap.of("stats")
+    if len(stats) >= 2 and h.ages:
+        t0, t1 = stats[0]["t"], stats[-1]["t"]
+        h.dump_lag = 0.0 if cap.of("end") else max(t1 - t0, 0.0)
+        h.inserts_seen = sum(1 for r in cap.of("insert") if t0 <= r["t"] <= t1)
+    return h
+
+
+def capture_forecast(h: HostState) -> dict:
+    """Time to full at the capture's end (doctor.table_forecast), and its text."""
+    if not h.ages or not h.max or not h.window:
+        why = ("no remaining timeouts recorded" if not h.ages else
+               "no limit recorded" if not h.max else "fewer than two samples")
+        return {"filling": None, "reason": why, "text": f"unknown ({why})"}
+    f = table_forecast(h, h.max)
+    f["text"] = fc.text(f) or "unknown"
+    f["inserts"] = h.deltas.get("insert") or h.inserts_seen or 0
+    f["seconds_sampled"] = round(h.window, 3)
+    return f
 
 
 def analyse(cap: Capture, top: int = 10) -> dict:
@@ -59,7 +87,7 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     exact = (end[-1].get("sources") if end else None) or {}
     drop_src = Counter(exact) if exact else Counter(r["src"] for r in drops)
     bursts = sorted((x for x in tl if x["drops"]), key=lambda x: -x["drops"])[:5]
-    state = cap.host_state()
+    state = capture_state(cap)
     start_state = cap.header.get("state") or {}
     lost = int(sum(r.get("n", 1) for r in cap.of("lost")))
     return {
@@ -85,8 +113,21 @@ def analyse(cap: Capture, top: int = 10) -> dict:
                                  for s, n in drop_src.most_common(top)],
         "state_mix": {"start": start_state.get("by_state", {}), "end": state.by_state},
         "drop_bursts": [{"second": x["t"], "drops": x["drops"]} for x in bursts],
+        "forecast": capture_forecast(state),
         "findings": [f.to_dict() for f in diagnose(state)],
     }
+
+
+def _forecast_line(f: dict | None) -> str:
+    """'full in ~4m (3m-6m) at 120.5/s inserts, life 100 s', 'not filling ...', 'unknown (...)'."""
+    if not f:
+        return "unknown (an older report)"
+    if f.get("filling") is None:
+        return f.get("text") or "unknown"
+    life = f" new entries live {f['life']:,.0f} s" if f.get("life") else ""
+    return (f"{f['text']} at {f['rate']:,.1f} new entries/s (band {f['rate_low']:,.1f}-"
+            f"{f['rate_high']:,.1f}/s over {f.get('seconds_sampled', 0):,.0f} s),{life} against "
+            f"max {f['limit']:,}; refreshed entries live longer than this model says")
 
 
 def _fill(s: dict):
@@ -114,6 +155,7 @@ def render(rep: dict):
                 style="bold")
     tl = rep["timeline"]
     fills = [(x["count"] or 0) / x["max"] if x.get("max") else 0 for x in tl]
+    head.append(f"forecast: {_forecast_line(rep.get('forecast'))}\n", style="bold")
     head.append(f"fill   {sparkline(fills, 60, top=1.0)}\n", style="cyan")
     head.append(f"drops  {sparkline([x['drops'] for x in tl], 60)}\n", style="red")
     head.append(f"insert {sparkline([x['inserts'] for x in tl], 60)}", style="green")
@@ -175,6 +217,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}pre{{background:#f
 {esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c['started'])))}, {c['seconds']:.0f} s{' (truncated capture)' if c['truncated'] else ''}</p>
 <p><b>inserts {t['inserts']:,} · deletes {t['deletes']:,} · table-full drops {t['table_full']:,} ·
 early drops {t['early_drops']:,} · insert failures {t['insert_failed']:,} · lost events {t['lost']}</b></p>
+<p><b>forecast:</b> {esc(_forecast_line(rep.get('forecast')))}</p>
 <h2>Table fill</h2>{_svg_line(fills, color="#1f77b4", top=1.0, label="fill (count/max)")}
 <h2>Table-full drops per second</h2>{_svg_line([x['drops'] for x in tl], color="#d62728", label="drops/s")}
 <h2>Inserts per second</h2>{_svg_line([x['inserts'] for x in tl], color="#2ca02c", label="inserts/s")}

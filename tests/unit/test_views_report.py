@@ -37,11 +37,12 @@ def text_of(renderable, width=80) -> str:
 def test_render_exact_head(tmp_path):
     rep = analyse(read_capture(str(make_capture(tmp_path / "c"))))
     lines = text_of(render(rep), width=100).splitlines()
-    assert [l.rstrip(" │") for l in lines[:8]] == [
+    assert [l.rstrip(" │") for l in lines[:9]] == [
         "╭─ cttrace report ─────────────────────────────────────────────────────────────────────────────────╮",
         "│ h · kernel k · backend tracepoint · netns node",
         "│ 1970-01-01 00:16:40, 5 s, 31 records",
         "│ inserts 18  deletes 0  table-full drops 50  early drops 5  insert failures 0  lost 0",
+        "│ forecast: unknown (no remaining timeouts recorded)",
         "│ fill   ▇▇▇███",
         "│ drops  █████▁",
         "│ insert ██████",

@@ -51,8 +51,9 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
     elif capture_path is not None:
         from tracer.capture import CaptureError, read_capture
         try:
+            from tracer.report import capture_state
             cap = read_capture(capture_path)
-            state = cap.host_state()
+            state = capture_state(cap)
         except CaptureError as e:
             abort(str(e))
         except Exception as e:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from tracer.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
+from tracer.forecast import Schedule
+from tracer.forecast import _ROW_KEY as _SCHED_KEY
 
 GROUPS = ("src", "dst", "dport", "state", "container")
 SORTS = ("entries", "inserts", "deletes", "drops")
@@ -88,6 +90,14 @@ class LiveTable:
     Dumps: `reset(rows)`, or a reconcile `begin()`, `seen(row)` per dumped
     row, `sweep()`: entries neither dumped nor touched by an event since
     begin() are gone from the kernel and are removed.
+
+    Expiry schedule (with a `clock`): each dump's rows are counted by their
+    remaining timeout into a forecast.Schedule (counts, nothing per entry);
+    `sched` is the last complete dump's, plus the entries inserted since
+    (events) that no row of it shows. An entry counts once per schedule:
+    a dumped row, or an event for an entry the schedule does not hold yet
+    (unknown to the table, or not yet reached by the running dump: its
+    generation mark says so).
     """
 
     def __init__(self) -> None:
@@ -101,6 +111,11 @@ class LiveTable:
         self._dead: set | None = None          # keys deleted during a reconcile
         self._addr: dict[bytes, str] = {}
         self._port: dict[tuple, str] = {}
+        self.clock = None                      # set by the feed: expiry schedules are kept
+        self.sched: Schedule | None = None     # the last complete dump's expiry schedule
+        self._building: Schedule | None = None  # the running reconcile's
+        self._raw = None                       # its raw row counts (seen() adds to them)
+        self.sysctls: dict = {}                # the namespace's timeouts, for the next schedule
 
     key = staticmethod(entry_key)
 
@@ -168,6 +183,8 @@ class LiveTable:
         if self._dead is not None:
             self._dead.discard(k)
         self.inserts[self._a(row[2])] += 1      # a kernel insert, even of a dumped entry
+        if self.clock is not None:
+            self._scheduled(k, row)
         self._set(k, self._code(row))
 
     def update(self, row: tuple) -> None:
@@ -176,7 +193,18 @@ class LiveTable:
         k = entry_key(row)
         if self._dead is not None:
             self._dead.discard(k)
+        if self.clock is not None:
+            self._scheduled(k, row)
         self._set(k, self._code(row))
+
+    def _scheduled(self, k: bytes, row: tuple) -> None:
+        """Count an evented entry into the schedules that do not hold it yet."""
+        old = self.entries.get(k)
+        if old is None and self.sched is not None:
+            self.sched.inserted(row, self.clock())
+        b = self._building
+        if b is not None and (old is None or (old & GEN_MASK) >> GEN_SHIFT != self._gen):
+            b.inserted(row, self.clock())
 
     def delete(self, row: tuple) -> None:
         k = entry_key(row)
@@ -210,6 +238,8 @@ class LiveTable:
 
     def fill_start(self) -> None:
         """fill() in steps, for a dump that pushes its rows (ctnetlink.dump(sink))."""
+        self.sched = Schedule(self.clock(), self.sysctls) if self.clock is not None else None
+        self._building = self._raw = None
         self.entries.clear()
         for c in self.by.values():
             c.clear()
@@ -227,10 +257,14 @@ class LiveTable:
         pdport.update(map(_R_PDPORT, rows))
         pstate.update(map(_R_PSTATE, rows))
         n[0] += len(rows)
+        if self.sched is not None:
+            self.sched.rows(rows, self.clock())
 
     def fill_end(self) -> int:
         _, src, dst, pdport, pstate, n = self._fill
         self._fill = None
+        if self.sched is not None:
+            self.sched.end(self.clock())
         n = n[0]
         entries = self.entries
         if n != len(entries):                    # an entry shown twice (a dump under churn)
@@ -254,6 +288,9 @@ class LiveTable:
         self._gen = (self._gen + 1) & 3
         self._dead = set()
         self.legacy_min_timeout = None
+        if self.clock is not None:
+            self._building = Schedule(self.clock(), self.sysctls)
+            self._raw = self._building.raw
 
     def seen(self, row: tuple) -> None:
         """One entry of the reconcile's dump."""
@@ -263,6 +300,8 @@ class LiveTable:
         old = self.entries.get(k)
         if old is not None and (old & GEN_MASK) >> GEN_SHIFT == self._gen:
             return                              # an event since begin() is newer news
+        if self._raw is not None:
+            self._raw[_SCHED_KEY(row)] += 1
         legacy = old is None or bool(old & LEGACY)
         self._set(k, self._code(row, legacy))
         if legacy:
@@ -278,11 +317,22 @@ class LiveTable:
         for k in stale:
             self._count(k, self.entries.pop(k), -1)
         self._dead = None
+        if self._building is not None:
+            self.sched = self._building.end(self.clock())
+            self._building = self._raw = None
         return len(stale)
+
+    def sched_tick(self) -> None:
+        """Between batches of a reconcile's rows: bucket what seen() counted
+        (each batch is dated by the clock when it is read)."""
+        b = self._building
+        if b is not None and b.raw:
+            b.mark(self.clock())
 
     def abort(self) -> None:
         """The reconcile's dump failed: keep what is known, sweep nothing."""
         self._dead = None
+        self._building = self._raw = None
 
     @property
     def reconciling(self) -> bool:

@@ -336,3 +336,209 @@ def from_net(count: int | None, limit: int | None, net: list[float]) -> dict:
     return {"filling": r > 0, "seconds": eta(r), "low": eta(hi_r), "high": eta(lo_r),
             "steady": None if r > 0 else count, "rate": r, "rate_low": lo_r, "rate_high": hi_r,
             "limit": limit, "model": "net rate of the last intervals"}
+
+
+# --- the live table's expiry schedule (top, serve) ---------------------------
+#
+# The live table sees every dumped row with its remaining timeout, and every
+# NEW event with its first timeout. A Schedule keeps, per dump, only counts:
+# {(proto, state, flags, expiry bucket): entries}, the expiry counted from
+# the dump's start. Buckets are 1 s wide up to 10 min, 10 s up to 1 h, 1 min
+# up to 1 day, 10 min beyond: a few thousand keys per kind at most, whatever
+# the table's size. Nothing is kept per entry.
+
+SCHED_KIND_FLAGS = F_UNREPLIED | F_ASSURED
+_ROW_KEY = itemgetter(0, 1, 5, 9)          # proto, state, flags, timeout (ctnetlink R_* columns)
+SCHED_RAW_MAX = 50_000                      # rows' distinct keys held before they are bucketed
+SCHED_FLUSH_S = 1.0                         # ... or seconds (the rows' read time is known to +-0.5 s)
+SCHEDULE_SYSCTLS = tuple(sorted(set(TCP_SYSCTL.values()) | {
+    "udp_timeout", "udp_timeout_stream", "icmp_timeout", "icmpv6_timeout", "generic_timeout"}))
+
+
+def bucket(s: int) -> int:
+    """The start of the expiry bucket holding s seconds (s >= 0)."""
+    if s < 600:
+        return s
+    if s < 3600:
+        return s - s % 10
+    if s < 86400:
+        return s - s % 60
+    return s - s % 600
+
+
+def bucket_width(b: int) -> int:
+    return 1 if b < 600 else 10 if b < 3600 else 60 if b < 86400 else 600
+
+
+class Schedule:
+    """The expiry schedule of the live table as of one dump (see above).
+
+    Rows of the dump: `rows(batch, now)` (C speed) or `raw[key(row)] += 1`
+    then `flush(now)`; entries the dump cannot have shown (inserted after
+    it began, from events): `inserted(row, now)`. `existing(now)`: the
+    sorted [(seconds left, entries)] of those still alive at `now` if no
+    packet refreshes them. `sysctls`: the namespace's timeouts (short
+    names), read when the dump began."""
+
+    key = staticmethod(_ROW_KEY)
+
+    def __init__(self, t0: float, sysctls: dict | None = None):
+        self.t0 = t0                   # when the dump began (the session's clock)
+        self.done: float | None = None  # when it completed
+        self.sysctls = sysctls or {}
+        self.counts: Counter = Counter()
+        self.raw: Counter = Counter()  # rows not yet bucketed: (proto, state, flags, timeout) -> n
+        self._raw_t: float | None = None   # when the first of them was read
+        self._raw_last = 0.0               # ... and the last
+        self.dumped = 0                # rows counted from the dump
+        self.untimed = 0               # rows without a timeout (not in the schedule)
+        self.inserted_n = 0            # entries added from events since the dump began
+        self.new_kinds: Counter = Counter()   # (proto, state, flags) of those
+
+    # --- filling ----------------------------------------------------------------
+    def rows(self, rows, now: float) -> None:
+        """A batch of dumped rows, read at `now`."""
+        if self.raw and now - self._raw_t >= SCHED_FLUSH_S:
+            self.flush()
+        self.raw.update(map(_ROW_KEY, rows))
+        self.mark(now)
+
+    def mark(self, now: float) -> None:
+        """The rows added to `raw` so far were read by `now`; bucket them
+        when they span a second or are many."""
+        if self._raw_t is None:
+            self._raw_t = now
+        self._raw_last = now
+        if len(self.raw) > SCHED_RAW_MAX or now - self._raw_t >= SCHED_FLUSH_S:
+            self.flush()
+
+    def flush(self, now: float | None = None) -> None:
+        """Bucket the rows read since the last flush: their remaining
+        timeouts count from the middle of the span they were read in."""
+        if not self.raw:
+            self._raw_t = None
+            return
+        if self._raw_t is None:
+            self._raw_t = self._raw_last = now if now is not None else self.t0
+        shift = (self._raw_t + self._raw_last) / 2 - self.t0
+        counts = self.counts
+        for (p, s, f, t), n in self.raw.items():
+            self.dumped += n
+            if t is None:
+                self.untimed += n
+                continue
+            counts[(p, s, f & SCHED_KIND_FLAGS, bucket(max(int(t + shift + 0.5), 0)))] += n
+        self.raw.clear()
+        self._raw_t = None
+
+    def inserted(self, row, now: float) -> None:
+        """An entry that no dumped row of this schedule shows (a NEW event,
+        or an UPDATE of an entry the dump has not reached): it expires its
+        event's timeout after `now`."""
+        t = row[9]
+        k = (row[0], row[1], row[5] & SCHED_KIND_FLAGS)
+        self.inserted_n += 1
+        self.new_kinds[k] += 1
+        if t is not None:
+            self.counts[k + (bucket(max(int(now - self.t0 + t + 0.5), 0)),)] += 1
+
+    def end(self, now: float) -> "Schedule":
+        self.flush(now)         # rows never marked (seen() by a caller without ticks): read by now
+        self.done = now
+        return self
+
+    def prune(self, now: float) -> None:
+        """Forget buckets that ended (bounded memory when no dump comes)."""
+        age = now - self.t0
+        for k in [k for k in self.counts if k[3] + bucket_width(k[3]) < age]:
+            del self.counts[k]
+
+    # --- reading ----------------------------------------------------------------
+    def existing(self, now: float) -> list[tuple[float, int]]:
+        """[(seconds left at `now`, entries)], sorted: the entries the
+        schedule holds that have not expired, each bucket at its middle."""
+        age = now - self.t0
+        acc: Counter = Counter()
+        for (_, _, _, b), n in self.counts.items():
+            left = b + bucket_width(b) / 2 - age
+            if left > 0:
+                acc[left] += n
+        return sorted(acc.items())
+
+    def expired_between(self, a: float, b: float) -> int:
+        """Entries whose expiry (bucket middle) falls in (a, b] (clock times)."""
+        lo, hi = a - self.t0, b - self.t0
+        return sum(n for (_, _, _, x), n in self.counts.items() if lo < x + bucket_width(x) / 2 <= hi)
+
+    def by_kind(self, now: float) -> dict:
+        """{kind: {"10s": n, "1m": n, "10m": n, "total": n}} at `now`."""
+        age = now - self.t0
+        out: dict = {}
+        for (p, s, f, b), n in self.counts.items():
+            left = b + bucket_width(b) / 2 - age
+            if left <= 0:
+                continue
+            d = out.setdefault(kind(p, s, f), {lab: 0 for lab, _ in HORIZONS} | {"total": 0})
+            for lab, h in HORIZONS:
+                if left <= h:
+                    d[lab] += n
+            d["total"] += n
+        return out
+
+    def new_kind(self) -> tuple[str | None, int | None]:
+        """The kind new entries take and how long they live (its sysctl):
+        the kind most entries touched within 10 s of the dump hold (as the
+        doctor finds it), counting the entries inserted since."""
+        young: Counter = Counter()
+        tmax: dict = {}
+        for (p, s, f, b), n in self.counts.items():
+            k = kind(p, s, f)
+            if b > tmax.get(k, -1):
+                tmax[k] = b
+        for (p, s, f, b), n in self.counts.items():
+            k = kind(p, s, f)
+            T = self.sysctls.get(sysctl_of(k) or "") or tmax[k] + 1
+            if T - b <= 10:
+                young[k] += n
+        for (p, s, f), n in self.new_kinds.items():
+            young[kind(p, s, f)] += n
+        if not young:
+            return None, None
+        k = young.most_common(1)[0][0]
+        return k, self.sysctls.get(sysctl_of(k) or "") or tmax.get(k, -1) + 1 or None
+
+
+def live_forecast(sched: Schedule | None, now: float, count: int | None, limit: int | None,
+                  band: tuple[float, float, float] | None, made: int = 0) -> dict:
+    """Time to full of the live table (top, serve): the schedule aged to
+    `now` (the dump's entries and those inserted since, each leaving when
+    its timeout ends), new entries at the insert rate `band` (low, mean,
+    high per second) living the timeout of the kind new entries take, and
+    `made` entries the schedule does not know (events off: the count's
+    growth), taken as inserted evenly since the dump. Keys of `forecast`,
+    plus model, schedule_age_s, alive (the schedule's entries now), count,
+    unexplained (count - alive - made: refreshed entries live longer,
+    expired ones wait for the kernel's garbage collector, deleted ones
+    left sooner), expiring (within 10 s, 1 min, 10 min), new_kind, life."""
+    if sched is None or band is None:
+        return {"filling": None, "reason": "no dump or no interval yet", "model": "expiry schedule"}
+    existing = sched.existing(now)
+    age = now - sched.t0
+    alive = sum(n for _, n in existing)
+    kind_, life = sched.new_kind()
+    fixed = 0
+    if made > 0:
+        if life:
+            # inserted evenly over the schedule's age: 8 slices of it
+            part = made / 8
+            extra = [(life - age * (i + 0.5) / 8, part) for i in range(8)]
+            existing = sorted(existing + [(t, n) for t, n in extra if t > 0])
+        else:
+            fixed = made
+    out = forecast(existing, limit, band, life, fixed)
+    soon = {lab: sum(n for t, n in existing if t <= h) for lab, h in HORIZONS}
+    out.update({"model": "expiry schedule", "schedule_age_s": round(age, 1), "alive": alive,
+                "count": count, "made": made,
+                "unexplained": None if count is None else count - alive - made,
+                "expiring": soon, "new_kind": kind_})
+    return out

@@ -25,6 +25,14 @@ are deleted silently; with 0 no entry sends anything. So the feed:
    needed: events off, legacy entries left, or events lost (ENOBUFS);
 4. with events on and no legacy entry left, counts are exact from events.
 
+Every dump also gives the expiry schedule the forecast of `top` and
+`serve` ages (forecast.Schedule: counts of entries by kind and remaining
+timeout, nothing per entry; LiveTable.sched): the first dump's, then each
+reconcile's, plus the entries inserted since (NEW events carry their
+timeout). Refreshed entries outlive their schedule, so with nothing else
+calling for a reconcile one still comes when the schedule is SCHEDULE_MAX_AGE
+old (at the same cost bound).
+
 An overrun during a dump never starts another dump at once: the next one
 waits its turn, so a big table cannot make the feed resync in a loop.
 """
@@ -36,6 +44,7 @@ import time
 
 from tracer import ctnetlink
 from tracer import netns as ns
+from tracer.forecast import SCHEDULE_SYSCTLS
 from tracer.aggregate import LiveTable
 from tracer.ctevents import DELETE, INSERT, CtEvents, events_mode
 
@@ -46,6 +55,18 @@ def _all(row) -> bool:
     return True
 
 
+def read_timeouts() -> dict:
+    """This namespace's conntrack timeouts (short sysctl names; enter it first)."""
+    out = {}
+    for name in SCHEDULE_SYSCTLS:
+        try:
+            with open(f"/proc/sys/net/netfilter/nf_conntrack_{name}") as f:
+                out[name] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 class LiveSource:
     """One namespace's live table (see the module docstring)."""
 
@@ -54,6 +75,7 @@ class LiveSource:
     COST_FACTOR = 25              # reconcile work <= 1/25 of a core
     MIN_PERIOD = 1.0              # seconds between reconciles of a small table
     START_ROWS = 10_000           # rows per step of the first dump (events between steps)
+    SCHEDULE_MAX_AGE = 300.0      # a reconcile refreshes the forecast's schedule at least this often
 
     def __init__(self, netns: str | None, accept=None, clock=time.monotonic,
                  rcvbuf: int = 32 << 20):
@@ -62,7 +84,9 @@ class LiveSource:
         self.accept = accept or _all
         self.clock = clock
         self.live = LiveTable()
+        self.live.clock = clock
         self.overruns = 0           # ENOBUFS on the event socket (events lost)
+        self._overrun_at: float | None = None
         self.resyncs = 0            # reconcile dumps completed after start
         self.swept = 0              # entries removed by reconciles (gone without an event)
         self.errors = 0             # reconcile dumps that failed (last_error says why)
@@ -104,10 +128,11 @@ class LiveSource:
         t0 = time.perf_counter()
         live, accept = self.live, self.accept
         try:
-            live.fill_start()
             sink = live.fill_rows if accept is _all else \
                 (lambda rows: live.fill_rows([r for r in rows if accept(r)]))
             with ns.entered(self.netns):
+                live.sysctls = read_timeouts()
+                live.fill_start()
                 ctnetlink.dump(sink=sink)
             live.fill_end()
         except BaseException as e:          # raised again by wait(), in the caller's thread
@@ -169,7 +194,12 @@ class LiveSource:
                 live.update(row)
         if batch.overrun:
             self.overruns += 1
+            self._overrun_at = self.clock()
             self._dirty = True
+
+    def overruns_since(self, t: float) -> bool:
+        """Were events lost after clock time t?"""
+        return self._overrun_at is not None and self._overrun_at >= t
 
     def _due(self) -> str | None:
         """Why a reconcile is due now, or None."""
@@ -186,12 +216,15 @@ class LiveSource:
             return "entries older than the listener"
         if self.mode is None:
             return "events unknown"
+        if self.live.sched is not None and now - self.live.sched.t0 >= self.SCHEDULE_MAX_AGE:
+            return "forecast schedule refresh"
         return None
 
     def _begin(self, why: str) -> None:
         try:
             with ns.entered(self.netns):
                 self._reader = ctnetlink.DumpReader()
+                self.live.sysctls = read_timeouts()
         except (ctnetlink.NetlinkError, ns.NetnsError) as e:
             self.errors += 1
             self.last_error = str(e)
@@ -220,6 +253,7 @@ class LiveSource:
         for row in rows:
             if accept(row):
                 seen(row)
+        self.live.sched_tick()
         if reader.done:
             reader.close()
             self._reader = None

@@ -105,7 +105,7 @@ class Collector:
             live = dict(s.live.live.by["src"])
             series = {m: self.series.series(m) for m in METRICS}
             sampled = s.rates.prev.t if s.rates.prev else 0
-            net = list(getattr(s, "net_hist", ()))
+            fc = s.forecast(st)
         names = s.names
         entries = GaugeMetricFamily("cttrace_conntrack_entries",
                                     "Entries in the conntrack table (as node_nf_conntrack_entries)")
@@ -120,14 +120,21 @@ class Collector:
         yield b
         # +Inf when not filling (an alert `< 3600` stays quiet), NaN before
         # the first interval or without a limit (unknown, not "never")
-        from tracer.forecast import from_net
-        fc = from_net(st.count, st.max, net)
-        ttf = GaugeMetricFamily("cttrace_conntrack_seconds_to_full",
-                                "Seconds until the table is full at the last intervals' net insert "
-                                "rate; +Inf when not filling, NaN when unknown")
-        ttf.add_metric([], float("nan") if fc["filling"] is None else
-                       fc["seconds"] if fc["filling"] else float("inf"))
-        yield ttf
+        def secs(v):
+            return float("nan") if fc["filling"] is None else float("inf") if v is None else v
+        for name, key, help_ in (
+                ("", "seconds", "Seconds until the table is full: the entries' expiry schedule from "
+                 "the last dump, new entries at the last intervals' insert rate living their "
+                 "kind's timeout; +Inf when not filling, NaN when unknown"),
+                ("_low", "low", "Time to full at the high end of the insert rate band (+Inf: never)"),
+                ("_high", "high", "Time to full at the low end of the insert rate band (+Inf: never)")):
+            g = GaugeMetricFamily(f"cttrace_conntrack_seconds_to_full{name}", help_)
+            g.add_metric([], secs(fc.get(key)))
+            yield g
+        age = GaugeMetricFamily("cttrace_conntrack_forecast_schedule_age_seconds",
+                                "Age of the expiry schedule the forecast ages (the last dump's start)")
+        age.add_metric([], fc.get("schedule_age_s", float("nan")))
+        yield age
         stat = CounterMetricFamily("cttrace_conntrack_stat", "The kernel's per-CPU conntrack "
                                    "counters, summed (/proc/net/stat/nf_conntrack)", labels=["stat"])
         for k, v in sorted(kernel.items()):

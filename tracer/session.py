@@ -34,6 +34,7 @@ from tracer.events import Counters, Drop
 from tracer.filters import Filter
 
 PUMP_S = 0.05          # how often events are taken in while waiting
+RATE_INTERVALS = 5     # the forecast's insert rate: over the last 5 intervals
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -75,6 +76,8 @@ class TracingSession:
         self.drops_seen = 0                 # drop events that passed the filters
         self._stat_acc: dict = {}           # wrap-safe sums of the followed table's per-CPU stats
         self.net_hist: deque = deque(maxlen=30)   # inserts - deletes per second, per interval
+        # new entries per interval for the forecast: (seconds, entries, how counted)
+        self.ins_hist: deque = deque(maxlen=RATE_INTERVALS)
         self._stop = False
         self._old_handlers: dict = {}
 
@@ -239,6 +242,7 @@ class TracingSession:
         self.counters = self.backend.counters()
         self.state = self.read_table()
         live = self.live.live if self.live is not None else None
+        prev = self.rates.prev
         s = Sample(t=time.monotonic(),
                    inserts=Counter(live.inserts) if live is not None else Counter(),
                    deletes=Counter(live.deletes) if live is not None else Counter(),
@@ -247,7 +251,50 @@ class TracingSession:
         r = self.rates.update(s)
         if r.get("seconds") and live is not None:
             self.net_hist.append(r["table"]["inserts"] - r["table"]["deletes"])
+            self.ins_hist.append(self._inserted(prev, s, r["seconds"]))
         return r
+
+    def _inserted(self, p: Sample, s: Sample, dt: float) -> tuple[float, float, str]:
+        """New entries in the interval p -> s: from NEW events where the
+        kernel sends them and none were lost; else the kernel's insert
+        counter where it counts (recent kernels leave it at 0); else the
+        count's growth plus the entries whose schedule ended meanwhile."""
+        src = self.live
+        if src.mode in (1, 2) and not src.overruns_since(p.t):
+            return dt, float(sum(s.inserts.values()) - sum(p.inserts.values())), "events"
+        k = s.kernel.get("insert", 0) - p.kernel.get("insert", 0)
+        if k > 0:
+            return dt, float(k), "kernel insert counter"
+        sched = src.live.sched
+        gone = sched.expired_between(p.t, s.t) if sched is not None else 0
+        return dt, float(max((s.count or 0) - (p.count or 0) + gone, 0)), "count growth"
+
+    def forecast(self, st: table.TableState | None = None, now: float | None = None) -> dict:
+        """Time to full of the followed table (forecast.live_forecast): its
+        expiry schedule from the last dump aged to now, plus the entries
+        inserted since, new ones at the insert rate of the last intervals
+        (low-high: their spread, at least the Poisson band of their sum)."""
+        st = st or self.state
+        now = time.monotonic() if now is None else now
+        src = self.live
+        sched = src.live.sched if src is not None else None
+        if sched is None or st is None or not self.ins_hist:
+            return forecast.live_forecast(None, now, None, None, None)
+        sched.prune(now)
+        secs = sum(x[0] for x in self.ins_hist)
+        n = sum(x[1] for x in self.ins_hist)
+        lo, mean, hi = forecast.rate_band([x[1] / x[0] for x in self.ins_hist])
+        plo, _, phi = forecast.rate_band(None, count=n, seconds=secs)
+        band = (min(lo, plo), n / secs, max(hi, phi))
+        how = self.ins_hist[-1][2]
+        made = 0
+        if how != "events" and st.count is not None:
+            # entries the schedule does not know (no NEW events): the count's excess
+            made = max(st.count - sum(c for _, c in sched.existing(now)), 0)
+        out = forecast.live_forecast(sched, now, st.count, st.max, band, made)
+        out["rate_from"] = how
+        out["rate_window_s"] = round(secs, 3)
+        return out
 
     def lost(self) -> dict:
         """Everything lost on the way (never silent): shown by every view."""
@@ -296,5 +343,5 @@ class TracingSession:
             "drops": [d.to_dict() for d in list(self.recent)[:8]],
             "lost": self.lost(),
             "history": {"fill": list(self.rates.fill_hist), "drops": list(self.rates.drop_hist)},
-            "forecast": forecast.from_net(st.count, st.max, list(self.net_hist)),
+            "forecast": self.forecast(),
         }

@@ -488,7 +488,8 @@ class Schedule:
     def new_kind(self) -> tuple[str | None, int | None]:
         """The kind new entries take and how long they live (its sysctl):
         the kind most entries touched within 10 s of the dump hold (as the
-        doctor finds it), counting the entries inserted since."""
+        doctor finds it), counting the entries inserted since; failing
+        that, the kind most entries hold."""
         young: Counter = Counter()
         tmax: dict = {}
         for (p, s, f, b), n in self.counts.items():
@@ -502,6 +503,9 @@ class Schedule:
                 young[k] += n
         for (p, s, f), n in self.new_kinds.items():
             young[kind(p, s, f)] += n
+        if not young:                   # nothing young: the kind most entries hold
+            for (p, s, f, b), n in self.counts.items():
+                young[kind(p, s, f)] += n
         if not young:
             return None, None
         k = young.most_common(1)[0][0]

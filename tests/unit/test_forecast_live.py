@@ -188,3 +188,25 @@ def test_events_off_counts_the_growth():
     p = Sample(t=20.0, inserts={}, deletes={}, drops={}, kernel={}, count=2000, max=None)
     q = Sample(t=30.0, inserts={}, deletes={}, drops={}, kernel={}, count=1500, max=None)
     assert s._inserted(p, q, 10.0) == (10.0, 500.0, "count growth")   # 1,000 expired at ~25.5 s
+
+
+def test_top_header_shows_the_band_and_the_schedule_age():
+    import copy
+
+    from rich.console import Console
+
+    from tests.unit.test_views_top import FRAME
+    from tracer.views.top import render
+    sched = F.Schedule(0.0, {"udp_timeout": 30})
+    sched.rows(udp(3000, 8), 0.0)
+    sched.end(0.0)
+    f = copy.deepcopy(FRAME)
+    f["forecast"] = F.live_forecast(sched, 12.0, 3000, 5000, (190.0, 200.0, 210.0))
+    c = Console(record=True, width=100)
+    c.print(render(f, full_screen=False))
+    # 3,000 gone at 8.5 s: 5,000 new entries at 200/s (190-210) = 25 s (24-26)
+    assert "full in ~25s (24s-26s), schedule 12s old" in c.export_text()
+    f["forecast"] = F.live_forecast(sched, 12.0, 3000, 7800, (190.0, 200.0, 210.0))
+    c = Console(record=True, width=100)
+    c.print(render(f, full_screen=False))
+    assert "not filling (levels at ~6,000), schedule 12s old" in c.export_text()

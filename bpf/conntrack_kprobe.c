@@ -2,9 +2,14 @@
  * Ubuntu, RHEL stock kernels). Exact, per entry, with little overhead:
  *   __nf_conntrack_alloc    entry+return: an error return is a table-full
  *                           refusal; the refused tuple is its 3rd argument
- *   __nf_conntrack_confirm  entry+return: NF_ACCEPT with the same entry is an
- *                           insert, with another one a clash resolved,
- *                           NF_DROP an insert failure
+ *   nf_conntrack_alloc      entry: ctnetlink's creates (conntrack -I,
+ *                           conntrackd) go through it; a full table refusing
+ *                           one drops no packet (create_refused, not table_full)
+ *   __nf_conntrack_confirm  entry+return: NF_ACCEPT with the same entry,
+ *                           now IPS_CONFIRMED, is an insert; with another
+ *                           entry a clash resolved; unconfirmed: nothing was
+ *                           inserted (a reply-direction packet); NF_DROP an
+ *                           insert failure
  *   nf_ct_delete            entry+return: true is a delete (expiry, flush,
  *                           early drop, reset)
  *   (early drops: the deletes made while __nf_conntrack_alloc runs are its
@@ -15,32 +20,68 @@
  * drops: this file is compiled after drops_tracepoint.c, in one unit, with
  * -DCT_KPROBES (BCC rewrites TRACEPOINT_PROBE only in the main text, so
  * tracer/backends/kprobe.py concatenates the two instead of #including).
+ * A refusal's own netfilter drop is recognised there by its skb (confirm)
+ * or its tuple and CPU (alloc), within a second (ct_failed_skbs,
+ * ct_refused), so a refusal whose packet is dropped elsewhere (act_ct,
+ * Open vSwitch) or not at all never hides a later rule drop.
  *
  * Constants from the running kernel's BTF (vmlinux + the nf_conntrack
  * module's): T_* (struct nf_conntrack_tuple), CT_TUPLE (tuple of the
  * original direction in struct nf_conn), CT_NET (nf_conn.ct_net),
+ * CT_STATUS and IPS_CONFIRMED_ (nf_conn.status and its bit),
  * OFF_NET_INUM, OFF_SKB_NFCT, RATE_PER_SEC, RATE_BURST.
  */
 
 BPF_PERF_OUTPUT(ct_events);
 BPF_HASH(ct_sources, struct src_key, struct src_val, 65536);
 BPF_PERCPU_ARRAY(ct_stats, u64, CT_MAX);
-/* Arguments saved at entry for the return probe, keyed by (task, CPU): in
- * softirq context the "task" is whatever ran on that CPU, often the idle task,
- * whose pid_tgid is 0 on every CPU, so the task alone is not a key (two CPUs
- * refusing packets at once read each other's arguments: the right count
- * with the wrong namespace or tuple). The packet path does not migrate
- * between entry and return. */
-struct call_key { u64 id; u32 cpu; u32 pad; };
-BPF_HASH(alloc_args, struct call_key, struct alloc_arg, 16384);
-BPF_HASH(confirm_args, struct call_key, struct confirm_arg, 16384);
-BPF_HASH(delete_args, struct call_key, u64, 16384);
-BPF_PERCPU_ARRAY(in_alloc, u64, 1);   /* nf_ct_delete calls inside __nf_conntrack_alloc are evictions */
+/* Arguments saved at entry for the return probe, keyed by (task, CPU,
+ * depth). The packet path does not migrate between entry and return. In
+ * softirq context the "task" is whatever ran on that CPU, often the idle
+ * task, whose pid_tgid is 0 on every CPU: hence the CPU. A softirq can
+ * run inside a task's call on the same CPU (a locally sent packet's
+ * confirm, interrupted before it disables bottom halves) and then has the
+ * same (task, CPU): hence the depth, the calls of that function in flight
+ * on the CPU, which nest and unnest in order. A return the kernel skips
+ * (no free kretprobe instance) leaves the depth one higher: entry and
+ * return still agree (both offset), and its record ages out of the LRU. */
+struct call_key { u64 id; u32 cpu; u32 depth; };
+BPF_TABLE("lru_hash", struct call_key, struct alloc_arg, alloc_args, 16384);
+BPF_TABLE("lru_hash", struct call_key, struct confirm_arg, confirm_args, 16384);
+BPF_TABLE("lru_hash", struct call_key, u64, delete_args, 16384);
+enum { FN_ALLOC, FN_CONFIRM, FN_DELETE, FN_MAX };
+#define DEPTH_MASK 7
+BPF_PERCPU_ARRAY(call_depth, u32, FN_MAX);
+/* nf_conntrack_alloc() (ctnetlink's creates: conntrack -I, conntrackd)
+ * is about to call __nf_conntrack_alloc at this depth + 1; 0: not */
+BPF_PERCPU_ARRAY(create_at, u32, 1);
 
-static __always_inline struct call_key call_key(void)
+static __always_inline struct call_key call_enter(int fn)
 {
     struct call_key k = {.id = bpf_get_current_pid_tgid(), .cpu = bpf_get_smp_processor_id()};
+    u32 *d = call_depth.lookup(&fn);
+    if (d) {
+        k.depth = *d;
+        *d = (*d + 1) & DEPTH_MASK;
+    }
     return k;
+}
+
+static __always_inline struct call_key call_leave(int fn)
+{
+    struct call_key k = {.id = bpf_get_current_pid_tgid(), .cpu = bpf_get_smp_processor_id()};
+    u32 *d = call_depth.lookup(&fn);
+    if (d) {
+        *d = (*d - 1) & DEPTH_MASK;
+        k.depth = *d;
+    }
+    return k;
+}
+
+static __always_inline u32 depth_of(int fn)
+{
+    u32 *d = call_depth.lookup(&fn);
+    return d ? *d : 0;
 }
 
 static __always_inline void ct_stat(int i)
@@ -108,32 +149,41 @@ static __always_inline void emit(struct pt_regs *ctx, struct drop_event *ev)
         ct_stat(CT_SUBMIT_FAILED);
 }
 
+int create_entry(struct pt_regs *ctx)
+{
+    int z = 0;
+    u32 *at = create_at.lookup(&z);
+    if (at)
+        *at = depth_of(FN_ALLOC) + 1;
+    return 0;
+}
+
 int alloc_entry(struct pt_regs *ctx)
 {
-    struct call_key id = call_key();
     struct alloc_arg a = {.net = PT_REGS_PARM1(ctx), .orig = PT_REGS_PARM3(ctx)};
-    alloc_args.update(&id, &a);
     int z = 0;
-    u64 *in = in_alloc.lookup(&z);
-    if (in)
-        *in = 1;
+    u32 *at = create_at.lookup(&z);
+    if (at && *at && *at == depth_of(FN_ALLOC) + 1) {
+        a.create = 1;                   /* ctnetlink's, not a packet's */
+        *at = 0;
+    }
+    struct call_key id = call_enter(FN_ALLOC);
+    alloc_args.update(&id, &a);
     return 0;
 }
 
 int alloc_return(struct pt_regs *ctx)
 {
-    struct call_key id = call_key();
-    int z = 0;
-    u64 *in = in_alloc.lookup(&z);
-    if (in)
-        *in = 0;
+    struct call_key id = call_leave(FN_ALLOC);
     struct alloc_arg *a = alloc_args.lookup(&id);
     if (!a) {
         ct_stat(CT_ARGS_MISSED);
         return 0;
     }
     unsigned long ret = PT_REGS_RC(ctx);
-    if (ret >= (unsigned long)-4095) {             /* IS_ERR: the table refused it */
+    if (ret >= (unsigned long)-4095 && a->create) {
+        ct_stat(CT_CREATE_REFUSED);     /* no packet: not a drop */
+    } else if (ret >= (unsigned long)-4095) {       /* IS_ERR: the table refused it */
         struct drop_event ev = {};
         ev.ts_ns = bpf_ktime_get_ns();
         ev.cpu = bpf_get_smp_processor_id();
@@ -144,7 +194,19 @@ int alloc_return(struct pt_regs *ctx)
         struct src_val *v = source(&ev);
         if (v)
             __sync_fetch_and_add(&v->table_full, 1);
-        mark_conntrack_drop();                      /* its kfree_skb is not a rule drop */
+#ifndef CT_NO_RULE_HALF
+        /* its packet's netfilter drop is not a rule's */
+        struct refused_key k = {};
+        refused_key_of(&k, &ev);
+        struct pending *p = ct_refused.lookup(&k);
+        if (p && ev.ts_ns - p->ts < PENDING_NS) {
+            p->n++;
+            p->ts = ev.ts_ns;
+        } else {
+            struct pending one = {.ts = ev.ts_ns, .n = 1};
+            ct_refused.update(&k, &one);
+        }
+#endif
         emit(ctx, &ev);
     }
     alloc_args.delete(&id);
@@ -153,7 +215,7 @@ int alloc_return(struct pt_regs *ctx)
 
 int confirm_entry(struct pt_regs *ctx)
 {
-    struct call_key id = call_key();
+    struct call_key id = call_enter(FN_CONFIRM);
     char *skb = (char *)PT_REGS_PARM1(ctx);
     struct confirm_arg c = {.skb = (u64)skb};
     unsigned long nfct = 0;
@@ -165,7 +227,7 @@ int confirm_entry(struct pt_regs *ctx)
 
 int confirm_return(struct pt_regs *ctx)
 {
-    struct call_key id = call_key();
+    struct call_key id = call_leave(FN_CONFIRM);
     struct confirm_arg *c = confirm_args.lookup(&id);
     if (!c) {
         ct_stat(CT_ARGS_MISSED);
@@ -179,13 +241,17 @@ int confirm_return(struct pt_regs *ctx)
     if (verdict == 1) {                             /* NF_ACCEPT */
         unsigned long nfct = 0;
         bpf_probe_read_kernel(&nfct, sizeof(nfct), (char *)c->skb + OFF_SKB_NFCT);
-        if ((nfct & ~7UL) == c->ct) {
+        unsigned long status = 0;
+        bpf_probe_read_kernel(&status, sizeof(status), ct + CT_STATUS);
+        if ((nfct & ~7UL) != c->ct) {
+            ct_stat(CT_CLASH_RESOLVED);             /* the packet now uses the entry it clashed with */
+        } else if (!(status & IPS_CONFIRMED_)) {
+            ct_stat(CT_NOT_INSERTED);               /* a reply-direction packet: nothing inserted */
+        } else {
             ct_stat(CT_INSERTS);
             struct src_val *v = source(&ev);
             if (v)
                 __sync_fetch_and_add(&v->inserts, 1);
-        } else {
-            ct_stat(CT_CLASH_RESOLVED);
         }
     } else {                                        /* NF_DROP: insert failed */
         ev.ts_ns = bpf_ktime_get_ns();
@@ -195,7 +261,25 @@ int confirm_return(struct pt_regs *ctx)
         struct src_val *v = source(&ev);
         if (v)
             __sync_fetch_and_add(&v->insert_failed, 1);
-        mark_conntrack_drop();
+#ifndef CT_NO_RULE_HALF
+        u64 skb = c->skb;                           /* its netfilter drop is not a rule's */
+        ct_failed_skbs.update(&skb, &ev.ts_ns);
+#endif
+        /* as the tracepoint backend sends it: the sender's tuple (the
+         * entry's original) and the packet as dropped (after NAT) */
+        ev.has_orig = 1;
+        ev.ct_attached = 1;
+        ev.clash_candidate = 1;
+        __builtin_memcpy(ev.osaddr, ev.saddr, 16);
+        __builtin_memcpy(ev.odaddr, ev.daddr, 16);
+        ev.osport = ev.sport;
+        ev.odport = ev.dport;
+        char *head = 0;
+        u16 nh = 0;
+        bpf_probe_read_kernel(&head, sizeof(head), (char *)c->skb + OFF_SKB_HEAD);
+        bpf_probe_read_kernel(&nh, sizeof(nh), (char *)c->skb + OFF_SKB_NH);
+        if (head)
+            read_packet(&ev, head + nh);
         emit(ctx, &ev);
     }
     confirm_args.delete(&id);
@@ -204,7 +288,7 @@ int confirm_return(struct pt_regs *ctx)
 
 int delete_entry(struct pt_regs *ctx)
 {
-    struct call_key id = call_key();
+    struct call_key id = call_enter(FN_DELETE);
     u64 ct = PT_REGS_PARM1(ctx);
     delete_args.update(&id, &ct);
     return 0;
@@ -212,7 +296,7 @@ int delete_entry(struct pt_regs *ctx)
 
 int delete_return(struct pt_regs *ctx)
 {
-    struct call_key id = call_key();
+    struct call_key id = call_leave(FN_DELETE);
     u64 *ctp = delete_args.lookup(&id);
     if (!ctp) {
         ct_stat(CT_ARGS_MISSED);
@@ -223,9 +307,7 @@ int delete_return(struct pt_regs *ctx)
         ev.netns = ct_inum((char *)*ctp);
         read_tuple(&ev, (char *)*ctp + CT_TUPLE);
         ct_stat(CT_DELETES);
-        int z = 0;
-        u64 *early = in_alloc.lookup(&z);
-        if (early && *early)
+        if (depth_of(FN_ALLOC))                     /* inside __nf_conntrack_alloc: early_drop() */
             ct_stat(CT_EARLY_DROPS);
         struct src_val *v = source(&ev);
         if (v)

@@ -33,17 +33,74 @@
 #include "events.h"
 
 #ifdef CT_KPROBES
-struct alloc_arg { u64 net; u64 orig; };
+struct alloc_arg { u64 net; u64 orig; u8 create; u8 pad[7]; };
 struct confirm_arg { u64 skb; u64 ct; };
-/* Set by the kprobe backend when conntrack itself refuses a packet on this
- * CPU; the next netfilter drop here is that packet (already reported). */
-BPF_PERCPU_ARRAY(ct_dropping, u64, 1);
-static __always_inline void mark_conntrack_drop(void)
+/* Conntrack's own refusals, counted by its kprobes, waiting for the
+ * netfilter drop of their packet (not a rule's): a failed confirm by its
+ * skb, a refused new entry (the packet has none; __nf_conntrack_alloc
+ * does not see the skb) by its tuple on its CPU. A refusal whose packet
+ * is not freed by netfilter (tc act_ct, Open vSwitch drop it their own
+ * way) is never matched, and ages out: it cannot swallow a later rule
+ * drop, unless of the same tuple on the same CPU within PENDING_NS. */
+struct refused_key {
+    u32 cpu;
+    u8  family;
+    u8  proto;
+    u16 sport;          /* as read_packet() reads them; 0 where it reads no ports */
+    u16 dport;
+    u16 pad;
+    u8  saddr[16];
+    u8  daddr[16];
+};
+struct pending { u64 ts; u64 n; };
+BPF_TABLE("lru_hash", struct refused_key, struct pending, ct_refused, 4096);
+BPF_TABLE("lru_hash", u64, u64, ct_failed_skbs, 4096);   /* skb -> ts of its failed confirm */
+#define PENDING_NS 1000000000ULL
+
+static __always_inline int has_ports(u8 p)
 {
-    int k = 0;
-    u64 *v = ct_dropping.lookup(&k);
-    if (v)
-        *v = 1;
+    return p == IPPROTO_TCP || p == IPPROTO_UDP || p == IPPROTO_SCTP || p == IPPROTO_UDPLITE ||
+           p == IPPROTO_DCCP || p == IPPROTO_ICMP || p == 58;
+}
+
+static __always_inline void refused_key_of(struct refused_key *k, struct drop_event *ev)
+{
+    k->cpu = ev->cpu;
+    k->family = ev->family;
+    k->proto = ev->proto;
+    if (has_ports(ev->proto)) {
+        k->sport = ev->sport;
+        k->dport = ev->dport;
+    }
+    __builtin_memcpy(k->saddr, ev->saddr, 16);
+    __builtin_memcpy(k->daddr, ev->daddr, 16);
+}
+
+/* Is this netfilter drop one of conntrack's own refusals (already counted)? */
+static __always_inline int conntrack_own(u64 skb, struct drop_event *ev)
+{
+    u64 *t = ct_failed_skbs.lookup(&skb);
+    if (t) {
+        u64 then = *t;
+        ct_failed_skbs.delete(&skb);
+        if (ev->ts_ns - then < PENDING_NS)
+            return 1;
+    }
+    if (ev->ct_attached || ev->fragment)
+        return 0;
+    struct refused_key k = {};
+    refused_key_of(&k, ev);
+    struct pending *p = ct_refused.lookup(&k);
+    if (!p || p->n == 0)
+        return 0;
+    if (ev->ts_ns - p->ts >= PENDING_NS) {
+        ct_refused.delete(&k);
+        return 0;
+    }
+    p->n--;
+    if (p->n == 0)
+        ct_refused.delete(&k);
+    return 1;
 }
 #endif
 
@@ -210,28 +267,17 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     if (args->reason != REASON_NETFILTER_DROP)
         return 0;
 #endif
-#ifdef CT_KPROBES
-    {
-        int k = 0;
-        u64 *v = ct_dropping.lookup(&k);
-        if (v && *v) {          /* conntrack's own refusal: counted by its kprobe */
-            *v = 0;
-            return 0;
-        }
-    }
-#endif
     char *skb = (char *)args->skbaddr;
     struct drop_event ev = {};
     ev.ts_ns = bpf_ktime_get_ns();
     ev.cpu = bpf_get_smp_processor_id();
-    stat_add(ST_DROPS);
 
     unsigned long nfct = 0;
     bpf_probe_read_kernel(&nfct, sizeof(nfct), skb + OFF_SKB_NFCT);
     char *ct = (char *)(nfct & ~7UL);              /* NFCT_PTRMASK; untracked: no entry */
     ev.ct_attached = ct != 0;
 #ifdef CT_KPROBES
-    ev.kind = KIND_RULE;        /* conntrack's own drops were filtered above */
+    ev.kind = KIND_RULE;        /* conntrack's own drops are filtered below */
 #endif
 
     /* namespace: the device's (received or forwarded packets), else the socket's */
@@ -252,6 +298,11 @@ TRACEPOINT_PROBE(skb, kfree_skb)
     bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_SKB_HEAD);
     bpf_probe_read_kernel(&nh, sizeof(nh), skb + OFF_SKB_NH);
     read_packet(&ev, head + nh);
+#ifdef CT_KPROBES
+    if (conntrack_own((u64)skb, &ev))
+        return 0;               /* conntrack's own refusal: counted by its kprobe */
+#endif
+    stat_add(ST_DROPS);
     ev.clash_candidate = ev.ct_attached;
 #ifdef HAVE_CT_TUPLE
     if (ct) {

@@ -66,6 +66,10 @@ enum {
     CT_SUBMIT_FAILED,
     CT_KEYS_FULL,
     CT_ARGS_MISSED,          /* a return without its entry record */
+    CT_CREATE_REFUSED,       /* a full table refused a ctnetlink create (conntrack -I,
+                                conntrackd): no packet, not in the kernel's `drop` */
+    CT_NOT_INSERTED,         /* confirm accepted a packet without inserting its entry
+                                (a reply-direction packet of an unconfirmed entry) */
     CT_MAX,
 };
 

@@ -45,7 +45,8 @@ STATS = ("drops", "ctless", "emitted", "sampled_out", "submit_failed", "keys_ful
 
 # bpf/events.h: enum of the kprobe backend's `ct_stats` array
 CT_STATS = ("table_full", "inserts", "insert_failed", "deletes", "early_drops", "clash_resolved",
-            "emitted", "sampled_out", "submit_failed", "keys_full", "args_missed")
+            "emitted", "sampled_out", "submit_failed", "keys_full", "args_missed", "create_refused",
+            "not_inserted")
 KIND_NF_DROP, KIND_TABLE_FULL, KIND_INSERT_FAILED, KIND_RULE = range(4)
 
 # Drop reasons shown to users (every view, metric and finding uses these).

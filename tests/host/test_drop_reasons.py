@@ -75,6 +75,24 @@ def rule_packets(node: str) -> int:
 
 
 def test_all_causes_at_once_exact_per_reason_and_tuple(lab, tmp_path):
+    node = os.stat(f"/run/netns/{lab.node}").st_ino
+
+    def observe():
+        d = Drops(tmp_path, "--netns", lab.node)
+
+        def stop():
+            events, err = d.stop()
+            summary = [l for l in err.splitlines() if l.startswith('{"summary"')]
+            return events, json.loads(summary[0])["summary"]["reasons_by_netns"][str(node)], err
+        return stop
+    all_causes(lab, observe)
+
+
+def all_causes(lab, observe) -> None:
+    """The scenario and its checks. `observe()` starts a tracer and returns
+    `stop()`, which gives (events as `drops --json` prints them, the
+    reasons of the node's namespace, text for assertion messages). Also
+    run on the kprobe backend, in the VM (tests/kernel)."""
     c1, c2, c3, c4 = lab.containers
     node = lab.node
     inode = os.stat(f"/run/netns/{node}").st_ino
@@ -88,7 +106,7 @@ def test_all_causes_at_once_exact_per_reason_and_tuple(lab, tmp_path):
     L.sh("iptables", "-t", "nat", "-I", "POSTROUTING", "1", "-s", f"{ip2}/32", "-o", "up0", "-p", "udp",
          "-j", "MASQUERADE", "--to-ports", f"{SNAT_PORTS[0]}-{SNAT_PORTS[1]}", ns=node)
 
-    d = Drops(tmp_path, "--netns", node)
+    stop = observe()
     before = lab.node_stats()
     out: dict = {}
 
@@ -119,15 +137,13 @@ def test_all_causes_at_once_exact_per_reason_and_tuple(lab, tmp_path):
         Path(L.CT_MAX).write_text(old)
         lab._forget_sysctl(L.CT_MAX)
     after = lab.node_stats()
-    events, err = d.stop()
+    events, reasons, err = stop()
 
     # ground truth: the kernel's counters, the rules' counters, the generators
     k_failed = after["insert_failed"] - before["insert_failed"]
     k_full = after["drop"] - before["drop"] - k_failed
     k_rule = rule_packets(node)
     assert k_full > 0 and k_failed > 0 and k_rule > 0, (k_full, k_failed, k_rule)
-    summary = [l for l in err.splitlines() if l.startswith('{"summary"')]
-    reasons = json.loads(summary[0])["summary"]["reasons_by_netns"][str(inode)]
     assert (reasons["table_full"], reasons["insert_failed"], reasons["rule"]) == (k_full, k_failed, k_rule), err
     assert reasons["invalid"] == reasons["unknown"] == 0
 

@@ -20,8 +20,7 @@ import os
 import re
 
 from tracer.backends import BackendError
-from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, ct_offsets, load_btf
-from tracer.btf import BTFError
+from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, ct_tuple_consts, load_btf
 from tracer.events import CT_STATS, STATS, Counters, SourceCounts, SrcKeyC, addr
 from tracer.features import probeable  # noqa: F401  (choose() imports it from here)
 
@@ -32,6 +31,9 @@ BLIND_SPOTS_LOCATION = ("none for conntrack itself; drops by rules via skb:kfree
 BLIND_SPOTS_NO_RULES = ("drops by rules are not seen (skb:kfree_skb has neither a drop reason "
                         "nor a usable call site here); conntrack's own events are exact")
 PROBES = [  # (function, entry handler, return handler, required)
+    # ctnetlink's creates (conntrack -I, conntrackd) refused by a full table
+    # are no packet's drop: without this probe they count as table_full
+    ("nf_conntrack_alloc", "create_entry", None, False),
     ("__nf_conntrack_alloc", "alloc_entry", "alloc_return", True),
     ("__nf_conntrack_confirm", "confirm_entry", "confirm_return", True),
     ("nf_ct_delete", "delete_entry", "delete_return", True),
@@ -121,12 +123,10 @@ class KprobeBackend(TracepointBackend):
 
     def program(self) -> tuple[str, list[str]]:
         btf = load_btf("nf_conntrack")
-        try:
-            consts = ct_offsets(btf)
-        except BTFError as e:
-            raise BackendError(f"this kernel's BTF lacks what the conntrack probes need: {e}") from None
-        flags = cflags(btf, self.rate, self.burst) + [f"-D{k}={v}" for k, v in consts.items()]
-        flags.append("-DCT_KPROBES=1")
+        if not ct_tuple_consts(btf):    # cflags() passes them (struct nf_conn, its status bits)
+            raise BackendError("this kernel's BTF does not describe struct nf_conn and its status "
+                               "bits (nf_conntrack's module BTF): the conntrack probes need them")
+        flags = cflags(btf, self.rate, self.burst) + ["-DCT_KPROBES=1"]
         return bpf_source("drops_tracepoint.c") + "\n" + bpf_source("conntrack_kprobe.c"), flags
 
     def start(self) -> "KprobeBackend":
@@ -157,7 +157,8 @@ class KprobeBackend(TracepointBackend):
                 # no maxactive: with it BCC falls back to the kprobe_events
                 # text interface, whose entries outlive a SIGKILLed process;
                 # the perf kprobe PMU goes away with our file descriptors.
-                self.bpf.attach_kretprobe(event=func, fn_name=ret)
+                if ret:
+                    self.bpf.attach_kretprobe(event=func, fn_name=ret)
                 self.attached.append(func)
             except Exception as e:
                 if required:

@@ -35,7 +35,11 @@ def summary(c: Counters, shown: int, netns_name=lambda inum: None, top: int = 10
         k = c.conntrack
         missed = "unknown" if c.missed is None else str(c.missed)
         out.append(f"  conntrack: {k['inserts']} inserts, {k['deletes']} deletes, "
-                   f"{k['early_drops']} early drops, {k['clash_resolved']} clashes resolved; "
+                   f"{k['early_drops']} early drops, {k['clash_resolved']} clashes resolved"
+                   + (f", {k['create_refused']} ctnetlink creates refused (no packet dropped)"
+                      if k.get("create_refused") else "")
+                   + (f", {k['args_missed']} returns without their call (unknown)"
+                      if k.get("args_missed") else "") + "; "
                    f"missed probe runs: {missed}; probes: {', '.join(c.attached)}"
                    + (f" (not attached: {', '.join(c.not_attached)})" if c.not_attached else ""))
     for s in sorted(c.sources, key=lambda s: -s.drops)[:top]:

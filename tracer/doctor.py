@@ -38,8 +38,10 @@ class HostState:
     # Added later (captures without them still load: the defaults mean "not recorded").
     deltas: dict = field(default_factory=dict)          # exact counter increases over the window
     kernel: str = ""                                    # uname -r
-    max_scope: str = ""                                 # "global" (one limit for all namespaces) or "netns"
+    max_scope: str = ""      # "global" (one value for all namespaces), "global-writable" (the same, but
+    #                          writable in a namespace: kernels before 5.10.35/5.13), or "netns" (its own)
     max_global: int | None = None                       # the initial namespace's limit, where it differs
+    max_own: int | None = None                          # "netns": its own value, where the initial one caps it
     nat: dict = field(default_factory=dict)             # nat.Usage.to_state(): SNAT usage, DNAT services
     insert_failed_by_dst: dict = field(default_factory=dict)  # captures: "udp 10.96.0.10:53" -> drop events
     ages: dict = field(default_factory=dict)            # forecast.summarize(): remaining timeouts, idle, candidates
@@ -91,10 +93,17 @@ def diagnose(h: HostState) -> list[Finding]:
     raise_fix = (f"sysctl -w net.netfilter.nf_conntrack_max={new_max}\n"
                  f"echo {new_max // 4} > /sys/module/nf_conntrack/parameters/hashsize\n"
                  f"# persist: echo 'net.netfilter.nf_conntrack_max={new_max}' > /etc/sysctl.d/90-conntrack.conf")
-    if h.max_scope == "global" and h.netns != "host":
-        raise_fix += "\n# the limit is global on this kernel: run these on the host, not in the namespace"
+    if h.max_scope in ("global", "global-writable") and h.netns != "host":
+        raise_fix += ("\n# the limit is global on this kernel: run these on the host, not in the namespace;"
+                      "\n# every namespace may then hold that many entries (each counts its own)")
+        if h.max_scope == "global-writable":
+            raise_fix += ("\n# this kernel lets a namespace write nf_conntrack_max, but that changes the "
+                          "global value (fixed in 5.10.35 and 5.13)")
     elif h.max_scope == "netns":
         raise_fix += "\n# this namespace has its own limit: run the sysctl inside it (nsenter -n -t PID)"
+        if h.max_global and new_max > h.max_global:
+            raise_fix += (f"\n# it is capped by the initial namespace's {h.max_global:,}: raise that on "
+                          "the host too")
     limit = f"nf_conntrack_count={cnt} nf_conntrack_max={mx}" + _scope(h)
     if mx and fill >= 0.9:
         add("table_full", CRITICAL, f"the conntrack table is {100 * fill:.0f}% full", limit, raise_fix)
@@ -260,7 +269,7 @@ def _time_to_full(h: HostState, add, new_max: int, raise_fix: str) -> None:
     new = a.get("new_kind")
     sysctl = a.get("idle", {}).get(new, {}).get("sysctl") if new else None
     model = (f"new entries +{ins:,} in {h.window:.1f} s ({f['rate']:,.1f}/s, band {f['rate_low']:,.1f}-"
-             f"{f['rate_high']:,.1f}/s); nf_conntrack_count={cnt:,} nf_conntrack_max={mx:,}; expiring "
+             f"{f['rate_high']:,.1f}/s); nf_conntrack_count={cnt:,} nf_conntrack_max={mx:,}{_scope(h)}; expiring "
              f"unless refreshed: {soon['10s']:,} in 10 s, {soon['1m']:,} in 1 min, {soon['10m']:,} in "
              f"10 min; new entries are {new or 'unknown'}"
              + (f" and live {life:,} s (nf_conntrack_{sysctl})" if life else "")
@@ -355,10 +364,14 @@ def _export(h: HostState, add, new_max: int) -> None:
 
 def _scope(h: HostState) -> str:
     if h.max_scope == "netns":
+        if h.max_own:
+            return (f" (this namespace's own setting is {h.max_own:,}, capped by the initial "
+                    f"namespace's {h.max_global or h.max:,})")
         return (f" (this namespace's own limit; the initial namespace's is {h.max_global:,})"
                 if h.max_global else " (this namespace's own limit)")
-    if h.max_scope == "global" and h.netns != "host":
-        return " (one limit for every namespace on this kernel; each counts its own entries)"
+    if h.max_scope in ("global", "global-writable") and h.netns != "host":
+        return (" (the limit is global on this kernel: one value for every namespace, set in the "
+                "initial one; each namespace's own count is checked against it)")
     return ""
 
 

@@ -60,16 +60,69 @@ def rules_text() -> str:
     return "\n".join(out)
 
 
-def max_scope() -> str:
-    """Is nf_conntrack_max this namespace's own ("netns") or the one global
-    limit ("global")? On kernels up to at least 6.18 a child namespace sees
-    the global value read-only (mode 0444; nf_conntrack_standalone.c); a
-    kernel that gives each namespace its own makes the file writable there."""
+def max_scope(release: str | None = None) -> str:
+    """Whose nf_conntrack_max does this namespace see? Read-only (mode 0444)
+    in a child namespace: the one global value ("global"; every kernel from
+    5.10.35/5.11.19/5.12.2/5.13, upstream 2671fa4dc010, through 6.18 at least).
+    Writable there: either the old bug (before those stable releases the file
+    was writable in a namespace owned by the initial user namespace, but it
+    wrote the global variable: "global-writable") or a kernel with a per-netns
+    limit (struct netns_ct has sysctl_max: netfilter's nf-next after 6.18,
+    the lvxiafei patch; effective limit min(own, initial namespace's): "netns").
+    BTF tells the two apart; without BTF, no kernel up to 6.18 has the latter."""
     try:
         mode = os.stat(CT_MAX).st_mode
     except OSError:
         return ""
-    return "netns" if mode & stat.S_IWUSR else "global"
+    if not mode & stat.S_IWUSR:
+        return "global"
+    own = per_netns_max()
+    if own is None:
+        v = _version(release if release is not None else platform.release())
+        own = v is not None and v > (6, 18)
+    return "netns" if own else "global-writable"
+
+
+def _initial_netns() -> int:
+    """Inode of the initial network namespace: PID 1's, or (where that is
+    hidden, as in some sandboxes) the caller's own, where cttrace runs."""
+    try:
+        return ns.inode("/proc/1/ns/net")
+    except OSError:
+        return ns.inode()
+
+
+def per_netns_max() -> bool | None:
+    """Whether this kernel keeps nf_conntrack_max per namespace (a member
+    sysctl_max in struct netns_ct, BTF); None when BTF cannot tell."""
+    from tracer.btf import BTF, BTFError
+    try:
+        btf = BTF.load()
+        btf.find("netns_ct")
+    except BTFError:
+        return None
+    try:
+        btf.offset("netns_ct", "sysctl_max")
+        return True
+    except BTFError:
+        return False
+
+
+def effective_max(own: int | None, initial: int | None) -> int | None:
+    """The limit a namespace with its own nf_conntrack_max meets: the smaller
+    of its own and the initial namespace's, 0 meaning no limit
+    (nf_conntrack_max(net) in the per-netns change)."""
+    if not own or not initial:
+        return own or initial
+    return min(own, initial)
+
+
+def _version(release: str) -> tuple[int, int] | None:
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return None
 
 
 def entry_size() -> tuple[int | None, str]:
@@ -84,6 +137,8 @@ def entry_size() -> tuple[int | None, str]:
                     break
     except (OSError, ValueError, IndexError):
         pass
+    if slab:
+        return forecast.entry_size(None, slab)
     size = None
     from tracer.btf import BTF, BTFError
     try:
@@ -99,8 +154,11 @@ def entry_size() -> tuple[int | None, str]:
 
 def read_live(netns: str | None = None, window: float = 1.0, names=None) -> HostState:
     global_max = _sysctl("max")                    # the caller's (initial) namespace
+    initial = _initial_netns()
     with ns.entered(netns):
-        scope = max_scope() if netns else "global"
+        scope = "global"
+        if netns and ns.inode() != initial:
+            scope = max_scope()
         st1 = table.read()
         t1 = time.monotonic()
         cols = Columns()
@@ -124,13 +182,18 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
     size, how = entry_size()
     a, b = st1.totals, st2.totals
     deltas = {k: max(b.get(k, 0) - a.get(k, 0), 0) for k in b}
-    h = HostState(netns=netns or "host", count=st2.count, max=st2.max, buckets=st2.buckets,
+    limit, own = st2.max, None
+    if scope == "netns":                         # its own value, capped by the initial namespace's
+        limit = effective_max(st2.max, global_max)
+        own = st2.max if limit != st2.max else None
+    h = HostState(netns=netns or "host", count=st2.count, max=limit, buckets=st2.buckets,
                   sysctls=sysctls, stats=b, window=dt,
                   rates={k: v / dt for k, v in deltas.items()}, deltas=deltas,
                   by_state=dict(s.by_state), by_proto_dport=dict(s.by_proto_dport),
                   by_src=dict(s.by_src), rules=rules, total=s.total,
                   kernel=platform.release(), max_scope=scope,
                   max_global=global_max if scope == "netns" and global_max != st2.max else None,
+                  max_own=own,
                   nat=usage.to_state() if usage is not None else {},
                   ages=ages.summary(sysctls, addr=lambda raw: dec.addr(raw)[1]),
                   entry_bytes=size, entry_bytes_how=how)

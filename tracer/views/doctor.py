@@ -18,7 +18,12 @@ def render(findings, state) -> Group:
         fill = f"{state.count:,}/{state.max:,}" if state.max else f"{state.count:,} entries"
         head = f"cttrace doctor: export {state.export}, table {fill}, {len(findings)} finding(s)"
     else:
-        head = f"cttrace doctor: netns {state.netns}, table {fill}, {len(findings)} finding(s)"
+        scope = ""
+        if state.netns != "host" and getattr(state, "max_scope", "") in ("global", "global-writable"):
+            scope = " (global limit)"
+        elif getattr(state, "max_scope", "") == "netns":
+            scope = " (its own limit)"
+        head = f"cttrace doctor: netns {state.netns}, table {fill}{scope}, {len(findings)} finding(s)"
     parts = [text(head)]
     if not findings:
         parts.append(Text("nothing to fix"))

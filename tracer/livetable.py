@@ -44,9 +44,9 @@ import time
 
 from tracer import ctnetlink
 from tracer import netns as ns
-from tracer.forecast import SCHEDULE_SYSCTLS
 from tracer.aggregate import LiveTable
 from tracer.ctevents import DELETE, INSERT, CtEvents, events_mode
+from tracer.forecast import SCHEDULE_SYSCTLS
 
 EVENTS_NAMES = {0: "off", 1: "on", 2: "auto"}
 

@@ -37,7 +37,8 @@ def test_doctor_reads_the_limit_the_namespace_meets():
                 except PermissionError as e:
                     assert e.errno == errno.EACCES
             assert st["max_scope"] == "global" and st["max"] == glob and st["max_global"] is None
-            assert "(global limit)" in text.splitlines()[0]
+            assert text.splitlines()[1] == ("limit: one global nf_conntrack_max, checked against each "
+                                            "namespace's own count")
         elif own:
             # a per-namespace limit: set one below the initial namespace's, the doctor meets it
             ns.sysctl("net.netfilter.nf_conntrack_max", str(max(glob // 2, 1)))

@@ -106,4 +106,6 @@ def test_view_header_names_the_scope():
     c = Console(record=True, width=100, color_system=None, file=io.StringIO())
     st = HostState(netns="blue", count=10, max=1000, max_scope="global")
     c.print(render([], st))
-    assert "cttrace doctor: netns blue, table 10/1,000 (global limit), 0 finding(s)" in c.export_text()
+    assert c.export_text().splitlines()[:2] == [
+        "cttrace doctor: netns blue, table 10/1,000, 0 finding(s)",
+        "limit: one global nf_conntrack_max, checked against each namespace's own count"]

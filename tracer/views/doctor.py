@@ -18,13 +18,13 @@ def render(findings, state) -> Group:
         fill = f"{state.count:,}/{state.max:,}" if state.max else f"{state.count:,} entries"
         head = f"cttrace doctor: export {state.export}, table {fill}, {len(findings)} finding(s)"
     else:
-        scope = ""
-        if state.netns != "host" and getattr(state, "max_scope", "") in ("global", "global-writable"):
-            scope = " (global limit)"
-        elif getattr(state, "max_scope", "") == "netns":
-            scope = " (its own limit)"
-        head = f"cttrace doctor: netns {state.netns}, table {fill}{scope}, {len(findings)} finding(s)"
+        head = f"cttrace doctor: netns {state.netns}, table {fill}, {len(findings)} finding(s)"
     parts = [text(head)]
+    scope = getattr(state, "max_scope", "")
+    if not getattr(state, "export", "") and state.netns != "host" and scope in ("global", "global-writable"):
+        parts.append(Text("limit: one global nf_conntrack_max, checked against each namespace's own count"))
+    elif scope == "netns":
+        parts.append(Text("limit: this namespace's own nf_conntrack_max"))
     if not findings:
         parts.append(Text("nothing to fix"))
     for f in findings:

@@ -356,7 +356,8 @@ def _export(h: HostState, add, new_max: int) -> None:
         add("export_timeouts", WARNING,
             "the export's remaining timeouts do not fit the timeouts "
             + ("assumed" if h.assumed else "given") + ": idle times of these kinds are unreliable",
-            "; ".join(wrong),
+            "; ".join(wrong) + " (also seen where entries have a timeout policy of their own, "
+            "iptables CT --timeout / nft ct timeout, or the sysctl changed after their last packet)",
             "sysctl net.netfilter > sysctls.txt     # on the exporting host\n"
             f"cttrace doctor --file {shlex.quote(h.export) if h.export != 'standard input' else 'EXPORT'} "
             "--sysctls sysctls.txt")

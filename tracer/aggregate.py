@@ -115,6 +115,8 @@ class LiveTable:
         self.sched: Schedule | None = None     # the last complete dump's expiry schedule
         self._building: Schedule | None = None  # the running reconcile's
         self._raw = None                       # its raw row counts (seen() adds to them)
+        self._pend: list = []                  # evented rows new to `sched`, not yet counted
+        self._pend_b: list = []                # ... new to `_building`
         self.sysctls: dict = {}                # the namespace's timeouts, for the next schedule
 
     key = staticmethod(entry_key)
@@ -198,13 +200,25 @@ class LiveTable:
         self._set(k, self._code(row))
 
     def _scheduled(self, k: bytes, row: tuple) -> None:
-        """Count an evented entry into the schedules that do not hold it yet."""
+        """An evented entry joins the schedules that do not hold it yet (in
+        sched_flush(), once per batch of events: an append here)."""
         old = self.entries.get(k)
         if old is None and self.sched is not None:
-            self.sched.inserted(row, self.clock())
-        b = self._building
-        if b is not None and (old is None or (old & GEN_MASK) >> GEN_SHIFT != self._gen):
-            b.inserted(row, self.clock())
+            self._pend.append(row)
+        if self._building is not None and (old is None or (old & GEN_MASK) >> GEN_SHIFT != self._gen):
+            self._pend_b.append(row)
+
+    def sched_flush(self) -> None:
+        """Count the evented entries of the last batch into the schedules,
+        as inserted now (the feed calls it after each batch of events)."""
+        if self._pend:
+            if self.sched is not None:
+                self.sched.inserted_rows(self._pend, self.clock())
+            self._pend = []
+        if self._pend_b:
+            if self._building is not None:
+                self._building.inserted_rows(self._pend_b, self.clock())
+            self._pend_b = []
 
     def delete(self, row: tuple) -> None:
         k = entry_key(row)
@@ -240,6 +254,7 @@ class LiveTable:
         """fill() in steps, for a dump that pushes its rows (ctnetlink.dump(sink))."""
         self.sched = Schedule(self.clock(), self.sysctls) if self.clock is not None else None
         self._building = self._raw = None
+        self._pend, self._pend_b = [], []
         self.entries.clear()
         for c in self.by.values():
             c.clear()
@@ -289,6 +304,7 @@ class LiveTable:
         self._dead = set()
         self.legacy_min_timeout = None
         if self.clock is not None:
+            self.sched_flush()
             self._building = Schedule(self.clock(), self.sysctls)
             self._raw = self._building.raw
 
@@ -318,6 +334,7 @@ class LiveTable:
             self._count(k, self.entries.pop(k), -1)
         self._dead = None
         if self._building is not None:
+            self.sched_flush()
             self.sched = self._building.end(self.clock())
             self._building = self._raw = None
         return len(stale)
@@ -333,6 +350,7 @@ class LiveTable:
         """The reconcile's dump failed: keep what is known, sweep nothing."""
         self._dead = None
         self._building = self._raw = None
+        self._pend_b = []
 
     @property
     def reconciling(self) -> bool:

@@ -442,6 +442,16 @@ class Schedule:
         if t is not None:
             self.counts[k + (bucket(max(int(now - self.t0 + t + 0.5), 0)),)] += 1
 
+    def inserted_rows(self, rows: list, now: float) -> None:
+        """inserted() for a batch of rows (C speed but per distinct key)."""
+        counts, kinds, t0 = self.counts, self.new_kinds, self.t0
+        for (p, s, f, t), n in Counter(map(_ROW_KEY, rows)).items():
+            k = (p, s, f & SCHED_KIND_FLAGS)
+            kinds[k] += n
+            self.inserted_n += n
+            if t is not None:
+                counts[k + (bucket(max(int(now - t0 + t + 0.5), 0)),)] += n
+
     def end(self, now: float) -> "Schedule":
         self.flush(now)         # rows never marked (seen() by a caller without ticks): read by now
         self.done = now

@@ -192,6 +192,7 @@ class LiveSource:
                 live.insert(row)
             else:
                 live.update(row)
+        live.sched_flush()
         if batch.overrun:
             self.overruns += 1
             self._overrun_at = self.clock()

@@ -88,6 +88,8 @@ def test_live_table_counts_each_entry_once_per_schedule():
     fresh = udp(10, 30, first=7000)
     for r in fresh:
         t.insert(r)
+    assert t.sched.inserted_n == 0               # counted once per batch of events
+    t.sched_flush()
     assert t.sched.inserted_n == 10 and sum(n for _, n in t.sched.existing(101.0)) == 110
     # a reconcile: an UPDATE reaches an entry before the dump does, a NEW
     # event adds one; the dump then shows both: each is counted once
@@ -95,6 +97,7 @@ def test_live_table_counts_each_entry_once_per_schedule():
     t.begin()
     t.update(dumped[1][:9] + (30,))
     t.insert(udp(1, 30, first=8000)[0])
+    t.sched_flush()
     old = t.sched
     assert old.inserted_n == 11                  # the new entry also joins the current schedule
     for r in dumped + fresh + udp(1, 29, first=8000):

@@ -323,9 +323,10 @@ def clean(raw) -> dict:
 
 def from_net(count: int | None, limit: int | None, net: list[float]) -> dict:
     """Time to full from the last intervals' net rates (inserts - deletes per
-    second), for the live views: the live table keeps no timeouts, so the
-    schedule is the one the deletes show. Low/high from the spread of the
-    intervals; "filling" False when the mean net rate is not positive."""
+    second): a straight line, the live views' model before the expiry
+    schedule (`live_forecast`), kept as the baseline the tests compare with.
+    Low/high from the spread of the intervals; "filling" False when the mean
+    net rate is not positive."""
     if not limit or count is None or not net:
         return {"filling": None, "reason": "no limit or no interval yet"}
     lo_r, r, hi_r = rate_band(net)

@@ -14,7 +14,10 @@ from tracer import forecast as fc
 from tracer import nat
 
 CRITICAL, WARNING, INFO = "critical", "warning", "info"
-TUNNELS = {4789: "VXLAN", 6081: "Geneve"}
+# Tunnels whose outer UDP flows need no state: port -> (name, finding id suffix).
+# 8472 is the Linux vxlan driver's historical default, used by flannel and Cilium.
+TUNNELS = {4789: ("VXLAN", "vxlan"), 8472: ("VXLAN (Linux's default port: flannel, Cilium)", "vxlan_8472"),
+           6081: ("Geneve", "geneve")}
 ESTABLISHED_DEFAULT = 432000          # 5 days, the kernel's default
 
 
@@ -140,17 +143,17 @@ def diagnose(h: HostState) -> list[Finding]:
             "sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait=30\n"
             "# better: reuse connections (keep-alive, pools) in the busiest clients")
 
-    for port, name in TUNNELS.items():
+    for port, (name, tag) in TUNNELS.items():
         n = h.by_proto_dport.get(f"udp/{port}", 0)
         if n and not _notrack(h.rules, port):
-            after = ""
-            if h.ages and h.max and total:
+            after = f"; without them {total - n:,} of {total:,} entries stay" if h.export and total else ""
+            if h.ages and h.max and total and not h.export:
                 # the tunnel's share of the table (and of the inserts) goes away
                 keep = 1 - n / total
                 f = table_forecast(h, h.max, scale=keep)
                 after = (f"; without them {total - n:,} of {total:,} entries stay"
                          + (f", {fc.text(f)}" if f.get("filling") is not None else ""))
-            add(f"tracked_{name.lower()}", WARNING,
+            add(f"tracked_{tag}", WARNING,
                 f"{name} tunnel traffic (udp/{port}) is tracked: {n:,} entries that need no state",
                 f"{n:,} entries with destination port udp/{port}; "
                 + ("an export holds only tracked entries" if h.export else "no NOTRACK rule for it") + after,

@@ -248,3 +248,23 @@ def test_cli_text_render_and_malformed_lines(tmp_path):
     assert "cttrace doctor: export" in out and "export_no_rates" in out
     assert "1 malformed line(s) skipped; first: line 1004: 'not a line'" in out
     assert "shorter_udp_timeout" in out
+
+
+def test_tunnels_in_an_export(tmp_path):
+    """VXLAN on 4789 and on Linux's default 8472 (flannel, Cilium), Geneve:
+    each a NOTRACK candidate with the entries it removes."""
+    lines = [udp("proc", 100, "198.18.0.1", 1000 + i, "198.18.0.2", 4789, unreplied=False, assured=True)
+             for i in range(50)]
+    lines += [udp("proc", 100, "198.18.0.1", 2000 + i, "198.18.0.3", 8472, unreplied=False, assured=True)
+              for i in range(70)]
+    lines += [udp("proc", 100, "198.18.0.1", 3000 + i, "198.18.0.4", 6081, unreplied=False, assured=True)
+              for i in range(30)]
+    f = tmp_path / "t.txt"
+    f.write_text("\n".join(lines) + "\n")
+    found = {x.id: x for x in D.diagnose(read_export(str(f), {"max": 1000}))}
+    assert "50 entries that need no state" in found["tracked_vxlan"].message
+    v = found["tracked_vxlan_8472"]
+    assert "udp/8472" in v.message and "70 entries that need no state" in v.message
+    assert "an export holds only tracked entries; without them 80 of 150 entries stay" in v.evidence
+    assert "--dport 8472 -j CT --notrack" in v.fix
+    assert "30 entries" in found["tracked_geneve"].message

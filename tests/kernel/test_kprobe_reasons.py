@@ -58,7 +58,9 @@ def test_all_causes_at_once_on_kprobes(backend, lab4):
     # the kernel's `insert` counter stays 0 on recent kernels: the truth is
     # the node's entry count, which inserts less deletes must explain exactly
     assert d["inserts"] > 0
-    assert seen["net"] == seen["n1"] - seen["n0"], (seen, d)
+    from tracer.backends.kprobe import early_drops_seen
+    unseen = 0 if early_drops_seen() else k1["early_drop"] - k0["early_drop"]   # 5.10: inlined
+    assert seen["net"] == seen["n1"] - seen["n0"] + unseen, (seen["net"], seen["n1"] - seen["n0"], unseen, d)
 
 
 def test_refused_create_hides_no_rule_drop(backend):

@@ -261,7 +261,10 @@ class TracingSession:
         count's growth plus the entries whose schedule ended meanwhile."""
         src = self.live
         if src.mode in (1, 2) and not src.overruns_since(p.t):
-            return dt, float(sum(s.inserts.values()) - sum(p.inserts.values())), "events"
+            # per source: serve forgets idle sources (their counts leave
+            # live.inserts), so a source that went down counts anew from 0
+            n = sum(v - o if v >= (o := p.inserts.get(k, 0)) else v for k, v in s.inserts.items())
+            return dt, float(n), "events"
         k = s.kernel.get("insert", 0) - p.kernel.get("insert", 0)
         if k > 0:
             return dt, float(k), "kernel insert counter"

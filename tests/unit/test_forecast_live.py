@@ -213,3 +213,24 @@ def test_top_header_shows_the_band_and_the_schedule_age():
     c = Console(record=True, width=100)
     c.print(render(f, full_screen=False))
     assert "not filling (levels at ~6,000), schedule 12s old" in c.export_text()
+
+
+def test_folded_sources_do_not_make_the_insert_rate_negative():
+    # serve folds an idle source right after a sample (its cumulative
+    # inserts leave live.inserts): the next interval counts only what was
+    # inserted, and the forecast (its Poisson band) does not fail
+    from collections import Counter
+
+    from tracer.aggregate import Sample
+    sched = F.Schedule(0.0, {"udp_timeout": 30})
+    sched.rows(udp(100, 20), 0.0)
+    sched.end(0.0)
+    s = _session(sched, 100, 10000, [])
+    p = Sample(t=10.0, inserts=Counter({"a": 5000, "b": 10, "c": 7}), deletes=Counter(), drops={},
+               kernel={}, count=100, max=10000)
+    q = Sample(t=20.0, inserts=Counter({"b": 30, "c": 3}), deletes=Counter(), drops={},
+               kernel={}, count=100, max=10000)
+    assert s._inserted(p, q, 10.0) == (10.0, 23.0, "events")     # b +20, c folded then +3
+    s.ins_hist.append(s._inserted(p, q, 10.0))
+    f = s.forecast(now=20.0)
+    assert f["rate"] == pytest.approx(2.3) and f["rate_low"] >= 0

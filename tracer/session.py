@@ -283,7 +283,10 @@ class TracingSession:
         sched = src.live.sched if src is not None else None
         if sched is None or st is None or not self.ins_hist:
             return forecast.live_forecast(None, now, None, None, None)
-        sched.prune(now)
+        # forget only buckets that ended before the last sample: the next
+        # interval's count growth adds back what expired since (_inserted)
+        prev = self.rates.prev
+        sched.prune(min(now, prev.t) if prev is not None else now)
         secs = sum(x[0] for x in self.ins_hist)
         n = sum(x[1] for x in self.ins_hist)
         lo, mean, hi = forecast.rate_band([x[1] / x[0] for x in self.ins_hist])

@@ -234,3 +234,19 @@ def test_folded_sources_do_not_make_the_insert_rate_negative():
     s.ins_hist.append(s._inserted(p, q, 10.0))
     f = s.forecast(now=20.0)
     assert f["rate"] == pytest.approx(2.3) and f["rate_low"] >= 0
+
+
+def test_a_scrape_between_samples_keeps_what_the_next_interval_counts():
+    # events off: an interval's inserts are the count's growth plus what the
+    # schedule let expire in it; a forecast read between two samples (a
+    # serve scrape, a key in top) must not forget those expiries
+    from tracer.aggregate import Sample
+    sched = F.Schedule(0.0, {"udp_timeout": 30})
+    sched.rows(udp(1000, 15), 0.0)               # expire at ~15.5 s
+    sched.end(0.0)
+    s = _session(sched, 1000, 10**6, [(1.0, 0.0, "count growth")], mode=0)
+    p = Sample(t=10.0, inserts={}, deletes={}, drops={}, kernel={}, count=1000, max=None)
+    s.rates.prev = p
+    s.forecast(now=17.0)                         # a scrape at 17 s
+    q = Sample(t=20.0, inserts={}, deletes={}, drops={}, kernel={}, count=1000, max=None)
+    assert s._inserted(p, q, 10.0) == (10.0, 1000.0, "count growth")

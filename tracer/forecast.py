@@ -16,7 +16,9 @@ seconds, rounded down by the kernel). From it:
 Kinds of entries and the sysctl that sets their timeout (the kernel's
 nf_conntrack_proto_{tcp,udp,icmp,generic}.c). UDP: an entry without a reply
 has udp_timeout; once replied and ASSURED (a stream) udp_timeout_stream;
-replied, not yet assured, udp_timeout again.
+replied, not yet assured, udp_timeout again. GRE has its own two
+(nf_conntrack_proto_gre.c): gre_timeout until a reply is seen, then
+gre_timeout_stream; it is not on generic_timeout.
 
 The model assumes no entry is refreshed in the future: refreshed entries
 (busy connections) stay longer, so where the table holds busy long-lived
@@ -49,12 +51,15 @@ _APP = itemgetter(0, 1, 5, 9, 2, 4)
 
 def kind(proto: int, state, flags: int) -> str:
     """What sets an entry's timeout: "tcp/ESTABLISHED", "udp/UNREPLIED",
-    "udp/STREAM", "udp/REPLIED", "icmp", "sctp/...", or the protocol name."""
+    "udp/STREAM", "udp/REPLIED", "gre/UNREPLIED", "gre/STREAM", "icmp",
+    "sctp/...", or the protocol name."""
     name = proto_name(proto)
     if proto == 17 or proto == 136:
         if flags & F_UNREPLIED:
             return f"{name}/UNREPLIED"
         return f"{name}/STREAM" if flags & F_ASSURED else f"{name}/REPLIED"
+    if proto == 47:                         # a reply seen: the stream timeout
+        return "gre/UNREPLIED" if flags & F_UNREPLIED else "gre/STREAM"
     if state is not None and proto in STATE_NAMES:
         names = STATE_NAMES[proto]
         return f"{name}/{names[state] if state < len(names) else state}"
@@ -70,6 +75,8 @@ def sysctl_of(k: str) -> str | None:
         return "udp_timeout_stream" if st == "STREAM" else "udp_timeout"
     if proto in ("icmp", "icmpv6"):
         return "icmpv6_timeout" if proto == "icmpv6" else "icmp_timeout"
+    if proto == "gre":
+        return "gre_timeout_stream" if st == "STREAM" else "gre_timeout"
     if proto in ("sctp", "dccp"):
         return None
     return "generic_timeout"
@@ -353,7 +360,8 @@ _ROW_KEY = itemgetter(0, 1, 5, 9)          # proto, state, flags, timeout (ctnet
 SCHED_RAW_MAX = 50_000                      # rows' distinct keys held before they are bucketed
 SCHED_FLUSH_S = 1.0                         # ... or seconds (the rows' read time is known to +-0.5 s)
 SCHEDULE_SYSCTLS = tuple(sorted(set(TCP_SYSCTL.values()) | {
-    "udp_timeout", "udp_timeout_stream", "icmp_timeout", "icmpv6_timeout", "generic_timeout"}))
+    "udp_timeout", "udp_timeout_stream", "icmp_timeout", "icmpv6_timeout", "generic_timeout",
+    "gre_timeout", "gre_timeout_stream"}))
 
 
 def bucket(s: int) -> int:

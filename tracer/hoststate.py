@@ -17,16 +17,18 @@ from tracer.snapshot import Columns, Summary
 TIMEOUTS = ("tcp_timeout_established", "tcp_timeout_time_wait", "tcp_timeout_syn_sent",
             "tcp_timeout_close_wait", "udp_timeout", "udp_timeout_stream", "icmp_timeout",
             "generic_timeout", "tcp_timeout_syn_recv", "tcp_timeout_fin_wait",
-            "tcp_timeout_last_ack", "tcp_timeout_close", "icmpv6_timeout")
+            "tcp_timeout_last_ack", "tcp_timeout_close", "icmpv6_timeout", "gre_timeout",
+            "gre_timeout_stream")
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
-# The kernel's defaults (nf_conntrack_proto_{tcp,udp,icmp,icmpv6,generic}.c; the
+# The kernel's defaults (nf_conntrack_proto_{tcp,udp,icmp,icmpv6,generic,gre}.c; the
 # values of this project's 6.18 host; older kernels had udp_timeout_stream=180).
 # An export carries no sysctls: `doctor --file` assumes these unless told.
 DEFAULT_TIMEOUTS = {"tcp_timeout_established": 432000, "tcp_timeout_time_wait": 120,
                     "tcp_timeout_syn_sent": 120, "tcp_timeout_close_wait": 60, "udp_timeout": 30,
                     "udp_timeout_stream": 120, "icmp_timeout": 30, "generic_timeout": 600,
                     "tcp_timeout_syn_recv": 60, "tcp_timeout_fin_wait": 120,
-                    "tcp_timeout_last_ack": 30, "tcp_timeout_close": 10, "icmpv6_timeout": 30}
+                    "tcp_timeout_last_ack": 30, "tcp_timeout_close": 10, "icmpv6_timeout": 30,
+                    "gre_timeout": 30, "gre_timeout_stream": 180}
 SETTINGS = frozenset(TIMEOUTS) | {"max", "buckets"}
 # Each section of the rules text starts with "# cttrace: <tool>" (nat.parse_rules reads them).
 RULE_COMMANDS = (("iptables", ["iptables-save", "-t", "raw"]), ("iptables", ["iptables-save", "-t", "nat"]),

@@ -268,3 +268,20 @@ def test_tunnels_in_an_export(tmp_path):
     assert "an export holds only tracked entries; without them 80 of 150 entries stay" in v.evidence
     assert "--dport 8472 -j CT --notrack" in v.fix
     assert "30 entries" in found["tracked_geneve"].message
+
+
+def test_gre_entries_are_on_their_own_timeouts(tmp_path):
+    # 200 replied GRE tunnels just refreshed (179 s left of gre_timeout_stream
+    # 180), 5 unreplied (29 s left of gre_timeout 30): none is idle, and a
+    # shorter generic_timeout would free none of them
+    gre = ("gre      47 {t} src=198.18.0.{i} dst=198.18.1.1 srckey=0x0 dstkey=0x0 {u}"
+           "src=198.18.1.1 dst=198.18.0.{i} srckey=0x0 dstkey=0x0 {a}mark=0 use=1")
+    lines = [gre.format(t=179, i=i, u="", a="[ASSURED] ") for i in range(200)]
+    lines += [gre.format(t=29, i=i, u="[UNREPLIED] ", a="") for i in range(5)]
+    p = tmp_path / "gre.txt"
+    p.write_text("\n".join(lines) + "\n")
+    a = read_export(str(p)).ages
+    assert a["idle"]["gre/STREAM"]["sysctl"] == "gre_timeout_stream"
+    assert a["idle"]["gre/STREAM"]["buckets"]["0s-10s"] == 200
+    assert a["idle"]["gre/UNREPLIED"]["buckets"]["0s-10s"] == 5
+    assert not [c for c in a["candidates"] if c["freed"]]

@@ -25,7 +25,11 @@ def test_kinds_and_sysctls():
     assert F.sysctl_of("udp/STREAM") == "udp_timeout_stream"
     assert F.sysctl_of("udp/REPLIED") == "udp_timeout"
     assert F.sysctl_of("tcp/TIME_WAIT") == "tcp_timeout_time_wait"
-    assert F.sysctl_of("gre") == "generic_timeout"
+    assert F.sysctl_of("ipip") == "generic_timeout"
+    # GRE has timeouts of its own (nf_conntrack_proto_gre.c), not generic_timeout
+    assert F.kind(47, None, F_UNREPLIED) == "gre/UNREPLIED" and F.kind(47, None, F_ASSURED) == "gre/STREAM"
+    assert F.sysctl_of("gre/UNREPLIED") == "gre_timeout"
+    assert F.sysctl_of("gre/STREAM") == "gre_timeout_stream"
 
 
 def test_schedule_idle_and_candidates_from_rows():

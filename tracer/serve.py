@@ -106,6 +106,8 @@ class Collector:
             series = {m: self.series.series(m) for m in METRICS}
             sampled = s.rates.prev.t if s.rates.prev else 0
             fc = s.forecast(st)
+            sched = s.live.live.sched
+            sched_age = None if sched is None else max(s.live.clock() - sched.t0, 0.0)
         names = s.names
         entries = GaugeMetricFamily("cttrace_conntrack_entries",
                                     "Entries in the conntrack table (as node_nf_conntrack_entries)")
@@ -131,10 +133,11 @@ class Collector:
             g = GaugeMetricFamily(f"cttrace_conntrack_seconds_to_full{name}", help_)
             g.add_metric([], secs(fc.get(key)))
             yield g
-        age = GaugeMetricFamily("cttrace_conntrack_forecast_schedule_age_seconds",
-                                "Age of the expiry schedule the forecast ages (the last dump's start)")
-        age.add_metric([], fc.get("schedule_age_s", float("nan")))
-        yield age
+        if sched_age is not None:               # absent until the first dump is in
+            age = GaugeMetricFamily("cttrace_conntrack_forecast_schedule_age_seconds",
+                                    "Age of the expiry schedule the forecast ages (the last dump's start)")
+            age.add_metric([], round(sched_age, 1))
+            yield age
         stat = CounterMetricFamily("cttrace_conntrack_stat", "The kernel's per-CPU conntrack "
                                    "counters, summed (/proc/net/stat/nf_conntrack)", labels=["stat"])
         for k, v in sorted(kernel.items()):

@@ -250,3 +250,45 @@ def test_a_scrape_between_samples_keeps_what_the_next_interval_counts():
     s.forecast(now=17.0)                         # a scrape at 17 s
     q = Sample(t=20.0, inserts={}, deletes={}, drops={}, kernel={}, count=1000, max=None)
     assert s._inserted(p, q, 10.0) == (10.0, 1000.0, "count growth")
+
+
+def test_serve_forecast_gauges():
+    # the exposition text: +Inf spelled as Prometheus reads it when not
+    # filling, NaN (documented) before the first interval, and the schedule's
+    # age as soon as a dump is in, absent before (never NaN)
+    import threading
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tracer.events import Counters
+    from tracer.serve import Collector, SourceSeries
+
+    def scrape(s):
+        s.read_table = lambda: s.state
+        s.kernel_totals = lambda st: {}
+        s.backend = type("B", (), {"counters": staticmethod(lambda: Counters("fake")), "name": "fake"})()
+        s.lost = lambda: {"events": 0, "over_rate_limit": 0, "bpf_map_full": 0}
+        s.names = type("N", (), {"ip": staticmethod(lambda a: None)})()
+        s.inum = 1
+        s.live.clock = lambda: t0 + 10.0
+        s.live.live.by = {"src": {}}
+        reg = CollectorRegistry()
+        reg.register(Collector(s, SourceSeries(), threading.Lock(), "6.18"))
+        return generate_latest(reg).decode()
+
+    import time
+    t0 = time.monotonic() - 10.0                 # the forecast reads the session's clock
+    sched = F.Schedule(t0, {"udp_timeout": 30})
+    sched.rows(udp(3000, 20), t0)
+    sched.end(t0)
+    s = _session(sched, 3000, 10**6, [])
+    out = scrape(s)
+    assert "cttrace_conntrack_seconds_to_full NaN" in out
+    assert "cttrace_conntrack_forecast_schedule_age_seconds 10.0" in out
+    s.ins_hist.append((1.0, 10.0, "events"))
+    out = scrape(s)
+    samples = [x for x in out.splitlines() if not x.startswith("#")]
+    assert "cttrace_conntrack_seconds_to_full +Inf" in samples
+    assert not [x for x in samples if x.lower().endswith(("nan", " inf"))]
+    s = _session(None, 3000, 10**6, [(1.0, 10.0, "events")])
+    assert "schedule_age" not in scrape(s)

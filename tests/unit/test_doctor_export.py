@@ -215,6 +215,8 @@ def test_cli_file_json_and_errors(tmp_path):
         (["doctor", "--file", str(tmp_path)], "is a directory"),
         (["doctor", "--file", str(f), "--netns", "x"], "excludes --capture and --netns"),
         (["doctor", "--sysctl", "udp_timeout=3"], "go with --file"),
+        (["doctor", "--file", str(f), "--window", "5"], "excludes --file and --capture"),
+        (["doctor", "--capture", str(f), "--window", "5"], "excludes --file and --capture"),
         (["doctor", "--file", str(f), "--sysctl", "udp_timeout"], "expected NAME=VALUE"),
         (["doctor", "--file", str(f), "--sysctl", "udp_timeout=x"], "must be a whole number"),
         (["doctor", "--file", str(f), "--sysctl", "foo=3"], "not a conntrack timeout"),

@@ -44,6 +44,9 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
 
     if export_path is not None and (capture_path is not None or netns is not None):
         abort("--file reads a table export: it excludes --capture and --netns", 2)
+    if (export_path is not None or capture_path is not None) and \
+            click.get_current_context().get_parameter_source("window") is not click.core.ParameterSource.DEFAULT:
+        abort("--window watches this host's counters: it excludes --file and --capture", 2)
     if (sysctls_path or sysctl_values or jobs) and export_path is None:
         abort("--sysctls, --sysctl and --jobs go with --file (a table export)", 2)
     if export_path is not None:

@@ -375,7 +375,8 @@ def _clean_state(raw) -> dict:
         v = raw.get(f.name)
         if v is None:
             continue
-        if f.name in ("count", "max", "buckets", "total", "window", "max_global", "entry_bytes") and _num(v):
+        if f.name in ("count", "max", "buckets", "total", "window", "max_global", "max_own",
+                      "entry_bytes") and _num(v):
             out[f.name] = v
         elif f.name in ("sysctls", "stats", "rates", "by_state", "by_proto_dport", "by_src",
                         "deltas", "insert_failed_by_dst") and _counts(v):

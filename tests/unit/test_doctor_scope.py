@@ -109,3 +109,10 @@ def test_view_header_names_the_scope():
     assert c.export_text().splitlines()[:2] == [
         "cttrace doctor: netns blue, table 10/1,000, 0 finding(s)",
         "limit: one global nf_conntrack_max, checked against each namespace's own count"]
+
+
+def test_a_capture_keeps_the_namespaces_own_setting():
+    from tracer.capture import _clean_state
+    st = _clean_state({"netns": "4242", "count": 10, "max": 1000, "max_scope": "netns",
+                       "max_global": 1000, "max_own": 5000})
+    assert st["max_own"] == 5000 and st["max"] == 1000

@@ -193,14 +193,18 @@ def flat(remaining: dict) -> list[tuple[float, int]]:
 def time_to_full(existing: list[tuple[float, int]], limit: int, rate: float, life: float | None,
                  fixed: int = 0) -> tuple[float | None, float]:
     """When does N(t) = fixed + #(existing with remaining > t) + rate * min(t, life)
-    first reach `limit`? Returns (seconds or None when never, the steady
-    level the table tends to). Exact for this model: between two expiries
-    N grows linearly, so each segment is solved in closed form."""
+    first reach `limit`? Returns (seconds or None when never, the level the
+    table holds once new entries are at their steady number and the present
+    entries that live about as long have left: N(2 life), so entries with
+    days left count, a bucket's half width beyond `life` does not). Exact
+    for this model: between two expiries N grows linearly, so each segment
+    is solved in closed form."""
     n0 = fixed + sum(n for _, n in existing)
     if n0 >= limit:
         return 0.0, float(n0)
     life = life if life and life > 0 else math.inf
-    steady = fixed + rate * life if life != math.inf else (math.inf if rate > 0 else float(n0))
+    steady = fixed + rate * life + sum(n for t, n in existing if t > 2 * life) if life != math.inf \
+        else (math.inf if rate > 0 else float(n0))
     if rate <= 0:
         return None, float(n0)
     alive = n0

@@ -95,6 +95,15 @@ def test_existing_entries_expire_on_schedule():
     assert F.time_to_full([(10, 4000)], 5100, 100.0, 30)[0] is None
 
 
+def test_the_level_keeps_the_entries_that_outlive_the_new_ones():
+    # 50,000 ESTABLISHED entries with days left, new DNS flows at 100/s
+    # living 30 s: the table holds 53,000 for days, not 3,000
+    t, steady = F.time_to_full([(20, 1000), (400000, 50000)], 100000, 100.0, 30)
+    assert t is None and steady == 53000
+    assert F.text(F.forecast([(400000, 50000)], 100000, (100.0, 100.0, 100.0), 30)) == \
+        "not filling (levels at ~53,000)"
+
+
 def test_full_now_and_no_inserts():
     assert F.time_to_full([(5, 10)], 10, 0.0, 60)[0] == 0.0
     assert F.time_to_full([(5, 5)], 10, 0.0, 60)[0] is None

@@ -162,7 +162,10 @@ def summarize(remaining: dict, sysctls: dict, assured: int = 0, apps=None) -> di
                 c["by_app"] = [{"src": s, "dport": p, "entries": n}
                                for (s, p), n in sorted(by.items(), key=lambda kv: (-kv[1], kv[0]))[:10]]
             cand.append(c)
-    life_kind = young.most_common(1)[0][0] if young and young.most_common(1)[0][1] else None
+    # new entries live the timeout of the kind the youngest entries hold; with
+    # none touched lately, of the kind most entries hold (as top and serve do)
+    life_kind = young.most_common(1)[0][0] if young and young.most_common(1)[0][1] else \
+        max(idle, key=lambda k: (sum(remaining[k].values()), k), default=None)
     return {"schedule": sched, "remaining": {k: {str(t): n for t, n in sorted(d.items())}
                                              for k, d in remaining.items()},
             "idle": idle, "candidates": cand, "assured": assured, "total": total,

@@ -224,3 +224,14 @@ def test_top_header_shows_the_forecast():
     c = Console(record=True, width=100)
     c.print(render(f, full_screen=False))
     assert "not filling (levels at ~1,234)" in c.export_text()
+
+
+def test_new_entries_live_the_most_held_kind_when_none_is_young():
+    """No entry touched in the last 10 s: new entries live the timeout of the
+    kind most entries hold (top and serve choose so too), not forever."""
+    s = F.summarize({"udp/UNREPLIED": {100: 900}, "tcp/TIME_WAIT": {50: 100}},
+                    {"udp_timeout": 120, "tcp_timeout_time_wait": 120})
+    assert s["new_kind"] == "udp/UNREPLIED" and s["life"] == 120
+    young = F.summarize({"udp/UNREPLIED": {100: 900}, "tcp/TIME_WAIT": {118: 5}},
+                        {"udp_timeout": 120, "tcp_timeout_time_wait": 120})
+    assert young["new_kind"] == "tcp/TIME_WAIT"

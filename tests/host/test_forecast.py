@@ -51,12 +51,14 @@ class Generator(threading.Thread):
             i += 1
 
 
-def truth_full(sent: list[float], t_ref: float, limit: int, rate: float) -> float | None:
-    """First s >= 0 at which the flows alive at t_ref + s (each lives T
-    seconds after it was sent; the generator goes on at `rate`) reach limit."""
+def truth_full(sent: list[float], t_ref: float, limit: int, rate: float,
+               life: float = T) -> float | None:
+    """First s >= 0 at which the flows alive at t_ref + s (each lives `life`
+    seconds after it was sent; the generator goes on at `rate`) reach
+    limit; None within 3 lives."""
     s = 0.0
-    while s < 3 * T:
-        alive = sum(1 for x in sent if x + T > t_ref + s) + rate * min(s, T)
+    while s < 3 * life:
+        alive = sum(1 for x in sent if x + life > t_ref + s) + rate * min(s, life)
         if alive >= limit:
             return s
         s += 0.05

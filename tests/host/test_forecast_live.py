@@ -23,7 +23,7 @@ import pytest
 
 from tests import lab as L
 from tests.host.conftest import CTTRACE
-from tests.host.test_forecast import Generator as _Generator
+from tests.host.test_forecast import Generator as _Generator, truth_full
 from tracer import netns
 
 pytestmark = pytest.mark.usefixtures("needs_tracepoint")
@@ -67,18 +67,6 @@ class Generator(_Generator):
             finally:
                 s.close()
             i += 1
-
-
-def truth_full(sent: list[float], t_ref: float, limit: int, rate: float) -> float | None:
-    """First s >= 0 when the flows alive at t_ref + s (each T s after its
-    send; the generator goes on at `rate`) reach limit; None within 3 T."""
-    s = 0.0
-    while s < 3 * T:
-        alive = sum(1 for x in sent if x + T > t_ref + s) + rate * min(s, T)
-        if alive >= limit:
-            return s
-        s += 0.05
-    return None
 
 
 @pytest.fixture
@@ -164,7 +152,7 @@ def test_top_time_to_full_and_not_filling(ns, tmp_path, events):
         f = fr.after(g0 + 4.5, max=M1)
         fc = f["forecast"]
         both = sent + list(gen.sent)
-        assert truth_full(both, f["_mono"], M1, RATE) is None
+        assert truth_full(both, f["_mono"], M1, RATE, life=T) is None
         assert fc["filling"] is False, fc
         assert fc["rate_low"] * T <= fc["steady"] <= fc["rate_high"] * T and fc["steady"] < M1, fc
         assert fc["rate_low"] <= RATE <= fc["rate_high"], fc
@@ -180,7 +168,7 @@ def test_top_time_to_full_and_not_filling(ns, tmp_path, events):
         fc = f["forecast"]
         t_ref = f["_mono"]
         assert t_ref < g0 + LEFT - 0.5, "the frame came after the burst expired"
-        truth = truth_full(sent + list(gen.sent), t_ref, M2, RATE)
+        truth = truth_full(sent + list(gen.sent), t_ref, M2, RATE, life=T)
         assert truth is not None and fc["filling"], (fc, truth)
         assert fc["low"] - 1 <= truth <= fc["high"] + 1, (fc, truth)
         assert fc["high"] - fc["low"] < 0.3 * truth, fc               # a useful band
@@ -240,7 +228,7 @@ def test_serve_seconds_to_full(ns, tmp_path):
         hi = _metric(port, "cttrace_conntrack_seconds_to_full_high")
         age = _metric(port, "cttrace_conntrack_forecast_schedule_age_seconds")
         mx = int(ns.read("/proc/sys/net/netfilter/nf_conntrack_max"))
-        truth = truth_full(list(gen.sent), t_ref, mx, RATE)
+        truth = truth_full(list(gen.sent), t_ref, mx, RATE, life=T)
         assert truth is not None and 0 < lo <= v <= hi < float("inf"), (lo, v, hi)
         assert lo - 1 <= truth <= hi + 1, (lo, v, hi, truth)
         assert 0 <= age < 60

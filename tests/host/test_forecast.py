@@ -77,15 +77,22 @@ def ns():
             n.sysctl("net.netfilter.nf_conntrack_udp_timeout", old)
 
 
-def test_forecast_and_timeout_evidence_match_the_generator(ns):
+def burst(ns: str, n: int) -> list[float]:
+    """n UDP flows 127.0.0.9:10000+i -> 127.0.0.1:5000 in namespace ns, one
+    socket each; their send times."""
     sent = []
-    with netns.entered(ns.name):
-        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(BURST)]
+    with netns.entered(ns):
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
     for i, s in enumerate(socks):
         s.bind(("127.0.0.9", 10000 + i))
         s.sendto(b"b", ("127.0.0.1", 5000))
         sent.append(time.monotonic())
         s.close()
+    return sent
+
+
+def test_forecast_and_timeout_evidence_match_the_generator(ns):
+    sent = burst(ns.name, BURST)
     time.sleep(WAIT - 2)
     gen = Generator(ns.name, RATE)
     gen.start()

@@ -23,7 +23,7 @@ import pytest
 
 from tests import lab as L
 from tests.host.conftest import CTTRACE
-from tests.host.test_forecast import Generator as _Generator, truth_full
+from tests.host.test_forecast import Generator as _Generator, burst, truth_full
 from tracer import netns
 
 pytestmark = pytest.mark.usefixtures("needs_tracepoint")
@@ -107,18 +107,6 @@ class Frames(threading.Thread):
         raise AssertionError(f"no frame after {t} with {want}: {self.frames[-1:] or 'none'}")
 
 
-def burst(ns) -> list[float]:
-    sent = []
-    with netns.entered(ns.name):
-        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(BURST)]
-    for i, s in enumerate(socks):
-        s.bind(("127.0.0.9", 10000 + i))
-        s.sendto(b"b", ("127.0.0.1", 5000))
-        sent.append(time.monotonic())
-        s.close()
-    return sent
-
-
 @pytest.mark.parametrize("events", ["auto", "off"])
 def test_top_time_to_full_and_not_filling(ns, tmp_path, events):
     """events auto: new entries from NEW events; off: no event at all, the
@@ -127,7 +115,7 @@ def test_top_time_to_full_and_not_filling(ns, tmp_path, events):
     if events == "off":
         ns.sysctl("net.netfilter.nf_conntrack_events", "0")
     CT_MAX.write_text(str(M1))
-    sent = burst(ns)
+    sent = burst(ns.name, BURST)
     ready = tmp_path / "ready"
     p = subprocess.Popen([CTTRACE, "top", "--json", "--interval", "1", "--netns", ns.name,
                           "--ready-file", str(ready)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

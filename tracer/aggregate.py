@@ -158,8 +158,9 @@ class LiveTable:
         if code & LEGACY:
             self.legacy += d
 
-    def _set(self, k: bytes, code: int) -> None:
-        old = self.entries.get(k)
+    def _set(self, k: bytes, code: int, old: int | None) -> None:
+        """Entry k's code becomes `code`; `old` is its present one (the
+        caller has looked it up: one dict lookup per event)."""
         if old == code:
             return
         if old is not None:
@@ -185,9 +186,10 @@ class LiveTable:
         if self._dead is not None:
             self._dead.discard(k)
         self.inserts[self._a(row[2])] += 1      # a kernel insert, even of a dumped entry
+        old = self.entries.get(k)
         if self.clock is not None:
-            self._scheduled(k, row)
-        self._set(k, self._code(row))
+            self._scheduled(old, row)
+        self._set(k, self._code(row), old)
 
     def update(self, row: tuple) -> None:
         """An UPDATE event: a state change of an entry (never an insert). An
@@ -195,14 +197,15 @@ class LiveTable:
         k = entry_key(row)
         if self._dead is not None:
             self._dead.discard(k)
-        if self.clock is not None:
-            self._scheduled(k, row)
-        self._set(k, self._code(row))
-
-    def _scheduled(self, k: bytes, row: tuple) -> None:
-        """An evented entry joins the schedules that do not hold it yet (in
-        sched_flush(), once per batch of events: an append here)."""
         old = self.entries.get(k)
+        if self.clock is not None:
+            self._scheduled(old, row)
+        self._set(k, self._code(row), old)
+
+    def _scheduled(self, old: int | None, row: tuple) -> None:
+        """An evented entry (its present code `old`) joins the schedules
+        that do not hold it yet (in sched_flush(), once per batch of
+        events: an append here)."""
         if old is None and self.sched is not None:
             self._pend.append(row)
         if self._building is not None and (old is None or (old & GEN_MASK) >> GEN_SHIFT != self._gen):
@@ -319,7 +322,7 @@ class LiveTable:
         if self._raw is not None:
             self._raw[_SCHED_KEY(row)] += 1
         legacy = old is None or bool(old & LEGACY)
-        self._set(k, self._code(row, legacy))
+        self._set(k, self._code(row, legacy), old)
         if legacy:
             t = row[9] if len(row) > 9 else None
             if t is not None and (self.legacy_min_timeout is None or t < self.legacy_min_timeout):

@@ -14,11 +14,7 @@ from tracer import netns as ns
 from tracer.doctor import HostState
 from tracer.snapshot import Columns, Summary
 
-TIMEOUTS = ("tcp_timeout_established", "tcp_timeout_time_wait", "tcp_timeout_syn_sent",
-            "tcp_timeout_close_wait", "udp_timeout", "udp_timeout_stream", "icmp_timeout",
-            "generic_timeout", "tcp_timeout_syn_recv", "tcp_timeout_fin_wait",
-            "tcp_timeout_last_ack", "tcp_timeout_close", "icmpv6_timeout", "gre_timeout",
-            "gre_timeout_stream")
+TIMEOUTS = forecast.SCHEDULE_SYSCTLS
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 # The kernel's defaults (nf_conntrack_proto_{tcp,udp,icmp,icmpv6,generic,gre}.c; the
 # values of this project's 6.18 host; older kernels had udp_timeout_stream=180).
@@ -37,14 +33,6 @@ RULE_COMMANDS = (("iptables", ["iptables-save", "-t", "raw"]), ("iptables", ["ip
                  ("ip6tables", ["ip6tables-save", "-t", "raw"]), ("ip6tables", ["ip6tables-save", "-t", "nat"]),
                  ("nft", ["nft", "-a", "list", "ruleset"]))
 NAT_WORDS = ("MASQUERADE", "SNAT", "DNAT", "masquerade", "snat ", "dnat ", "redirect", "REDIRECT")
-
-
-def _sysctl(name: str) -> int | None:
-    try:
-        with open(f"/proc/sys/net/netfilter/nf_conntrack_{name}") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def rules_text() -> str:
@@ -155,7 +143,7 @@ def entry_size() -> tuple[int | None, str]:
 
 
 def read_live(netns: str | None = None, window: float = 1.0, names=None) -> HostState:
-    global_max = _sysctl("max")                    # the caller's (initial) namespace
+    global_max = table.sysctl("nf_conntrack_max")  # the caller's (initial) namespace
     initial = _initial_netns()
     with ns.entered(netns):
         scope = "global"
@@ -173,7 +161,7 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
         rules = rules_text()
         # Both tuples of every entry (a second dump) only where NAT rules exist.
         usage = nat.read_live() if any(w in rules for w in NAT_WORDS) else None
-        sysctls = {k: v for k in TIMEOUTS if (v := _sysctl(k)) is not None}
+        sysctls = table.timeouts()
         left = window - (time.monotonic() - t1)
         if left > 0:
             time.sleep(left)

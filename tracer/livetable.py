@@ -44,27 +44,15 @@ import time
 
 from tracer import ctnetlink
 from tracer import netns as ns
+from tracer import table
 from tracer.aggregate import LiveTable
 from tracer.ctevents import DELETE, INSERT, CtEvents, events_mode
-from tracer.forecast import SCHEDULE_SYSCTLS
 
 EVENTS_NAMES = {0: "off", 1: "on", 2: "auto"}
 
 
 def _all(row) -> bool:
     return True
-
-
-def read_timeouts() -> dict:
-    """This namespace's conntrack timeouts (short sysctl names; enter it first)."""
-    out = {}
-    for name in SCHEDULE_SYSCTLS:
-        try:
-            with open(f"/proc/sys/net/netfilter/nf_conntrack_{name}") as f:
-                out[name] = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
 
 
 class LiveSource:
@@ -131,7 +119,7 @@ class LiveSource:
             sink = live.fill_rows if accept is _all else \
                 (lambda rows: live.fill_rows([r for r in rows if accept(r)]))
             with ns.entered(self.netns):
-                live.sysctls = read_timeouts()
+                live.sysctls = table.timeouts()
                 live.fill_start()
                 ctnetlink.dump(sink=sink)
             live.fill_end()
@@ -225,7 +213,7 @@ class LiveSource:
         try:
             with ns.entered(self.netns):
                 self._reader = ctnetlink.DumpReader()
-                self.live.sysctls = read_timeouts()
+                self.live.sysctls = table.timeouts()
         except (ctnetlink.NetlinkError, ns.NetnsError) as e:
             self.errors += 1
             self.last_error = str(e)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tracer import ctnetlink
+from tracer.forecast import SCHEDULE_SYSCTLS
 
 SYSCTL = "/proc/sys/net/netfilter/"
 STAT_FILE = "/proc/thread-self/net/stat/nf_conntrack"
@@ -42,12 +43,18 @@ class TableState:
                 "stats_source": self.stats_source, "stats": self.totals, "per_cpu": self.cpu}
 
 
-def _sysctl(name: str) -> int | None:
+def sysctl(name: str) -> int | None:
     try:
         with open(SYSCTL + name) as f:
             return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def timeouts() -> dict[str, int]:
+    """The current namespace's conntrack timeouts, by short sysctl name
+    ("udp_timeout": nf_conntrack_udp_timeout), those that exist here."""
+    return {k: v for k in SCHEDULE_SYSCTLS if (v := sysctl(f"nf_conntrack_{k}")) is not None}
 
 
 def parse_stat_file(text: str) -> list[dict[str, int]]:
@@ -74,8 +81,8 @@ def cpu_stats() -> list[dict[str, int]]:
 
 def read() -> TableState:
     """The state of the current namespace's table (call inside netns.entered)."""
-    st = TableState(count=_sysctl("nf_conntrack_count"), max=_sysctl("nf_conntrack_max"),
-                    buckets=_sysctl("nf_conntrack_buckets"))
+    st = TableState(count=sysctl("nf_conntrack_count"), max=sysctl("nf_conntrack_max"),
+                    buckets=sysctl("nf_conntrack_buckets"))
     try:
         with open(STAT_FILE) as f:
             st.cpu = parse_stat_file(f.read())

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,16 @@ def _no_leftovers():
 def ns():
     with lab.Netns("t") as n:
         yield n
+
+
+def wait_ready(p: subprocess.Popen, ready: Path, timeout: float = 60) -> None:
+    """Until a command started with --ready-file is ready; fails with its
+    stderr (a pipe) if it exits first, or when `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        assert p.poll() is None, p.stderr.read() if p.stderr else f"exit status {p.returncode}"
+        assert time.monotonic() < deadline, f"not ready within {timeout} s"
+        time.sleep(0.05)
 
 
 def cttrace(*args, check=True, user=None):

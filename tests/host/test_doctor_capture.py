@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import lab as L
-from tests.host.conftest import CTTRACE
+from tests.host.conftest import CTTRACE, wait_ready
 from tracer.features import check_tracepoint, mount_tracefs
 
 PREFIX = "ctlabdoc-"
@@ -84,9 +84,7 @@ def test_capture_then_report_totals_equal_the_kernel(lab, tmp_path):
     before = lab.node_stats()
     p = subprocess.Popen([CTTRACE, "capture", "-o", str(out), "--duration", "10s", "--netns", lab.node,
                           "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
-    while not ready.exists():
-        assert p.poll() is None, p.stderr.read()
-        time.sleep(0.05)
+    wait_ready(p, ready)
     udp = lab.udp_flows(lab.containers[1], 60)
     r = lab.table_full(lab.containers[0], k=200, admit=80)
     p.wait(60)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests import lab as L
-from tests.host.conftest import CTTRACE
+from tests.host.conftest import CTTRACE, wait_ready
 from tests.host.test_forecast import Generator as _Generator, burst, truth_full
 from tracer import netns
 
@@ -124,11 +124,7 @@ def test_top_time_to_full_and_not_filling(ns, tmp_path, events):
     fr.start()
     gen = Generator(ns.name, RATE)
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert p.poll() is None, p.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_ready(p, ready)
         g0 = sent[-1] + T - LEFT
         assert time.monotonic() < g0 - 2, "top took too long to start"
         time.sleep(g0 - time.monotonic())
@@ -201,11 +197,7 @@ def test_serve_seconds_to_full(ns, tmp_path):
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     gen = Generator(ns.name, RATE)
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert srv.poll() is None, srv.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_ready(srv, ready)
         time.sleep(1.5)
         assert _metric(port, "cttrace_conntrack_seconds_to_full") == float("inf")
         gen.start()

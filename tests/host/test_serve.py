@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.host.conftest import CTTRACE, lab_fixture
+from tests.host.conftest import CTTRACE, lab_fixture, wait_ready
 
 pytestmark = [pytest.mark.usefixtures("needs_tracepoint"),
               pytest.mark.skipif(not shutil.which("prometheus"), reason="needs prometheus (Debian package)")]
@@ -61,11 +61,7 @@ def test_prometheus_sees_exact_drops_and_entries(lab, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{pport}"
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert srv.poll() is None, srv.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_ready(srv, ready)
         lab.tcp_established(lab.containers[1], 25)
         time.sleep(1.0)
         q = 'cttrace_conntrack_drops_total{reason="table_full"}'

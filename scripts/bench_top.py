@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests import lab as L  # noqa: E402
-from tracer.aggregate import LiveTable  # noqa: E402
+from tracer.core.aggregate import LiveTable  # noqa: E402
 
 CTTRACE = str(ROOT / ".venv" / "bin" / "cttrace")
 _LAB = None

@@ -13,7 +13,7 @@ import subprocess
 import time
 import uuid
 
-from tracer import netns
+from tracer.kernel import netns
 
 PREFIX = "cttest-"
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from tests import lab as L
 from tests.nfqueue import Queue
-from tracer import netns
+from tracer.kernel import netns
 
 
 @dataclass

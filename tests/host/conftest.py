@@ -71,7 +71,7 @@ def cttrace_json(*args):
 @pytest.fixture(scope="module")
 def needs_tracepoint():
     """Skip unless skb:kfree_skb carries drop reasons (the tracepoint backend)."""
-    from tracer.features import check_tracepoint, mount_tracefs
+    from tracer.kernel.features import check_tracepoint, mount_tracefs
     mount_tracefs()
     c = check_tracepoint()
     if not c.ok:

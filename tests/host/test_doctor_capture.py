@@ -11,7 +11,7 @@ import pytest
 
 from tests import lab as L
 from tests.host.conftest import CTTRACE, wait_ready
-from tracer.features import check_tracepoint, mount_tracefs
+from tracer.kernel.features import check_tracepoint, mount_tracefs
 
 PREFIX = "ctlabdoc-"
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests import lab as L
 from tests.host.conftest import CTTRACE
-from tracer import netns
+from tracer.kernel import netns
 
 T = 100
 IDLE = 15

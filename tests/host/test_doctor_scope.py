@@ -10,7 +10,8 @@ import stat
 
 from tests import lab as L
 from tests.host.conftest import cttrace
-from tracer import hoststate, netns
+from tracer.kernel import host as hoststate
+from tracer.kernel import netns
 
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 

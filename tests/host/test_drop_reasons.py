@@ -28,7 +28,7 @@ import pytest
 from tests import lab as L
 from tests.host.conftest import lab_fixture
 from tests.host.test_drops import Drops
-from tracer import netns
+from tracer.kernel import netns
 
 pytestmark = pytest.mark.usefixtures("needs_tracepoint")
 lab = lab_fixture("ctlabr-", containers=4)

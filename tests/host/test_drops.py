@@ -12,8 +12,8 @@ import pytest
 
 from tests import lab as L
 from tests.host.conftest import CTTRACE, lab_fixture
-from tracer import ctnetlink
-from tracer.ctevents import DELETE, INSERT, CtEvents
+from tracer.kernel import ctnetlink
+from tracer.kernel.ctevents import DELETE, INSERT, CtEvents
 
 PREFIX = "ctlabd-"
 

@@ -13,9 +13,9 @@ import pytest
 
 from tests import lab as L
 from tests.host.conftest import CTTRACE
-from tracer import doctor as D
-from tracer import netns
-from tracer.hoststate import read_live
+from tracer.core import doctor as D
+from tracer.kernel import netns
+from tracer.kernel.host import read_live
 
 T = 100          # nf_conntrack_udp_timeout in the test's namespace
 BURST = 1000     # flows 127.0.0.9 -> 127.0.0.1:5000, one socket each

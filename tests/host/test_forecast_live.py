@@ -24,7 +24,7 @@ import pytest
 from tests import lab as L
 from tests.host.conftest import CTTRACE, wait_ready
 from tests.host.test_forecast import Generator as _Generator, burst, truth_full
-from tracer import netns
+from tracer.kernel import netns
 
 pytestmark = pytest.mark.usefixtures("needs_tracepoint")
 

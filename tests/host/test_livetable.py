@@ -1,4 +1,4 @@
-"""The live table feed (tracer/livetable.py) against the kernel: entries of
+"""The live table feed (tracer/live/source.py) against the kernel: entries of
 any age (made before the listener, expiring, deleted with `conntrack -D`),
 with nf_conntrack_events on auto and off, ICMP entries, bounded pumps and
 event overruns. Ground truth: a fresh `conntrack -L` of the namespace,
@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 
 from tests import lab as L
-from tracer import netns
-from tracer.conntrack import PORT_PROTOS, proto_name
-from tracer.livetable import LiveSource
-from tracer.tablefile import TextDecoder, parse_line
+from tracer.kernel import netns
+from tracer.core.conntrack import PORT_PROTOS, proto_name
+from tracer.live.source import LiveSource
+from tracer.formats.export import TextDecoder, parse_line
 
 
 def truth(ns: L.Netns) -> dict[str, Counter]:

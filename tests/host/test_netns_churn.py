@@ -12,7 +12,7 @@ import pytest
 
 from tests import lab as L
 from tests.host.test_drops import Drops
-from tracer import netns
+from tracer.kernel import netns
 
 pytestmark = pytest.mark.usefixtures("needs_tracepoint")
 

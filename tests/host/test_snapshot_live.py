@@ -9,7 +9,9 @@ import time
 
 from tests import lab
 from tests.host.conftest import cttrace, cttrace_json
-from tracer import ctnetlink, netns, table
+from tracer.kernel import ctnetlink
+from tracer.kernel import netns
+from tracer.kernel import stats as table
 
 
 def test_known_entries_exactly(ns):

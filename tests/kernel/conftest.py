@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tests import lab as L
-from tracer.features import check_kprobes, mount_tracefs
+from tracer.kernel.features import check_kprobes, mount_tracefs
 
 PREFIX = "ctlabk-"
 

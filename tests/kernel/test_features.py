@@ -10,7 +10,7 @@ import os
 import subprocess
 
 from tests.host.conftest import CTTRACE
-from tracer import features as F
+from tracer.kernel import features as F
 
 
 def _features():

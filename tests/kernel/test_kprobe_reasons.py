@@ -15,7 +15,7 @@ from pathlib import Path
 from tests import lab as L
 from tests.host.test_drop_reasons import all_causes
 from tests.kernel.test_kprobe import drain
-from tracer import netns
+from tracer.kernel import netns
 
 REASONS = ("table_full", "insert_failed", "invalid", "rule", "unknown")
 

@@ -12,7 +12,8 @@ import platform
 import stat
 
 from tests import lab as L
-from tracer import hoststate, netns
+from tracer.kernel import host as hoststate
+from tracer.kernel import netns
 
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 
@@ -34,5 +35,5 @@ def test_no_kernel_of_the_matrix_has_a_per_namespace_limit():
             assert hoststate.max_scope() == "global"
         h = hoststate.read_live(ns.name, window=0.1)
         assert h.max_scope == "global" and h.max == glob and h.max_global is None
-        from tracer.doctor import _scope
+        from tracer.core.doctor import _scope
         assert "the limit is global on this kernel" in _scope(h)

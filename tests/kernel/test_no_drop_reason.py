@@ -14,7 +14,7 @@ import pytest
 
 from tests import lab as L
 from tests.host.conftest import CTTRACE
-from tracer import features as F
+from tracer.kernel import features as F
 
 
 def test_tracepoint_backend_by_call_site(lab, tmp_path):

@@ -3,7 +3,7 @@
 import json
 import os
 
-from tracer import attribution as A
+from tracer.kernel import attribution as A
 
 DOCKER_ID = "a" * 64
 POD_ID = "b" * 64

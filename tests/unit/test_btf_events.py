@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer.btf import BTF, BTFError
-from tracer.events import CpuKeyC, DropEventC, DropKeyC, SrcKeyC, SrcValC, decode_drop
+from tracer.kernel.btf import BTF, BTFError
+from tracer.core.events import CpuKeyC, DropEventC, DropKeyC, SrcKeyC, SrcValC, decode_drop
 
 
 class Blob:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.capture import CaptureError, Writer, read_capture, write_new
+from tracer.formats.capture import CaptureError, Writer, read_capture, write_new
 
 ROOT = Path(__file__).resolve().parents[2]
 HDR = {"host": "h", "kernel": "k", "backend": "tracepoint", "netns": "node", "interval": 1.0}

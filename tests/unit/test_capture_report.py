@@ -10,10 +10,11 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from tracer.capture import Writer, read_capture
+from tracer.formats.capture import Writer, read_capture
 from tracer.cli import main
-from tracer.doctor import HostState, diagnose
-from tracer.report import analyse, to_html
+from tracer.core.doctor import HostState, diagnose
+from tracer.core.report import analyse
+from tracer.views.report import to_html
 
 
 def make_capture(path, seconds=5, truncate=False):

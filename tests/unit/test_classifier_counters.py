@@ -1,9 +1,9 @@
-"""Drop reasons (tracer/classify.py) against the kernel's per-CPU counters,
+"""Drop reasons (tracer/core/classify.py) against the kernel's per-CPU counters,
 the wrap-safe accumulation of those 32-bit counters, and the typed Counters."""
 
 from tracer.backends.tracepoint import fold
-from tracer.classify import Classifier
-from tracer.events import Counters, SourceCounts
+from tracer.core.classify import Classifier
+from tracer.core.events import Counters, SourceCounts
 
 NS = (77, 4026532000)          # (cookie, inode)
 

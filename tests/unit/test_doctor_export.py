@@ -9,11 +9,11 @@ import random
 import pytest
 from click.testing import CliRunner
 
-from tracer import doctor as D
-from tracer import tablefile
+from tracer.core import doctor as D
+from tracer.formats import export as tablefile
 from tracer.cli import main as cli
-from tracer.hoststate import DEFAULT_TIMEOUTS, SettingsError, parse_settings, read_export
-from tracer.snapshot import Filter, Summary
+from tracer.kernel.host import DEFAULT_TIMEOUTS, SettingsError, parse_settings, read_export
+from tracer.core.snapshot import Filter, Summary
 
 
 def udp(fmt, t, src, sport, dst, dport, unreplied=True, assured=False):

@@ -7,10 +7,10 @@ import json
 
 from click.testing import CliRunner
 
-from tracer import nat
-from tracer.capture import Writer, read_capture
+from tracer.core import nat
+from tracer.formats.capture import Writer, read_capture
 from tracer.cli import main
-from tracer.doctor import HostState, clash_drops, diagnose, table_full_drops
+from tracer.core.doctor import HostState, clash_drops, diagnose, table_full_drops
 
 # iptables-save -t nat (iptables-nft 1.8.9) and nft -a list ruleset (nftables 1.0.6), as printed.
 RULES = """# cttrace: iptables

@@ -13,8 +13,8 @@ import stat
 
 import pytest
 
-from tracer import hoststate
-from tracer.doctor import HostState, diagnose
+from tracer.kernel import host as hoststate
+from tracer.core.doctor import HostState, diagnose
 
 
 class _Stat:
@@ -39,7 +39,7 @@ def test_max_scope(monkeypatch, mode, btf, release, scope):
 
 
 def test_per_netns_max_reads_btf(monkeypatch):
-    from tracer import btf as B
+    from tracer.kernel import btf as B
 
     class Fake:
         def __init__(self, members):
@@ -112,7 +112,7 @@ def test_view_header_names_the_scope():
 
 
 def test_a_capture_keeps_the_namespaces_own_setting():
-    from tracer.capture import _clean_state
+    from tracer.formats.capture import _clean_state
     st = _clean_state({"netns": "4242", "count": 10, "max": 1000, "max_scope": "netns",
                        "max_global": 1000, "max_own": 5000})
     assert st["max_own"] == 5000 and st["max"] == 1000

@@ -1,13 +1,13 @@
-"""The one filter (tracer/filters.py) on its three shapes: raw snapshot
+"""The one filter (tracer/core/filters.py) on its three shapes: raw snapshot
 columns, ctnetlink rows, drop events."""
 
 import socket
 
 import pytest
 
-from tracer.events import Drop
-from tracer.filters import Filter
-from tracer.tablefile import TextDecoder
+from tracer.core.events import Drop
+from tracer.core.filters import Filter
+from tracer.formats.export import TextDecoder
 
 
 def a4(s):
@@ -65,7 +65,7 @@ def test_address_cache_is_bounded():
 
 def test_snapshot_columns_and_rows_agree():
     """The same filter gives the same answer on /proc text rows and on ctnetlink rows."""
-    from tracer.tablefile import scan
+    from tracer.formats.export import scan
     import tempfile, os
     lines = [
         "ipv4     2 tcp      6 431999 ESTABLISHED src=10.1.0.5 dst=10.2.0.9 sport=40000 dport=443 "

@@ -1,11 +1,11 @@
-"""tracer.forecast: schedule, idle buckets, candidates, time to full (pure)."""
+"""tracer.core.forecast: schedule, idle buckets, candidates, time to full (pure)."""
 
 import math
 
 import pytest
 
-from tracer import forecast as F
-from tracer.conntrack import F_ASSURED, F_UNREPLIED
+from tracer.core import forecast as F
+from tracer.core.conntrack import F_ASSURED, F_UNREPLIED
 
 SYS = {"udp_timeout": 120, "udp_timeout_stream": 180, "tcp_timeout_established": 432000,
        "tcp_timeout_time_wait": 120}
@@ -139,7 +139,7 @@ def test_entry_size():
 
 
 def _state(**kw):
-    from tracer.doctor import HostState
+    from tracer.core.hoststate import HostState
     rem = {"udp/UNREPLIED": {110: 900, 20: 100}}
     ages = F.summarize(rem, {"udp_timeout": 120}, assured=0)
     base = dict(count=1000, max=2000, window=2.0, deltas={"insert": 200}, ages=ages, total=1000,
@@ -149,7 +149,7 @@ def _state(**kw):
 
 
 def test_doctor_time_to_full_and_candidates():
-    from tracer.doctor import diagnose, table_forecast
+    from tracer.core.doctor import diagnose, table_forecast
     h = _state()
     f = table_forecast(h, 2000)
     # 1000 now (100 expire at 18 s after the window), +100/s living 120 s:
@@ -166,7 +166,7 @@ def test_doctor_time_to_full_and_candidates():
 
 
 def test_doctor_not_filling_and_early_drop():
-    from tracer.doctor import diagnose
+    from tracer.core.doctor import diagnose
     h = _state(max=100000)
     found = {x.id: x for x in diagnose(h)}
     assert "time_to_full" not in found and found["not_filling"].message == (
@@ -180,7 +180,7 @@ def test_doctor_not_filling_and_early_drop():
 
 
 def test_doctor_without_kernel_insert_counter_uses_growth():
-    from tracer.doctor import inserts
+    from tracer.core.doctor import inserts
     # count grew by 150 over the dump's 1000; 100 entries had <= 2 s left
     h = _state(count=1150, deltas={"insert": 0},
                ages=F.summarize({"udp/UNREPLIED": {110: 900, 1: 100}}, {"udp_timeout": 120}))
@@ -188,7 +188,7 @@ def test_doctor_without_kernel_insert_counter_uses_growth():
 
 
 def test_capture_state_keeps_a_clean_summary():
-    from tracer.capture import _clean_state
+    from tracer.formats.capture import _clean_state
     s = F.summarize({"udp/UNREPLIED": {110: 900, 20: 100}}, {"udp_timeout": 120})
     s = __import__("json").loads(__import__("json").dumps(s))       # as a capture holds it
     got = _clean_state({"ages": s, "entry_bytes": 256, "entry_bytes_how": "slab"})

@@ -9,11 +9,11 @@ import socket
 import pytest
 
 from tests.unit.test_livetable import _Reader, feed
-from tracer import forecast as F
-from tracer.aggregate import LiveTable
-from tracer.conntrack import F_UNREPLIED
-from tracer.session import Options, TracingSession
-from tracer.table import TableState
+from tracer.core import forecast as F
+from tracer.core.aggregate import LiveTable
+from tracer.core.conntrack import F_UNREPLIED
+from tracer.live.session import Options, TracingSession
+from tracer.kernel.stats import TableState
 
 DST = socket.inet_aton("198.18.1.1")
 
@@ -187,7 +187,7 @@ def test_events_off_counts_the_growth():
     assert f["made"] == 1000 and f["unexplained"] == 0 and f["filling"] is False
     assert f["steady"] == 3000 and f["rate_from"] == "count growth"
     # the interval's inserts: the count's growth plus what the schedule let expire
-    from tracer.aggregate import Sample
+    from tracer.core.aggregate import Sample
     p = Sample(t=20.0, inserts={}, deletes={}, drops={}, kernel={}, count=2000, max=None)
     q = Sample(t=30.0, inserts={}, deletes={}, drops={}, kernel={}, count=1500, max=None)
     assert s._inserted(p, q, 10.0) == (10.0, 500.0, "count growth")   # 1,000 expired at ~25.5 s
@@ -221,7 +221,7 @@ def test_folded_sources_do_not_make_the_insert_rate_negative():
     # inserted, and the forecast (its Poisson band) does not fail
     from collections import Counter
 
-    from tracer.aggregate import Sample
+    from tracer.core.aggregate import Sample
     sched = F.Schedule(0.0, {"udp_timeout": 30})
     sched.rows(udp(100, 20), 0.0)
     sched.end(0.0)
@@ -240,7 +240,7 @@ def test_a_scrape_between_samples_keeps_what_the_next_interval_counts():
     # events off: an interval's inserts are the count's growth plus what the
     # schedule let expire in it; a forecast read between two samples (a
     # serve scrape, a key in top) must not forget those expiries
-    from tracer.aggregate import Sample
+    from tracer.core.aggregate import Sample
     sched = F.Schedule(0.0, {"udp_timeout": 30})
     sched.rows(udp(1000, 15), 0.0)               # expire at ~15.5 s
     sched.end(0.0)
@@ -260,8 +260,8 @@ def test_serve_forecast_gauges():
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from tracer.events import Counters
-    from tracer.serve import Collector, SourceSeries
+    from tracer.core.events import Counters
+    from tracer.live.exporter import Collector, SourceSeries
 
     def scrape(s):
         s.read_table = lambda: s.state

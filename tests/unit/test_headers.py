@@ -1,4 +1,4 @@
-"""tracer/headers.py on made-up header trees (no root): the kernel's own
+"""tracer/kernel/headers.py on made-up header trees (no root): the kernel's own
 tree wins; otherwise the closest version, a Debian split tree merged into
 one directory BCC_KERNEL_SOURCE can name; nothing at all names a package."""
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tracer import headers as H
+from tracer.kernel import headers as H
 
 
 def _split(src, ver):

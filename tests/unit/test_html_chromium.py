@@ -9,8 +9,9 @@ import zlib
 import pytest
 
 from tests.unit.test_capture_report import make_capture
-from tracer.capture import read_capture
-from tracer.report import analyse, to_html
+from tracer.formats.capture import read_capture
+from tracer.core.report import analyse
+from tracer.views.report import to_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

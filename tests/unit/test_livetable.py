@@ -5,9 +5,10 @@ DESTROY), bounded polls, and LiveTable's counting and reconcile logic."""
 import socket
 import struct
 
-from tracer import ctevents, ctnetlink
-from tracer.aggregate import LiveTable, entry_key
-from tracer.ctnetlink import (R_DPORT, R_ICMP, R_PROTO, R_SPORT, R_SRC, R_STATE, R_TIMEOUT, Row,
+from tracer.kernel import ctevents
+from tracer.kernel import ctnetlink
+from tracer.core.aggregate import LiveTable, entry_key
+from tracer.kernel.ctnetlink import (R_DPORT, R_ICMP, R_PROTO, R_SPORT, R_SRC, R_STATE, R_TIMEOUT, Row,
                               _walk)
 
 NESTED = 0x8000
@@ -161,8 +162,8 @@ def test_memory_per_entry_is_small():
 
 
 # --- the feed's schedule, with a fake clock, fake events and a fake dump ------
-from tracer import livetable  # noqa: E402
-from tracer.ctevents import EventBatch  # noqa: E402
+from tracer.live import source as livetable  # noqa: E402
+from tracer.kernel.ctevents import EventBatch  # noqa: E402
 
 
 class _Clock:

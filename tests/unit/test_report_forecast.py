@@ -16,10 +16,11 @@ import math
 from click.testing import CliRunner
 from rich.console import Console
 
-from tracer import forecast as fc
-from tracer.capture import Writer, read_capture
+from tracer.core import forecast as fc
+from tracer.formats.capture import Writer, read_capture
 from tracer.cli import main
-from tracer.report import analyse, capture_state, render, to_html
+from tracer.core.report import analyse, capture_state
+from tracer.views.report import render, to_html
 
 T, RATE, SECONDS = 100, 40, 20
 

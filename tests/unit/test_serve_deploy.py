@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tracer.serve import METRICS, SourceSeries
+from tracer.live.exporter import METRICS, SourceSeries
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DOCKER_DEFAULT = "/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json"

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tracer.events import Counters, Drop, SourceCounts
-from tracer.filters import Filter
-from tracer.session import Options, SessionError, TracingSession
+from tracer.core.events import Counters, Drop, SourceCounts
+from tracer.core.filters import Filter
+from tracer.live.session import Options, SessionError, TracingSession
 
 
 class FakeStats:

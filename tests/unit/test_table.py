@@ -1,4 +1,4 @@
-from tracer.table import parse_stat_file
+from tracer.kernel.stats import parse_stat_file
 
 STAT = """entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart
 0000000c  00000000 00000003 00000000 00000001 00000000 00000000 00000000 00000000 00000000 000000eb 00000002 00000000  00000000 00000000 00000000 00000000

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.lab import KNOWN
-from tracer import tablefile
-from tracer.snapshot import Filter, Summary
-from tracer.tablefile import FAST, InputError, TextDecoder, parse_line, scan
+from tracer.formats import export as tablefile
+from tracer.core.snapshot import Filter, Summary
+from tracer.formats.export import FAST, InputError, TextDecoder, parse_line, scan
 
 DATA = Path(__file__).parent.parent / "data"
 SAMPLES = sorted(p for p in DATA.iterdir() if p.name.startswith("known-"))
@@ -224,7 +224,7 @@ def test_filters(tmp_path):
 
 
 def test_top_keeps_the_biggest_and_counts_the_rest():
-    from tracer.snapshot import Summary as S
+    from tracer.core.snapshot import Summary as S
     s = S(total=10)
     s.by_src.update({"a": 5, "b": 3, "c": 1, "d": 1})
     d = s.to_dict(top=2)

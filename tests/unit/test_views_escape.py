@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from tracer.doctor import Finding, HostState, diagnose
+from tracer.core.doctor import Finding, HostState, diagnose
 from tracer.views import doctor, drops
 from tracer.views.escape import safe, text
 

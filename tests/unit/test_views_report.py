@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from tests.unit.test_capture_report import make_capture
-from tracer.capture import Writer, read_capture
+from tracer.formats.capture import Writer, read_capture
 from tracer.cli import main
-from tracer.report import analyse, render, to_html
+from tracer.core.report import analyse
+from tracer.views.report import render, to_html
 
 HOSTILE = "[/x][bold red]\x1b[2J<script>alert(1)</script>"
 

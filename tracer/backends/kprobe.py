@@ -21,8 +21,8 @@ import re
 
 from tracer.backends import BackendError
 from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, ct_tuple_consts, load_btf
-from tracer.events import CT_STATS, STATS, Counters, SourceCounts, SrcKeyC, addr
-from tracer.features import probeable  # noqa: F401  (choose() imports it from here)
+from tracer.core.events import CT_STATS, STATS, Counters, SourceCounts, SrcKeyC, addr
+from tracer.kernel.features import probeable  # noqa: F401  (choose() imports it from here)
 
 NAME = "kprobe"
 BLIND_SPOTS = "none for conntrack itself; drops by rules via skb:kfree_skb"
@@ -74,7 +74,7 @@ def clean_stale_probes() -> int:
     """Remove kprobe_events entries of BCC processes that no longer exist
     (kernels or BCC versions that use the text interface leave them behind
     when a tracer is killed). Returns how many were removed."""
-    from tracer.features import tracefs
+    from tracer.kernel.features import tracefs
     path = os.path.join(tracefs() or "/sys/kernel/tracing", "kprobe_events")
     try:
         with open(path) as f:
@@ -130,7 +130,7 @@ class KprobeBackend(TracepointBackend):
         return bpf_source("drops_tracepoint.c") + "\n" + bpf_source("conntrack_kprobe.c"), flags
 
     def start(self) -> "KprobeBackend":
-        from tracer import features
+        from tracer.kernel import features
         k = features.check_kprobes()
         if not k.ok:
             raise BackendError(k.detail)

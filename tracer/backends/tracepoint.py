@@ -26,12 +26,12 @@ import os
 import time
 from importlib import resources
 
-from tracer import netns as ns
+from tracer.kernel import netns as ns
 from tracer.backends import BackendError
-from tracer import table
-from tracer.btf import BTF, BTFError
-from tracer.classify import Classifier
-from tracer.events import (INSERT_FAILED, INVALID, REASONS, RULE, STATS, TABLE_FULL, UNKNOWN, Counters,
+from tracer.kernel import stats as table
+from tracer.kernel.btf import BTF, BTFError
+from tracer.core.classify import Classifier
+from tracer.core.events import (INSERT_FAILED, INVALID, REASONS, RULE, STATS, TABLE_FULL, UNKNOWN, Counters,
                            CpuKeyC, DropEventC, DropKeyC, SourceCounts, addr, decode_drop)
 
 NAME = "tracepoint"
@@ -65,7 +65,7 @@ def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
     netfilter's drops are told apart (features.drop_filter): by reason, or
     on kernels before 5.17 by the call site (NF_HOOK_SLOW*); none: no rule
     half (CT_NO_RULE_HALF, only the kprobe backend can run without it)."""
-    from tracer.features import drop_filter
+    from tracer.kernel.features import drop_filter
     how = drop_filter()
     try:
         consts = {
@@ -265,14 +265,14 @@ class TracepointBackend:
         return bpf_source(), cflags(load_btf("nf_conntrack"), self.rate, self.burst)
 
     def start(self) -> "TracepointBackend":
-        from tracer import features
+        from tracer.kernel import features
         if features.mount_tracefs() is None:
             raise BackendError("tracefs is not mounted and could not be: "
                                "mount -t tracefs nodev /sys/kernel/tracing")
         tp = features.check_tracepoint()
         if not tp.ok and self.needs_tracepoint:
             raise BackendError(tp.detail)
-        from tracer import headers
+        from tracer.kernel import headers
         hdr = headers.ensure()                 # a tree BCC can compile with (BTF gives offsets)
         try:
             from bcc import BPF

@@ -47,7 +47,7 @@ def say(message: str) -> None:
 def session(what: str, opts):
     """A tracing session (tracer/session.py) whose start-up failures abort
     in one line; it is closed on every way out."""
-    from tracer.session import SessionError, TracingSession
+    from tracer.live.session import SessionError, TracingSession
     try:
         s = TracingSession(what, opts).__enter__()
     except SessionError as e:

@@ -35,10 +35,10 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
     \b
     Example:  sudo cttrace capture --duration 30s -o incident.ctcap
     """
-    from tracer.capture import CaptureError, Writer, row_record
-    from tracer.ctevents import DELETE
-    from tracer.hoststate import read_live
-    from tracer.session import Options
+    from tracer.formats.capture import CaptureError, Writer, row_record
+    from tracer.kernel.ctevents import DELETE
+    from tracer.kernel.host import read_live
+    from tracer.live.session import Options
 
     opts = Options(backend=backend, rate=100000, netns=netns, table_events=True, only_table_netns=True)
     counts = {"insert": 0, "delete": 0, "drop": 0}

@@ -40,7 +40,7 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
     """
     from dataclasses import asdict
 
-    from tracer.doctor import diagnose
+    from tracer.core.doctor import diagnose
 
     if export_path is not None and (capture_path is not None or netns is not None):
         abort("--file reads a table export: it excludes --capture and --netns", 2)
@@ -52,9 +52,9 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
     if export_path is not None:
         state = _export(export_path, sysctls_path, sysctl_values, jobs)
     elif capture_path is not None:
-        from tracer.capture import CaptureError, read_capture
+        from tracer.formats.capture import CaptureError, read_capture
         try:
-            from tracer.report import capture_state
+            from tracer.core.report import capture_state
             cap = read_capture(capture_path)
             state = capture_state(cap)
         except CaptureError as e:
@@ -65,10 +65,10 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
         if os.geteuid() != 0:
             abort("doctor reads the live table through ctnetlink and needs root: run with sudo, "
                   "or diagnose a capture with --capture FILE")
-        from tracer import ctnetlink
-        from tracer import netns as ns
-        from tracer.attribution import collect
-        from tracer.hoststate import read_live
+        from tracer.kernel import ctnetlink
+        from tracer.kernel import netns as ns
+        from tracer.kernel.attribution import collect
+        from tracer.kernel.host import read_live
         try:
             state = read_live(netns, window, names=collect())
         except (ns.NetnsError, ctnetlink.NetlinkError) as e:
@@ -87,8 +87,8 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
 def _export(path: str, sysctls_path, values, jobs):
     """The HostState of a table export, with the settings given."""
     from tracer.cli import warn
-    from tracer.hoststate import SettingsError, parse_settings, read_export
-    from tracer.tablefile import InputError
+    from tracer.kernel.host import SettingsError, parse_settings, read_export
+    from tracer.formats.export import InputError
 
     settings: dict = {}
     try:

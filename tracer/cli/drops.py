@@ -10,7 +10,7 @@ import time
 import click
 
 from tracer.cli import abort, say, session
-from tracer.events import REASONS
+from tracer.core.events import REASONS
 from tracer.cli.options import flow_filters, ready_file_option, tracing_options
 
 
@@ -41,8 +41,8 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
       sudo cttrace drops --reason table_full --json
       sudo cttrace drops --netns 4242 --duration 30
     """
-    from tracer.filters import Filter
-    from tracer.session import Options
+    from tracer.core.filters import Filter
+    from tracer.live.session import Options
     from tracer.views.drops import line, summary
 
     opts = Options(backend=backend, rate=rate, drop_netns=netns, reasons=reason, ready_file=ready_file,
@@ -75,7 +75,7 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
 
 
 def _dump_bpf(opts) -> None:
-    from tracer import features
+    from tracer.kernel import features
     from tracer.backends import BackendError, choose, make
     name, why = choose(features.detect(full=False), opts.backend)
     if name is None:

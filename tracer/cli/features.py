@@ -16,7 +16,7 @@ def features(as_json, quick):
     \b
     Example:  sudo cttrace features
     """
-    from tracer import features as feat
+    from tracer.kernel import features as feat
     from tracer.backends import choose
     f = feat.detect(full=not quick)
     backend, why = choose(f)

@@ -34,7 +34,7 @@ def cidrs(ctx, param, values):
 
 
 def protos(ctx, param, values):
-    from tracer.conntrack import parse_proto
+    from tracer.core.conntrack import parse_proto
     for v in values:
         try:
             parse_proto(v)
@@ -44,7 +44,7 @@ def protos(ctx, param, values):
 
 
 def states(ctx, param, values):
-    from tracer.conntrack import DCCP_STATES, SCTP_STATES, TCP_STATES
+    from tracer.core.conntrack import DCCP_STATES, SCTP_STATES, TCP_STATES
     known = set(TCP_STATES) | set(SCTP_STATES) | set(DCCP_STATES)
     for v in values:
         if v.upper() not in known:

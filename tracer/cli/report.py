@@ -27,8 +27,9 @@ def report(path, as_json, html_path, force, top):
       cttrace report incident.ctcap --html incident.html
       cttrace report table-export.txt.gz     # a /proc or conntrack -L export
     """
-    from tracer.capture import CaptureError, read_capture, write_new
-    from tracer.report import analyse, render, to_html
+    from tracer.formats.capture import CaptureError, read_capture, write_new
+    from tracer.core.report import analyse
+    from tracer.views.report import render, to_html
 
     try:
         cap = read_capture(path)

@@ -32,8 +32,8 @@ def serve(listen, netns, top_k, interval, ready_file, backend, rate):
       sudo cttrace serve                               # 127.0.0.1:9466
       sudo cttrace serve --listen 0.0.0.0:9466 --top-k 50
     """
-    from tracer.serve import run
-    from tracer.session import Options
+    from tracer.live.exporter import run
+    from tracer.live.session import Options
 
     opts = Options(backend=backend, rate=rate, netns=netns, table=True, only_table_netns=True)
     with session("serve", opts) as s:

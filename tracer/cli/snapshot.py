@@ -40,7 +40,7 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
       cttrace snapshot -f table.txt.gz --json         # an export, for scripts
       conntrack -L -o extended | cttrace snapshot -f - --state TIME_WAIT
     """
-    from tracer.snapshot import Filter, Summary
+    from tracer.core.snapshot import Filter, Summary
 
     if path is not None and netns is not None:
         abort("--file and --netns exclude each other: --netns reads a live table")
@@ -49,7 +49,7 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
     flt = Filter(proto, state, src, dst, dport)
     rep: dict = {}
     if path is not None:
-        from tracer.tablefile import InputError, scan
+        from tracer.formats.export import InputError, scan
         try:
             res, dec = scan(path, flt, jobs)
         except InputError as e:
@@ -69,7 +69,7 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
         summary = _live(rep, netns, flt, source)
     rep.update(summary.to_dict(top=top if (top or as_json) else 10))
     if path is None and rep["by_src"]:
-        from tracer.attribution import collect
+        from tracer.kernel.attribution import collect
         try:
             names = collect()
             rep["containers"] = {ip: names.by_ip[ip] for ip in rep["by_src"] if ip in names.by_ip}
@@ -87,8 +87,10 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
 
 def _live(rep: dict, netns: str | None, flt, source: str):
     """Read the live table (in `netns`) into rep; returns its Summary."""
-    from tracer import ctnetlink, netns as ns, table
-    from tracer.snapshot import Columns, Summary
+    from tracer.kernel import ctnetlink
+    from tracer.kernel import netns as ns
+    from tracer.kernel import stats as table
+    from tracer.core.snapshot import Columns, Summary
 
     if os.geteuid() != 0:
         abort("reading the live table needs root (CAP_NET_ADMIN): run with sudo, "
@@ -115,7 +117,7 @@ def _live(rep: dict, netns: str | None, flt, source: str):
                         abort(str(e))
                     warn(f"{e}; reading /proc/net/nf_conntrack instead")
             if dec is None:
-                from tracer.tablefile import InputError, scan
+                from tracer.formats.export import InputError, scan
                 procfile = "/proc/thread-self/net/nf_conntrack"
                 if not os.path.exists(procfile):
                     abort("this kernel has no /proc/net/nf_conntrack (built without "
@@ -125,7 +127,7 @@ def _live(rep: dict, netns: str | None, flt, source: str):
                 except InputError as e:
                     if "empty" not in str(e):
                         abort(str(e))
-                    from tracer.tablefile import ScanResult, TextDecoder
+                    from tracer.formats.export import ScanResult, TextDecoder
                     res2, dec = ScanResult(), TextDecoder()
                 rep["source"] = "/proc/net/nf_conntrack"
                 rep["entries_read"] = res2.entries

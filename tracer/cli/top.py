@@ -11,7 +11,7 @@ import time
 
 import click
 
-from tracer.aggregate import GROUPS, SORTS
+from tracer.core.aggregate import GROUPS, SORTS
 from tracer.cli import session
 from tracer.cli.options import flow_filters, netns_option, ready_file_option, tracing_options
 
@@ -43,8 +43,8 @@ def top(netns, interval, group, sort, top_n, proto, port, src, dst, once, as_jso
       sudo cttrace top --netns 4242 -g container
       sudo cttrace top --json --interval 5    # for scripts
     """
-    from tracer.filters import Filter
-    from tracer.session import Options
+    from tracer.core.filters import Filter
+    from tracer.live.session import Options
 
     opts = Options(backend=backend, rate=rate, netns=netns, table=True, only_table_netns=True,
                    ready_file=ready_file, flt=Filter(protos=proto, ports=port, src=src, dst=dst))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from tracer.events import REASONS, Counters, Drop
+from tracer.core.events import REASONS, Counters, Drop
 from tracer.views.escape import safe
 
 

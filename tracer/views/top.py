@@ -20,8 +20,8 @@ HELP = ("g: group by source, destination, port, state, container   s: sort by en
 
 def forecast_text(fc) -> str:
     """'full in ~4m (3m-6m), schedule 12s old' or 'not filling (levels at ~9,000)'."""
-    from tracer.forecast import human
-    from tracer.forecast import text as _text
+    from tracer.core.forecast import human
+    from tracer.core.forecast import text as _text
     t = _text(fc) if fc else ""
     if t and fc.get("schedule_age_s") is not None:
         t += f", schedule {human(fc['schedule_age_s'])} old"

@@ -35,7 +35,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tracer.conntrack import PORT_PROTOS, proto_name
+from tracer.core.conntrack import PORT_PROTOS, proto_name
 
 # include/uapi/linux/netfilter/nfnetlink_conntrack.h
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS = 1, 2, 3
@@ -332,7 +332,7 @@ class _Layout:
     __slots__ = ("headers", "expect", "values", "order", "v6")
 
     def __init__(self, hdr_offsets, expect, fields):
-        from tracer.ctnetlink import _fmt
+        from tracer.kernel.ctnetlink import _fmt
         self.headers = struct.Struct(_fmt([(o, "I") for o in hdr_offsets]))
         self.expect = expect
         order = sorted(fields.items(), key=lambda kv: kv[1][0])
@@ -379,7 +379,7 @@ def _walk(buf, off: int, mlen: int):
                         fields[d + "dport"] = (p3 + 4 - off, "H")
     if not all(k in fields for k in ("proto", "osrc", "odst", "rsrc", "rdst")):
         return None
-    from tracer.ctnetlink import _fmt
+    from tracer.kernel.ctnetlink import _fmt
     expect = struct.unpack_from(_fmt([(o, "I") for o in hdrs]), buf, off)
     return _Layout(hdrs, expect, fields)
 
@@ -392,7 +392,7 @@ class _Addr(dict):
 
 def read_live() -> Usage:
     """Both tuples of every entry of the current namespace, into a Usage."""
-    from tracer import ctnetlink as cn
+    from tracer.kernel import ctnetlink as cn
     u = Usage()
     layouts: dict = {}
     addr = _Addr()

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
 
-from tracer.conntrack import (DPORT, DST, EXTRA1, EXTRA2, FLAG_NAMES, PORT_PROTOS, PROTO,  # noqa: F401
+from tracer.core.conntrack import (DPORT, DST, EXTRA1, EXTRA2, FLAG_NAMES, PORT_PROTOS, PROTO,  # noqa: F401
                               SRC, STATE, proto_name)
-from tracer.filters import Filter  # noqa: F401  (the one filter; snapshot.Filter is kept for callers)
+from tracer.core.filters import Filter  # noqa: F401  (the one filter; snapshot.Filter is kept for callers)
 
 
 

@@ -31,7 +31,7 @@ import math
 from collections import Counter
 from operator import itemgetter
 
-from tracer.conntrack import F_ASSURED, F_UNREPLIED, STATE_NAMES, proto_name
+from tracer.core.conntrack import F_ASSURED, F_UNREPLIED, STATE_NAMES, proto_name
 
 TCP_SYSCTL = {"SYN_SENT": "tcp_timeout_syn_sent", "SYN_RECV": "tcp_timeout_syn_recv",
               "ESTABLISHED": "tcp_timeout_established", "FIN_WAIT": "tcp_timeout_fin_wait",

@@ -26,12 +26,12 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from tracer import forecast
-from tracer import netns as ns
-from tracer import table
-from tracer.aggregate import Rates, Sample, top_rows
-from tracer.events import Counters, Drop
-from tracer.filters import Filter
+from tracer.core import forecast
+from tracer.kernel import netns as ns
+from tracer.kernel import stats as table
+from tracer.core.aggregate import Rates, Sample, top_rows
+from tracer.core.events import Counters, Drop
+from tracer.core.filters import Filter
 
 PUMP_S = 0.05          # how often events are taken in while waiting
 RATE_INTERVALS = 5     # the forecast's insert rate: over the last 5 intervals
@@ -94,8 +94,8 @@ class TracingSession:
         self.close()
 
     def open(self) -> "TracingSession":
-        from tracer import ctnetlink
-        from tracer.attribution import Attribution
+        from tracer.kernel import ctnetlink
+        from tracer.kernel.attribution import Attribution
         from tracer.backends import BackendError, make
         o = self.opts
         if self.backend is None and os.geteuid() != 0:
@@ -118,7 +118,7 @@ class TracingSession:
             self.names.refresh()
         try:
             if o.table:      # the first dump is read while the probes compile
-                from tracer.livetable import LiveSource
+                from tracer.live.source import LiveSource
                 self.live = LiveSource(o.netns, o.flt.row).start(background=True)
             self.backend.start()
             with ns.entered(o.netns):
@@ -126,7 +126,7 @@ class TracingSession:
             if self.live is not None:
                 self.live.wait()
             if o.table_events:
-                from tracer.ctevents import CtEvents
+                from tracer.kernel.ctevents import CtEvents
                 self.events = CtEvents(o.netns)
         except (BackendError, ctnetlink.NetlinkError, ns.NetnsError) as e:
             raise SessionError(str(e)) from None
@@ -139,7 +139,7 @@ class TracingSession:
 
     def choose(self) -> tuple[str, str]:
         """A backend for this kernel: (backend name, why it was chosen)."""
-        from tracer import features
+        from tracer.kernel import features
         from tracer.backends import choose
         name, why = choose(features.detect(full=False), self.opts.backend)
         if name is None:

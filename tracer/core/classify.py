@@ -28,7 +28,7 @@ itself; its rule drops arrive labelled.
 
 from __future__ import annotations
 
-from tracer.events import INSERT_FAILED, INVALID, RULE, TABLE_FULL, UNKNOWN
+from tracer.core.events import INSERT_FAILED, INVALID, RULE, TABLE_FULL, UNKNOWN
 
 
 class Classifier:

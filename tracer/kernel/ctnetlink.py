@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
 
-from tracer.conntrack import (F_ASSURED, F_HW_OFFLOAD, F_OFFLOAD, F_UNREPLIED,
+from tracer.core.conntrack import (F_ASSURED, F_HW_OFFLOAD, F_OFFLOAD, F_UNREPLIED,
                               IPS_ASSURED, IPS_HW_OFFLOAD, IPS_OFFLOAD,
                               IPS_SEEN_REPLY, STATE_NAMES)
 
@@ -59,7 +59,7 @@ CTA_PROTO_ICMP = {4: "icmp_id", 5: "icmp_type", 6: "icmp_code",
                   7: "icmp_id", 8: "icmp_type", 9: "icmp_code"}
 
 # Columns of a row (see the module docstring). The first eight equal
-# tracer.conntrack's PROTO .. SPORT.
+# tracer.core.conntrack's PROTO .. SPORT.
 R_PROTO, R_STATE, R_SRC, R_DST, R_DPORT, R_FLAGS, R_MARKZONE, R_SPORT, R_ICMP, R_TIMEOUT = range(10)
 
 

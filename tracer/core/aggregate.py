@@ -25,9 +25,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from tracer.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
-from tracer.forecast import Schedule
-from tracer.forecast import _ROW_KEY as _SCHED_KEY
+from tracer.core.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
+from tracer.core.forecast import Schedule
+from tracer.core.forecast import _ROW_KEY as _SCHED_KEY
 
 GROUPS = ("src", "dst", "dport", "state", "container")
 SORTS = ("entries", "inserts", "deletes", "drops")

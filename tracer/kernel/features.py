@@ -98,7 +98,7 @@ def check_bpf_syscall() -> Check:
 
 
 def check_btf() -> Check:
-    from tracer.btf import BTF, BTFError
+    from tracer.kernel.btf import BTF, BTFError
     try:
         b = BTF.load()
         b.offset("sk_buff", "_nfct")
@@ -230,7 +230,7 @@ def quiet_stderr():
 def check_headers() -> Check:
     """A header tree BCC can compile with (tracer/headers.py): the kernel's
     own, or the closest installed one (BCC_KERNEL_SOURCE is set for BCC)."""
-    from tracer import headers
+    from tracer.kernel import headers
     h = headers.ensure()
     return Check(h.path is not None, h.detail)
 
@@ -241,7 +241,7 @@ def check_bcc() -> Check:
         from bcc import BPF  # noqa: F401
     except ImportError:
         return Check(False, "BCC is missing: apt-get install python3-bpfcc (system Python)")
-    from tracer import headers
+    from tracer.kernel import headers
     h = headers.ensure()
     if h.path is None:
         return Check(False, f"BCC cannot compile: {h.detail}")

@@ -31,7 +31,7 @@ import stat
 import zlib
 from dataclasses import dataclass, field, fields
 
-from tracer.doctor import HostState
+from tracer.core.hoststate import HostState
 
 FORMAT = "cttrace-capture"
 VERSION = 1
@@ -387,18 +387,18 @@ def _clean_state(raw) -> dict:
         elif f.name in ("rules", "netns", "kernel", "max_scope", "entry_bytes_how") and isinstance(v, str):
             out[f.name] = v
         elif f.name == "ages":
-            from tracer.forecast import clean
+            from tracer.core.forecast import clean
             out[f.name] = clean(v)
         elif f.name == "nat":
-            from tracer.nat import clean_state
+            from tracer.core.nat import clean_state
             out[f.name] = clean_state(v)
     return out
 
 
 def row_record(kind: str, row: tuple, t: float, name_of=None) -> dict:
     """An insert/delete record from a ctnetlink row."""
-    from tracer.ctnetlink import NetlinkDecoder
-    from tracer.conntrack import proto_name
+    from tracer.kernel.ctnetlink import NetlinkDecoder
+    from tracer.core.conntrack import proto_name
     dec = _DEC.setdefault(0, NetlinkDecoder())
     src = dec.addr(row[2])[1]
     return {"k": kind, "t": round(t, 6), "proto": proto_name(row[0]), "src": src,

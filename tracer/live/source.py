@@ -42,11 +42,11 @@ from __future__ import annotations
 import threading
 import time
 
-from tracer import ctnetlink
-from tracer import netns as ns
-from tracer import table
-from tracer.aggregate import LiveTable
-from tracer.ctevents import DELETE, INSERT, CtEvents, events_mode
+from tracer.kernel import ctnetlink
+from tracer.kernel import netns as ns
+from tracer.kernel import stats as table
+from tracer.core.aggregate import LiveTable
+from tracer.kernel.ctevents import DELETE, INSERT, CtEvents, events_mode
 
 EVENTS_NAMES = {0: "off", 1: "on", 2: "auto"}
 

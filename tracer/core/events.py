@@ -7,7 +7,7 @@ import ctypes as ct
 import socket
 from dataclasses import dataclass, field
 
-from tracer.conntrack import proto_name
+from tracer.core.conntrack import proto_name
 
 
 class DropEventC(ct.Structure):

@@ -25,8 +25,8 @@ import select
 import socket
 from dataclasses import dataclass, field
 
-from tracer import ctnetlink
-from tracer import netns as ns
+from tracer.kernel import ctnetlink
+from tracer.kernel import netns as ns
 
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE = 0, 2

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-from tracer.conntrack import (DPORT, DST, PORT_PROTOS, PROTO, SPORT, SRC, STATE, STATE_NAMES,
+from tracer.core.conntrack import (DPORT, DST, PORT_PROTOS, PROTO, SPORT, SRC, STATE, STATE_NAMES,
                               parse_proto, proto_name)
 
 
@@ -119,7 +119,7 @@ class Filter:
             (not self.dst or self._within(self.dst, row[DST]))
 
     def drop(self, d) -> bool:
-        """A drop event (tracer.events.Drop) passes. --state does not apply
+        """A drop event (tracer.core.events.Drop) passes. --state does not apply
         (a dropped packet has no entry)."""
         if not self.active:
             return True

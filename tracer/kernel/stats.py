@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tracer import ctnetlink
-from tracer.forecast import SCHEDULE_SYSCTLS
+from tracer.kernel import ctnetlink
+from tracer.core.forecast import SCHEDULE_SYSCTLS
 
 SYSCTL = "/proc/sys/net/netfilter/"
 STAT_FILE = "/proc/thread-self/net/stat/nf_conntrack"

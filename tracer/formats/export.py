@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import BinaryIO
 
-from tracer.conntrack import FLAG_BITS, canonical_addr
-from tracer.snapshot import Columns, Filter
+from tracer.core.conntrack import FLAG_BITS, canonical_addr
+from tracer.core.snapshot import Columns, Filter
 
 BLOCK = 8 << 20
 PARALLEL_MIN = 48 << 20     # split plain files larger than this across CPUs
@@ -273,7 +273,7 @@ class RawAges:
             self.apps.clear()
 
     def _cap(self) -> None:
-        from tracer.forecast import APPS_CAP
+        from tracer.core.forecast import APPS_CAP
         if len(self.apps) > APPS_CAP:
             self.apps_complete = False
             self.apps.clear()
@@ -503,8 +503,8 @@ def ages_summary(ages: RawAges, dec: TextDecoder, sysctls: dict) -> dict:
     """forecast.summarize() of an export's timeout column: the same evidence
     a live dump gives (schedule, idle buckets, shorter-timeout candidates
     by source and destination port), from the text's raw counts."""
-    from tracer import forecast
-    from tracer.conntrack import F_ASSURED, STATE_NAMES, proto_name
+    from tracer.core import forecast
+    from tracer.core.conntrack import F_ASSURED, STATE_NAMES, proto_name
 
     kinds: dict = {}
 

@@ -9,10 +9,13 @@ import stat
 import subprocess
 import time
 
-from tracer import ctnetlink, forecast, nat, table
-from tracer import netns as ns
-from tracer.doctor import HostState
-from tracer.snapshot import Columns, Summary
+from tracer.kernel import ctnetlink
+from tracer.core import forecast
+from tracer.core import nat
+from tracer.kernel import stats as table
+from tracer.kernel import netns as ns
+from tracer.core.hoststate import HostState
+from tracer.core.snapshot import Columns, Summary
 
 TIMEOUTS = forecast.SCHEDULE_SYSCTLS
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
@@ -85,7 +88,7 @@ def _initial_netns() -> int:
 def per_netns_max() -> bool | None:
     """Whether this kernel keeps nf_conntrack_max per namespace (a member
     sysctl_max in struct netns_ct, BTF); None when BTF cannot tell."""
-    from tracer.btf import BTF, BTFError
+    from tracer.kernel.btf import BTF, BTFError
     try:
         btf = BTF.load()
         btf.find("netns_ct")
@@ -130,7 +133,7 @@ def entry_size() -> tuple[int | None, str]:
     if slab:
         return forecast.entry_size(None, slab)
     size = None
-    from tracer.btf import BTF, BTFError
+    from tracer.kernel.btf import BTF, BTFError
     try:
         base = BTF.load()
         try:
@@ -234,8 +237,8 @@ def read_export(path: str, settings: dict | None = None, jobs: int | None = None
     or sysctls: `settings` (parse_settings) gives the host's timeouts and
     limit where known; missing timeouts are the kernel's defaults, listed
     in HostState.assumed. Raises tablefile.InputError."""
-    from tracer import tablefile
-    from tracer.filters import Filter
+    from tracer.formats import export as tablefile
+    from tracer.core.filters import Filter
     settings = dict(settings or {})
     res, dec = tablefile.scan(path, Filter(), jobs, timed=True)
     name = "standard input" if path == "-" else path

@@ -1,7 +1,7 @@
 """Drop reasons (tracer/core/classify.py) against the kernel's per-CPU counters,
 the wrap-safe accumulation of those 32-bit counters, and the typed Counters."""
 
-from tracer.backends.tracepoint import fold
+from tracer.core.counters import Accumulator
 from tracer.core.classify import Classifier
 from tracer.core.events import Counters, SourceCounts
 
@@ -19,9 +19,9 @@ class FakeKernel:
     def set(self, key, stat, cpu, n):
         self.c.setdefault(key, {}).setdefault(stat, {})[cpu] = n
 
-    def __call__(self, key, stat):
+    def __call__(self, key):
         self.reads += 1
-        return dict(self.c.get(key, {}).get(stat, {}))
+        return {s: dict(v) for s, v in self.c.get(key, {}).items()}
 
     def at_limit(self, key):
         return self.full.get(key)
@@ -110,12 +110,12 @@ def test_the_kernel_is_read_only_when_needed():
 
 
 def test_32_bit_counters_wrap_without_a_reset():
-    acc = {}
-    fold(acc, [{"cpu": 0, "drop": 0xFFFFFFF0}, {"cpu": 1, "drop": 5}])
-    assert acc[(0, "drop")][1] == 0xFFFFFFF0
-    fold(acc, [{"cpu": 0, "drop": 0x10}, {"cpu": 1, "drop": 7}])     # CPU 0 wrapped
-    assert acc[(0, "drop")][1] == 0xFFFFFFF0 + 0x20 and acc[(1, "drop")][1] == 7
-    assert sum(a[1] for a in acc.values()) == 0xFFFFFFF0 + 0x20 + 7
+    acc = Accumulator()
+    acc.add([{"cpu": 0, "drop": 0xFFFFFFF0}, {"cpu": 1, "drop": 5}])
+    assert acc.per_cpu("drop") == {0: 0xFFFFFFF0, 1: 5}
+    acc.add([{"cpu": 0, "drop": 0x10}, {"cpu": 1, "drop": 7}])     # CPU 0 wrapped
+    assert acc.per_cpu("drop") == {0: 0xFFFFFFF0 + 0x20, 1: 7}
+    assert acc.totals() == {"drop": 0xFFFFFFF0 + 0x20 + 7}
 
 
 def test_counters_drops_by_source_and_namespace():

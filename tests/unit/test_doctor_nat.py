@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from tracer.core import nat
 from tracer.formats.capture import Writer, read_capture
 from tracer.cli import main
-from tracer.core.doctor import HostState, clash_drops, diagnose, table_full_drops
+from tracer.core.counters import clash_drops, table_full_drops
+from tracer.core.doctor import HostState, diagnose
 
 # iptables-save -t nat (iptables-nft 1.8.9) and nft -a list ruleset (nftables 1.0.6), as printed.
 RULES = """# cttrace: iptables

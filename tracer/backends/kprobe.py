@@ -20,6 +20,7 @@ import os
 import re
 
 from tracer.backends import BackendError
+from tracer.core import kversion
 from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, ct_tuple_consts, load_btf
 from tracer.core.events import CT_STATS, STATS, Counters, SourceCounts, SrcKeyC, addr
 from tracer.kernel.features import probeable  # noqa: F401  (choose() imports it from here)
@@ -105,9 +106,8 @@ def early_drops_seen() -> bool:
     early_drop_list; 0 seen, 7 counted), although early_drop itself is
     probeable. Nothing in available_filter_functions tells the two apart,
     so kernels before 6.1 are said not to show them (the safe side)."""
-    import re as _re
-    m = _re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (6, 1)
+    v = kversion.parse(os.uname().release)
+    return v is not None and v.at_least(6, 1)
 
 
 class KprobeBackend(TracepointBackend):

@@ -30,6 +30,7 @@ from tracer.kernel import netns as ns
 from tracer.backends import BackendError
 from tracer.kernel import stats as table
 from tracer.kernel.btf import BTF, BTFError
+from tracer.core import counters
 from tracer.core.classify import Classifier
 from tracer.core.events import (INSERT_FAILED, INVALID, REASONS, RULE, STATS, TABLE_FULL, UNKNOWN, Counters,
                            CpuKeyC, DropEventC, DropKeyC, SourceCounts, addr, decode_drop)
@@ -135,29 +136,12 @@ def netns_cookie() -> int:
         return 0
 
 
-def fold(acc: dict[tuple[int, str], list[int]], rows: list[dict]) -> None:
-    """Accumulate per-CPU readings of 32-bit kernel counters into totals:
-    acc[(cpu, stat)] = [last raw value, total since the first reading]; a
-    counter seen for the first time counts from zero (it was born later)."""
-    for r in rows:
-        cpu = r["cpu"]
-        for stat, v in r.items():
-            if stat == "cpu":
-                continue
-            a = acc.get((cpu, stat))
-            if a is None:
-                acc[(cpu, stat)] = [v, v]
-            else:
-                a[1] += (v - a[0]) % (1 << 32)
-                a[0] = v
-
-
 class NetnsStats:
     """Per-CPU conntrack counters and fill of any namespace, counted since
     tracing started, by key (cookie, inode): a reused inode is another key.
     Namespaces known at start count from their reading then; those born
-    later from zero. The kernel's per-CPU counters are 32-bit: readings are
-    accumulated modulo 2**32, so one CPU wrapping is not a reset."""
+    later from zero. Wraps of the kernel's 32-bit per-CPU counters: see
+    tracer/core/counters.py."""
 
     def __init__(self) -> None:
         self.paths: dict[int, str] = {}
@@ -169,7 +153,7 @@ class NetnsStats:
             got = self._read(inum)
             if got is not None:
                 self.start[inum] = (got[0], got[1])
-        self.acc: dict[tuple, dict[tuple[int, str], list[int]]] = {}   # key -> (cpu, stat) -> [raw, total]
+        self.acc: dict[tuple, counters.Accumulator] = {}
         self.fill: dict[tuple, tuple[int | None, int | None]] = {}
 
     def _scan(self) -> None:
@@ -212,14 +196,10 @@ class NetnsStats:
             return False
         acc = self.acc.get(key)
         if acc is None:
-            acc = self.acc[key] = {}
             first = self.start.get(inum)
-            if first is not None and (not cookie or not first[0] or first[0] == cookie):
-                for r in first[1]:                 # known at start: count from then
-                    for stat, v in r.items():
-                        if stat != "cpu":
-                            acc[(r["cpu"], stat)] = [v, 0]
-        fold(acc, got[1])
+            known = first is not None and (not cookie or not first[0] or first[0] == cookie)
+            acc = self.acc[key] = counters.Accumulator(first[1] if known else None)  # known at start: from then
+        acc.add(got[1])
         self.fill[key] = (got[2], got[3])
         return True
 
@@ -227,7 +207,14 @@ class NetnsStats:
         """{cpu: count since tracing started} of a kernel stat of a namespace."""
         if refresh:
             self.refresh(key)
-        return {cpu: a[1] for (cpu, s), a in self.acc.get(key, {}).items() if s == stat}
+        acc = self.acc.get(key)
+        return acc.per_cpu(stat) if acc is not None else {}
+
+    def per_cpu(self, key: tuple[int, int]) -> dict[str, dict[int, int]]:
+        """{stat: {cpu: count since tracing started}} of a namespace, read now."""
+        self.refresh(key)
+        acc = self.acc.get(key)
+        return acc.by_stat() if acc is not None else {}
 
     def at_limit(self, key: tuple[int, int]) -> bool | None:
         """Whether the namespace's table is (nearly) full, as last read."""
@@ -281,7 +268,7 @@ class TracepointBackend:
                                "cttrace with the system Python (scripts/setup)") from None
         text, flags = self.program()
         self.stats = NetnsStats()              # baseline before the probe sees anything
-        self.classifier = Classifier(self.stats.kernel, self.stats.at_limit)
+        self.classifier = Classifier(self.stats.per_cpu, self.stats.at_limit)
         try:
             with features.quiet_stderr():
                 self.bpf = BPF(text=text, cflags=flags)
@@ -359,11 +346,13 @@ class TracepointBackend:
         for key, cpus in classes.items():
             drop = self.stats.kernel(key, "drop")
             ins = self.stats.kernel(key, "insert_failed", refresh=False)
+            chain = self.stats.kernel(key, "chaintoolong", refresh=False)
             refused = failed = 0
             for cpu, (ctless, with_ct) in cpus.items():
-                fc = max(ins.get(cpu, 0), 0)
-                failed += min(with_ct, fc)
-                refused += min(ctless, max(drop.get(cpu, 0) - fc, 0))
+                c = {"drop": drop.get(cpu, 0), "insert_failed": ins.get(cpu, 0),
+                     "chaintoolong": chain.get(cpu, 0)}
+                failed += min(with_ct, c["insert_failed"])    # a chain too long too: a failed insert
+                refused += min(ctless, counters.table_full_drops(c))
             invalid = min(self.classifier.invalid.get(key, 0), refused)
             r = out.setdefault(key[1], {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0})
             r[TABLE_FULL] += refused - invalid

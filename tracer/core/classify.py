@@ -28,14 +28,16 @@ itself; its rule drops arrive labelled.
 
 from __future__ import annotations
 
+from tracer.core import counters
 from tracer.core.events import INSERT_FAILED, INVALID, RULE, TABLE_FULL, UNKNOWN
 
 
 class Classifier:
     """Reasons of drops, per (namespace key, CPU, class), against counters.
 
-    `kernel(key, stat)` returns {cpu: count since tracing started} of the
-    kernel's per-CPU stat ("drop", "insert_failed") for a namespace key;
+    `kernel(key)` returns {stat: {cpu: count since tracing started}} of the
+    kernel's per-CPU stats ("drop", "insert_failed", ...) for a namespace key,
+    read once;
     `at_limit(key)` says whether that namespace's table is at its limit
     (True, False, or None when unknown: then a refusal is table_full)."""
 
@@ -49,13 +51,12 @@ class Classifier:
         self.invalid: dict = {}               # namespace key -> drops deemed invalid
 
     def _read(self, key) -> None:
-        drop = self.kernel(key, "drop")
-        failed = self.kernel(key, "insert_failed")
-        invalid = self.kernel(key, "invalid")
-        for cpu in set(drop) | set(failed) | set(invalid):
-            f = max(failed.get(cpu, 0), 0)
-            self.budget[(key, cpu, True)] = f
-            self.budget[(key, cpu, False)] = max(drop.get(cpu, 0) - f, 0)
+        got = self.kernel(key)
+        invalid = got.get("invalid", {})
+        for cpu in set().union(*got.values()):
+            c = {s: v.get(cpu, 0) for s, v in got.items()}
+            self.budget[(key, cpu, True)] = max(c.get("insert_failed", 0), 0)
+            self.budget[(key, cpu, False)] = counters.table_full_drops(c)
             self.budget[(key, cpu, "invalid")] = max(invalid.get(cpu, 0), 0)
 
     def reason(self, key, cpu: int, seq: int, ct_attached: bool) -> str:

@@ -6,11 +6,12 @@ system.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import asdict, dataclass
 
 from tracer.core import forecast as fc
+from tracer.core import kversion
+from tracer.core.counters import clash_drops, table_full_drops
 from tracer.core import nat
 from tracer.core.hoststate import HostState
 
@@ -348,20 +349,6 @@ def _delta(h: HostState, name: str) -> int:
     return int(round(h.rates.get(name, 0.0) * h.window))
 
 
-def clash_drops(c: dict) -> int:
-    """Packets dropped at confirm time because their entry clashed (NAT
-    port exhaustion, the UDP race): the kernel counts each in both
-    `insert_failed` and `drop` (nf_ct_resolve_clash). A chain that is too
-    long counts insert_failed (and chaintoolong) without drop."""
-    return max(c.get("insert_failed", 0) - c.get("chaintoolong", 0), 0)
-
-
-def table_full_drops(c: dict) -> int:
-    """`drop` without the clash drops counted in it: table-full refusals (and
-    the rare drops by a protocol tracker's verdict, counted with `invalid`)."""
-    return max(c.get("drop", 0) - clash_drops(c), 0)
-
-
 def _drops(h: HostState, add, fill: float, raise_fix: str) -> tuple[int, int]:
     """Drops now and since boot, split by what the kernel's counters say.
     Returns the clash drops (now, since boot)."""
@@ -408,11 +395,6 @@ def _drops(h: HostState, add, fill: float, raise_fix: str) -> tuple[int, int]:
     return clash_now, clash_all
 
 
-def _kernel(release: str) -> tuple[int, int] | None:
-    m = re.match(r"(\d+)\.(\d+)", release or "")
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
 def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
     """SNAT port exhaustion and the UDP DNS race, from the table's NAT
     (reply tuples), the rules' port ranges and the clash counters."""
@@ -457,7 +439,7 @@ def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
         dns = [{"proto": "udp", "service": k[4:].rsplit(":", 1)[0], "port": 53, "entries": 0,
                 "backends": {}} for k in sorted(seen, key=lambda k: -seen[k])]
     if dns and (clash_all > 0 or seen):
-        kv = _kernel(h.kernel)
+        kv = kversion.parse(h.kernel)
         svc = "; ".join((f"{d['service']}:53 -> " + ", ".join(f"{b} ({n:,})" for b, n in
                                                              list(d["backends"].items())[:4])
                          + f", {d['entries']:,} entries") if d["entries"] else

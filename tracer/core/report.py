@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from tracer.core import counters
 from tracer.core import forecast as fc
 from tracer.formats.capture import Capture, counter_deltas
 from tracer.core.doctor import diagnose, table_forecast
@@ -64,10 +65,9 @@ def analyse(cap: Capture, top: int = 10) -> dict:
         i = bucket(s["t"])
         tl[i]["count"], tl[i]["max"] = s.get("count"), s.get("max")
         if prev is not None:     # the interval's table-full drops, at its middle
-            inc = lambda k: (lambda o, n: n - o if n >= o else n)(  # noqa: E731
-                prev["kernel"].get(k, 0), s["kernel"].get(k, 0))
             j = bucket((prev["t"] + s["t"]) / 2)
-            tl[j if j is not None else i]["drops"] += max(int(inc("drop") - inc("insert_failed")), 0)
+            tl[j if j is not None else i]["drops"] += int(counters.table_full_drops(
+                counters.deltas(prev["kernel"], s["kernel"])))
         prev = s
     last = None
     for x in tl:                 # samples every interval > 1 s: carry the fill forward
@@ -94,11 +94,10 @@ def analyse(cap: Capture, top: int = 10) -> dict:
                     "backend": cap.header.get("backend"), "netns": cap.header.get("netns"),
                     "started": t0, "seconds": round(t1 - t0, 3), "records": len(cap.records),
                     "truncated": cap.truncated, "bad_records": cap.bad_records},
-        # drops: the kernel's `drop` (every packet conntrack dropped); a clash at
-        # confirm counts in both `drop` and `insert_failed`, so table_full is
-        # the difference
+        # drops: the kernel's `drop` (every packet conntrack dropped); table_full
+        # is it less the clash drops (tracer/core/counters.py)
         "totals": {"inserts": len(ins), "deletes": len(dels), "drops": delta("drop"),
-                   "table_full": max(delta("drop") - delta("insert_failed"), 0),
+                   "table_full": int(counters.table_full_drops(deltas)),
                    "drop_events": len(drops), "early_drops": delta("early_drop"),
                    "insert_failed": delta("insert_failed"), "lost": lost,
                    "drop_events_by_reason": dict(Counter(r.get("reason", "") for r in drops))},

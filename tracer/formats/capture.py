@@ -31,6 +31,7 @@ import stat
 import zlib
 from dataclasses import dataclass, field, fields
 
+from tracer.core import counters
 from tracer.core.hoststate import HostState
 
 FORMAT = "cttrace-capture"
@@ -176,15 +177,9 @@ class Capture:
 
 
 def counter_deltas(stats: list) -> dict:
-    """Increase of each kernel counter over consecutive stats records; a
-    counter that went down was reset (the namespace was re-created): count
-    its new value from zero."""
-    out: dict = {}
-    for p, s in zip(stats, stats[1:]):
-        for k, v in s["kernel"].items():
-            old = p["kernel"].get(k, 0)
-            out[k] = out.get(k, 0) + (v - old if v >= old else v)
-    return out
+    """Increase of each kernel counter over the stats records (wraps and
+    resets as tracer/core/counters.py says)."""
+    return counters.series_deltas([s["kernel"] for s in stats])
 
 
 # Bounds on what `report` decompresses (captures come from other hosts): a

@@ -22,6 +22,8 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from tracer.core import kversion
+
 RUN_DIR = "/run/cttrace/kheaders"
 MODULES = "/lib/modules"
 SEARCH = ("/usr/src", MODULES)
@@ -36,11 +38,6 @@ class Headers:
 
 def _release() -> str:
     return os.uname().release
-
-
-def _version(name: str) -> tuple[int, ...]:
-    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", name)
-    return tuple(int(x or 0) for x in m.groups()) if m else (0, 0, 0)
 
 
 def own_tree(release: str | None = None) -> str | None:
@@ -166,10 +163,10 @@ def find(release: str | None = None) -> Headers:
     if not cands:
         return Headers(None, False, f"no kernel headers for {rel} and no other header tree: "
                        + install_hint(rel))
-    want = _version(rel)
+    want = kversion.parse(rel) or kversion.Version(0, 0)
 
     def distance(c):
-        v = _version(os.path.basename(c[0]))
+        v = kversion.parse(os.path.basename(c[0])) or kversion.Version(0, 0)
         return (abs(v[0] - want[0]), abs(v[1] - want[1]), c[0])
     tree, common = min(cands, key=distance)
     detail = (f"no headers of {rel}; BCC uses {os.path.basename(tree)}"

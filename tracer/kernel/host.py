@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from tracer.kernel import ctnetlink
-from tracer.core import forecast
+from tracer.core import counters, forecast, kversion
 from tracer.core import nat
 from tracer.kernel import stats as table
 from tracer.kernel import netns as ns
@@ -71,8 +71,8 @@ def max_scope(release: str | None = None) -> str:
         return "global"
     own = per_netns_max()
     if own is None:
-        v = _version(release if release is not None else platform.release())
-        own = v is not None and v > (6, 18)
+        v = kversion.parse(release if release is not None else platform.release())
+        own = v is not None and v.at_least(6, 19)
     return "netns" if own else "global-writable"
 
 
@@ -108,14 +108,6 @@ def effective_max(own: int | None, initial: int | None) -> int | None:
     if not own or not initial:
         return own or initial
     return min(own, initial)
-
-
-def _version(release: str) -> tuple[int, int] | None:
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return None
 
 
 def entry_size() -> tuple[int | None, str]:
@@ -173,8 +165,8 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
     dec = ctnetlink.NetlinkDecoder()
     s = Summary.from_columns(cols, dec)
     size, how = entry_size()
-    a, b = st1.totals, st2.totals
-    deltas = {k: max(b.get(k, 0) - a.get(k, 0), 0) for k in b}
+    b = st2.totals
+    deltas = counters.row_deltas(st1.cpu, st2.cpu)
     limit, own = st2.max, None
     if scope == "netns":                         # its own value, capped by the initial namespace's
         limit = effective_max(st2.max, global_max)

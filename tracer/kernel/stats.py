@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tracer.core import counters
 from tracer.kernel import ctnetlink
 from tracer.core.forecast import SCHEDULE_SYSCTLS
 
@@ -30,12 +31,7 @@ class TableState:
 
     @property
     def totals(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for row in self.cpu:
-            for k, v in row.items():
-                if k != "cpu":
-                    out[k] = out.get(k, 0) + v
-        return out
+        return counters.summed(self.cpu)
 
     def to_dict(self) -> dict:
         return {"count": self.count, "max": self.max, "buckets": self.buckets,

@@ -26,7 +26,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from tracer.core import forecast
+from tracer.core import counters, forecast
 from tracer.kernel import netns as ns
 from tracer.kernel import stats as table
 from tracer.core.aggregate import Rates, Sample, top_rows
@@ -74,7 +74,7 @@ class TracingSession:
         self.counters: Counters | None = None
         self.state: table.TableState | None = None
         self.drops_seen = 0                 # drop events that passed the filters
-        self._stat_acc: dict = {}           # wrap-safe sums of the followed table's per-CPU stats
+        self._stat_acc = counters.Accumulator()   # the followed table's per-CPU stats, wrap-safe
         self.net_hist: deque = deque(maxlen=30)   # inserts - deletes per second, per interval
         # new entries per interval for the forecast: (seconds, entries, how counted)
         self.ins_hist: deque = deque(maxlen=RATE_INTERVALS)
@@ -225,16 +225,10 @@ class TracingSession:
             return table.read()
 
     def kernel_totals(self, st: table.TableState) -> dict[str, int]:
-        """The followed table's per-CPU stats summed, monotonic (each CPU's
-        32-bit counter accumulated modulo 2**32: a wrap is not a reset), with
-        table_full = drop - insert_failed (a clash at confirm counts in both)."""
-        from tracer.backends.tracepoint import fold
-        fold(self._stat_acc, st.cpu)
-        out: dict[str, int] = {}
-        for (cpu, stat), (raw, total) in self._stat_acc.items():
-            out[stat] = out.get(stat, 0) + total
-        out["table_full"] = max(out.get("drop", 0) - out.get("insert_failed", 0), 0)
-        return out
+        """The followed table's per-CPU stats summed, monotonic (see
+        tracer/core/counters.py), with table_full added."""
+        self._stat_acc.add(st.cpu)
+        return counters.with_table_full(self._stat_acc.totals())
 
     def sample(self) -> dict:
         """Read the exact counters (BPF maps, the kernel's per-CPU stats) and

@@ -17,9 +17,8 @@
  *   static and inlined on some kernels, e.g. Debian's 5.10, so the alloc
  *   call brackets it)
  * plus skb:kfree_skb for the drops conntrack did not cause, i.e. rule
- * drops: this file is compiled after drops_tracepoint.c, in one unit, with
- * -DCT_KPROBES (BCC rewrites TRACEPOINT_PROBE only in the main text, so
- * tracer/backends/kprobe.py concatenates the two instead of #including).
+ * drops (bpf/nf_drop.h, as the tracepoint backend; left out with
+ * CT_NO_RULE_HALF, where the kernel has no way to tell netfilter's frees).
  * A refusal's own netfilter drop is recognised there by its skb (confirm)
  * or its tuple and CPU (alloc), within a second (ct_failed_skbs,
  * ct_refused), so a refusal whose packet is dropped elsewhere (act_ct,
@@ -29,11 +28,91 @@
  * module's): T_* (struct nf_conntrack_tuple), CT_TUPLE (tuple of the
  * original direction in struct nf_conn), CT_NET (nf_conn.ct_net),
  * CT_STATUS and IPS_CONFIRMED_ (nf_conn.status and its bit),
- * OFF_NET_INUM, OFF_SKB_NFCT, RATE_PER_SEC, RATE_BURST.
+ * OFF_NET_INUM, OFF_SKB_NFCT, RATE_PER_SEC, RATE_BURST (the whole table:
+ * tracer/backends/bpfconfig.py).
  */
+#include "common.h"
+#ifndef HAVE_CT_TUPLE
+#error "the conntrack probes need HAVE_CT_TUPLE (struct nf_conn from the BTF)"
+#endif
 
-BPF_PERF_OUTPUT(ct_events);
-BPF_HASH(ct_sources, struct src_key, struct src_val, 65536);
+/* Arguments saved at entry for the return probe. */
+struct alloc_arg { u64 net; u64 orig; u8 create; u8 pad[7]; };
+struct confirm_arg { u64 skb; u64 ct; };
+
+#ifndef CT_NO_RULE_HALF
+/* Conntrack's own refusals, counted by its kprobes, waiting for the
+ * netfilter drop of their packet (not a rule's): a failed confirm by its
+ * skb, a refused new entry (the packet has none; __nf_conntrack_alloc
+ * does not see the skb) by its tuple on its CPU. A refusal whose packet
+ * is not freed by netfilter (tc act_ct, Open vSwitch drop it their own
+ * way) is never matched, and ages out: it cannot swallow a later rule
+ * drop, unless of the same tuple on the same CPU within PENDING_NS. */
+struct refused_key {
+    u32 cpu;
+    u8  family;
+    u8  proto;
+    u16 sport;          /* as read_packet() reads them; 0 where it reads no ports */
+    u16 dport;
+    u16 pad;
+    u8  saddr[16];
+    u8  daddr[16];
+};
+struct pending { u64 ts; u64 n; };
+BPF_TABLE("lru_hash", struct refused_key, struct pending, ct_refused, PENDING_MAX);
+BPF_TABLE("lru_hash", u64, u64, ct_failed_skbs, PENDING_MAX);   /* skb -> ts of its failed confirm */
+#define PENDING_NS NS_PER_SEC
+
+static __always_inline void refused_key_of(struct refused_key *k, struct drop_event *ev)
+{
+    k->cpu = ev->cpu;
+    k->family = ev->family;
+    k->proto = ev->proto;
+    if (has_ports(ev->proto) || is_icmp(ev->proto)) {
+        k->sport = ev->sport;
+        k->dport = ev->dport;
+    }
+    __builtin_memcpy(k->saddr, ev->saddr, 16);
+    __builtin_memcpy(k->daddr, ev->daddr, 16);
+}
+
+/* Is this netfilter drop one of conntrack's own refusals (already counted)? */
+static __always_inline int conntrack_own(u64 skb, struct drop_event *ev)
+{
+    u64 *t = ct_failed_skbs.lookup(&skb);
+    if (t) {
+        u64 then = *t;
+        ct_failed_skbs.delete(&skb);
+        if (ev->ts_ns - then < PENDING_NS)
+            return 1;
+    }
+    if (ev->ct_attached || ev->fragment)
+        return 0;
+    struct refused_key k = {};
+    refused_key_of(&k, ev);
+    struct pending *p = ct_refused.lookup(&k);
+    if (!p || p->n == 0)
+        return 0;
+    if (ev->ts_ns - p->ts >= PENDING_NS) {
+        ct_refused.delete(&k);
+        return 0;
+    }
+    p->n--;
+    if (p->n == 0)
+        ct_refused.delete(&k);
+    return 1;
+}
+
+#define CT_KPROBES 1
+#include "nf_drop.h"
+
+TRACEPOINT_PROBE(skb, kfree_skb)
+{
+    return NF_DROP_PROBE(args);
+}
+#endif /* CT_NO_RULE_HALF */
+
+BPF_HASH(ct_sources, struct src_key, struct src_val, SOURCES_MAX);
 BPF_PERCPU_ARRAY(ct_stats, u64, CT_MAX);
 /* Arguments saved at entry for the return probe, keyed by (task, CPU,
  * depth). The packet path does not migrate between entry and return. In
@@ -46,9 +125,9 @@ BPF_PERCPU_ARRAY(ct_stats, u64, CT_MAX);
  * (no free kretprobe instance) leaves the depth one higher: entry and
  * return still agree (both offset), and its record ages out of the LRU. */
 struct call_key { u64 id; u32 cpu; u32 depth; };
-BPF_TABLE("lru_hash", struct call_key, struct alloc_arg, alloc_args, 16384);
-BPF_TABLE("lru_hash", struct call_key, struct confirm_arg, confirm_args, 16384);
-BPF_TABLE("lru_hash", struct call_key, u64, delete_args, 16384);
+BPF_TABLE("lru_hash", struct call_key, struct alloc_arg, alloc_args, CALLS_MAX);
+BPF_TABLE("lru_hash", struct call_key, struct confirm_arg, confirm_args, CALLS_MAX);
+BPF_TABLE("lru_hash", struct call_key, u64, delete_args, CALLS_MAX);
 enum { FN_ALLOC, FN_CONFIRM, FN_DELETE, FN_MAX };
 #define DEPTH_MASK 7
 BPF_PERCPU_ARRAY(call_depth, u32, FN_MAX);
@@ -91,30 +170,6 @@ static __always_inline void ct_stat(int i)
         (*v)++;
 }
 
-static __always_inline void read_tuple(struct drop_event *ev, char *t)
-{
-    u16 l3 = 0, sp = 0, dp = 0;
-    bpf_probe_read_kernel(&l3, sizeof(l3), t + T_L3NUM);
-    ev->family = l3 == 2 ? 4 : l3 == 10 ? 6 : 0;
-    bpf_probe_read_kernel(&ev->proto, 1, t + T_PROTONUM);
-    bpf_probe_read_kernel(ev->saddr, 16, t + T_SRC_U3);
-    bpf_probe_read_kernel(ev->daddr, 16, t + T_DST_U3);
-    bpf_probe_read_kernel(&sp, sizeof(sp), t + T_SRC_PORT);
-    bpf_probe_read_kernel(&dp, sizeof(dp), t + T_DST_PORT);
-    if (ev->proto == IPPROTO_ICMP || ev->proto == 58) {
-        /* dst.u.icmp = {type, code} */
-        ev->sport = dp & 0xff;
-        ev->dport = dp >> 8;
-    } else {
-        ev->sport = ntohs(sp);
-        ev->dport = ntohs(dp);
-    }
-    if (ev->family == 4) {
-        __builtin_memset(ev->saddr + 4, 0, 12);
-        __builtin_memset(ev->daddr + 4, 0, 12);
-    }
-}
-
 static __always_inline u32 ct_inum(char *ct)
 {
     void *net = 0;
@@ -143,7 +198,7 @@ static __always_inline void emit(struct pt_regs *ctx, struct drop_event *ev)
         ct_stat(CT_SAMPLED_OUT);
         return;
     }
-    if (ct_events.perf_submit(ctx, ev, sizeof(*ev)) == 0)
+    if (send_event(ev) == 0)
         ct_stat(CT_EMITTED);
     else
         ct_stat(CT_SUBMIT_FAILED);
@@ -181,15 +236,16 @@ int alloc_return(struct pt_regs *ctx)
         return 0;
     }
     unsigned long ret = PT_REGS_RC(ctx);
-    if (ret >= (unsigned long)-4095 && a->create) {
+    int refused = ret >= (unsigned long)-ERR_MAX;   /* IS_ERR: the table refused it */
+    if (refused && a->create) {
         ct_stat(CT_CREATE_REFUSED);     /* no packet: not a drop */
-    } else if (ret >= (unsigned long)-4095) {       /* IS_ERR: the table refused it */
+    } else if (refused) {
         struct drop_event ev = {};
         ev.ts_ns = bpf_ktime_get_ns();
         ev.cpu = bpf_get_smp_processor_id();
         ev.kind = KIND_TABLE_FULL;
         ev.netns = net_inum((void *)a->net);
-        read_tuple(&ev, (char *)a->orig);
+        read_ct_tuple(&ev, (char *)a->orig);
         ct_stat(CT_TABLE_FULL);
         struct src_val *v = source(&ev);
         if (v)
@@ -217,10 +273,7 @@ int confirm_entry(struct pt_regs *ctx)
 {
     struct call_key id = call_enter(FN_CONFIRM);
     char *skb = (char *)PT_REGS_PARM1(ctx);
-    struct confirm_arg c = {.skb = (u64)skb};
-    unsigned long nfct = 0;
-    bpf_probe_read_kernel(&nfct, sizeof(nfct), skb + OFF_SKB_NFCT);
-    c.ct = nfct & ~7UL;                             /* NFCT_PTRMASK */
+    struct confirm_arg c = {.skb = (u64)skb, .ct = (u64)skb_ct(skb)};
     confirm_args.update(&id, &c);
     return 0;
 }
@@ -237,13 +290,11 @@ int confirm_return(struct pt_regs *ctx)
     char *ct = (char *)c->ct;
     struct drop_event ev = {};
     ev.netns = ct_inum(ct);
-    read_tuple(&ev, ct + CT_TUPLE);
-    if (verdict == 1) {                             /* NF_ACCEPT */
-        unsigned long nfct = 0;
-        bpf_probe_read_kernel(&nfct, sizeof(nfct), (char *)c->skb + OFF_SKB_NFCT);
+    read_ct_tuple(&ev, ct + CT_TUPLE);
+    if (verdict == VERDICT_ACCEPT) {
         unsigned long status = 0;
         bpf_probe_read_kernel(&status, sizeof(status), ct + CT_STATUS);
-        if ((nfct & ~7UL) != c->ct) {
+        if ((u64)skb_ct((char *)c->skb) != c->ct) {
             ct_stat(CT_CLASH_RESOLVED);             /* the packet now uses the entry it clashed with */
         } else if (!(status & IPS_CONFIRMED_)) {
             ct_stat(CT_NOT_INSERTED);               /* a reply-direction packet: nothing inserted */
@@ -274,12 +325,7 @@ int confirm_return(struct pt_regs *ctx)
         __builtin_memcpy(ev.odaddr, ev.daddr, 16);
         ev.osport = ev.sport;
         ev.odport = ev.dport;
-        char *head = 0;
-        u16 nh = 0;
-        bpf_probe_read_kernel(&head, sizeof(head), (char *)c->skb + OFF_SKB_HEAD);
-        bpf_probe_read_kernel(&nh, sizeof(nh), (char *)c->skb + OFF_SKB_NH);
-        if (head)
-            read_packet(&ev, head + nh);
+        read_skb(&ev, (char *)c->skb);
         emit(ctx, &ev);
     }
     confirm_args.delete(&id);
@@ -305,7 +351,7 @@ int delete_return(struct pt_regs *ctx)
     if ((u8)PT_REGS_RC(ctx)) {                      /* bool: it was this call that killed it */
         struct drop_event ev = {};
         ev.netns = ct_inum((char *)*ctp);
-        read_tuple(&ev, (char *)*ctp + CT_TUPLE);
+        read_ct_tuple(&ev, (char *)*ctp + CT_TUPLE);
         ct_stat(CT_DELETES);
         if (depth_of(FN_ALLOC))                     /* inside __nf_conntrack_alloc: early_drop() */
             ct_stat(CT_EARLY_DROPS);

@@ -1,7 +1,17 @@
-/* cttrace: the one definition of what the kernel side sends to user space.
- * Mirrored by tracer/events.py (sizes checked there). Keep both in step. */
+/* cttrace: the one definition of what the kernel side sends to user space:
+ * the event, the map keys and values, their enums and the map sizes.
+ * The Python side (tracer/backends/abi.py) is generated from this file by
+ * scripts/gen-abi: run it after a change here (a unit test fails while it
+ * is stale, and the backends check the layouts BCC compiled at start).
+ */
 #ifndef CTTRACE_EVENTS_H
 #define CTTRACE_EVENTS_H
+
+/* Map sizes (entries) */
+#define SOURCES_MAX   65536     /* sources, ct_sources: per (netns, source) counters */
+#define DROP_SEQ_MAX  16384     /* drop_seq: per (netns, cpu, class) sequences (LRU) */
+#define CALLS_MAX     16384     /* alloc/confirm/delete_args: calls in flight (LRU) */
+#define PENDING_MAX   4096      /* ct_refused, ct_failed_skbs: refusals awaiting their drop (LRU) */
 
 /* One packet dropped by netfilter (skb:kfree_skb, reason NETFILTER_DROP),
  * or refused by conntrack (kprobe backend). */
@@ -102,9 +112,9 @@ struct cpu_key {
 enum {
     ST_DROPS = 0,        /* netfilter drops seen */
     ST_CTLESS,           /* ... of which without a conntrack entry */
-    ST_EMITTED,          /* events written to the perf buffer */
+    ST_EMITTED,          /* events written to the ring buffer */
     ST_SAMPLED_OUT,      /* events not sent: over the per-CPU rate */
-    ST_SUBMIT_FAILED,    /* perf_submit errors (buffer full) */
+    ST_SUBMIT_FAILED,    /* ringbuf_output errors (ring full): events lost */
     ST_KEYS_FULL,        /* per-source map full: counted in ST_DROPS only */
     ST_SEQ_FULL,         /* sequence map full: the drop's class cannot be told (seq 0) */
     ST_MAX,

@@ -126,8 +126,7 @@ class KprobeBackend(TracepointBackend):
         if not ct_tuple_consts(btf):    # cflags() passes them (struct nf_conn, its status bits)
             raise BackendError("this kernel's BTF does not describe struct nf_conn and its status "
                                "bits (nf_conntrack's module BTF): the conntrack probes need them")
-        flags = cflags(btf, self.rate, self.burst) + ["-DCT_KPROBES=1"]
-        return bpf_source("drops_tracepoint.c") + "\n" + bpf_source("conntrack_kprobe.c"), flags
+        return bpf_source("conntrack_kprobe.c"), cflags(btf, self.rate, self.burst, self.ring_pages())
 
     def start(self) -> "KprobeBackend":
         from tracer.kernel import features
@@ -140,10 +139,7 @@ class KprobeBackend(TracepointBackend):
         if not early_drops_seen():
             self.blind_spots += "; " + EARLY_DROPS_UNSEEN
         self.cleaned = clean_stale_probes()
-        super().start()
-        self.bpf["ct_events"].open_perf_buffer(self._on_event, page_cnt=self.page_cnt,
-                                               lost_cb=self._on_lost)
-        return self
+        return super().start()
 
     def _attach(self) -> None:
         have = probeable()
@@ -199,9 +195,7 @@ class KprobeBackend(TracepointBackend):
         c.conntrack = ctt
         c.events_sent += ctt["emitted"]
         c.over_rate_limit += ctt["sampled_out"]
-        # both perf buffers' failed submits are also the rings' "lost" records
-        tp_failed = sum(self.bpf["stats"][ct.c_int(STATS.index("submit_failed"))])
-        c.lost = max(self.lost, tp_failed + ctt["submit_failed"])
+        c.lost += ctt["submit_failed"]         # the ring had no room (both halves share it)
         c.keys_full += ctt["keys_full"]
         # kretprobe misses: perf-PMU kprobes do not appear in kprobe_profile,
         # and BCC 0.26 gives no other way to read them here: unknown.

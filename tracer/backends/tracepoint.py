@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import re
 import time
 from importlib import resources
 
 from tracer.kernel import netns as ns
-from tracer.backends import BackendError
+from tracer.backends import BackendError, bpfconfig
 from tracer.kernel import stats as table
 from tracer.kernel.btf import BTF, BTFError
 from tracer.core import counters
@@ -40,8 +41,22 @@ BLIND_SPOTS = ("no kprobes/fentry on this kernel: inserts and deletes come from 
                "events; early drops and insert failures are counters only")
 
 
+_INCLUDE = re.compile(r'^#include "([\w.]+)"[ \t]*$', re.M)
+
+
 def bpf_source(name: str = "drops_tracepoint.c") -> str:
-    return (resources.files("tracer") / "bpf" / name).read_text()
+    """A program's text with the bpf/ headers it includes ("...") inlined,
+    each once: BCC rewrites map calls (m.lookup(), m.ringbuf_output()) only
+    in the main text, never in an included file."""
+    seen: set[str] = set()
+
+    def expand(n: str) -> str:
+        if n in seen:
+            return ""
+        seen.add(n)
+        text = (resources.files("tracer") / "bpf" / n).read_text()
+        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+    return expand(name)
 
 
 def load_btf(module: str | None = None) -> BTF:
@@ -61,11 +76,12 @@ def bpf_include_dir() -> str:
     return str(resources.files("tracer") / "bpf")
 
 
-def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
-    """Offsets and enum values of the running kernel, as -D constants; how
-    netfilter's drops are told apart (features.drop_filter): by reason, or
-    on kernels before 5.17 by the call site (NF_HOOK_SLOW*); none: no rule
-    half (CT_NO_RULE_HALF, only the kprobe backend can run without it)."""
+def cflags(btf: BTF, rate: int, burst: int, ring_pages: int) -> list[str]:
+    """Offsets and enum values of the running kernel, as -D constants
+    (each documented in tracer/backends/bpfconfig.py); how netfilter's drops
+    are told apart (features.drop_filter): by reason, or on kernels before
+    5.17 by the call site (NF_HOOK_SLOW*); none: no rule half
+    (CT_NO_RULE_HALF, only the kprobe backend can run without it)."""
     from tracer.kernel.features import drop_filter
     how = drop_filter()
     try:
@@ -78,7 +94,7 @@ def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
             "OFF_DEV_NET": btf.offset("net_device", "nd_net"),
             "OFF_SK_NET": btf.offset("sock", "__sk_common.skc_net"),
             "OFF_NET_INUM": btf.offset("net", "ns.inum"),
-            "RATE_PER_SEC": rate, "RATE_BURST": burst,
+            "RATE_PER_SEC": rate, "RATE_BURST": burst, "RINGBUF_PAGES": ring_pages,
         }
         # net->net_cookie (5.14+; never reused, unlike inodes)
         try:
@@ -95,7 +111,7 @@ def cflags(btf: BTF, rate: int, burst: int) -> list[str]:
             consts["CT_NO_RULE_HALF"] = 1
     except (BTFError, KeyError) as e:
         raise BackendError(f"this kernel's BTF lacks what the drop probe needs: {e}") from None
-    return [f"-D{k}={v}" for k, v in consts.items()] + [f"-I{bpf_include_dir()}"]
+    return bpfconfig.cflags(consts, bpf_include_dir())
 
 
 def ct_offsets(btf: BTF) -> dict:
@@ -239,17 +255,23 @@ class TracepointBackend:
     blind_spots = BLIND_SPOTS
     needs_tracepoint = True       # the kprobe backend can run without it
 
-    def __init__(self, rate: int = 2000, burst: int = 4000, page_cnt: int = 128):
+    def __init__(self, rate: int = 2000, burst: int = 4000, page_cnt: int = 256):
+        # one ring for every CPU and both programs: page_cnt pages per CPU
+        # (the two perf buffers it replaces had 128 each)
         self.rate, self.burst, self.page_cnt = rate, burst, page_cnt
         self.bpf = None
-        self.lost = 0
         self._pending: list = []
+        # drop_seq is an LRU map: the last count read of each key stays here
+        self._seq: dict[tuple, tuple[int, int]] = {}   # (cookie, netns, cpu, class) -> (base, last)
         self.stats: NetnsStats | None = None
         self.classifier: Classifier | None = None
         self.boot_offset = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
 
     def program(self) -> tuple[str, list[str]]:
-        return bpf_source(), cflags(load_btf("nf_conntrack"), self.rate, self.burst)
+        return bpf_source(), cflags(load_btf("nf_conntrack"), self.rate, self.burst, self.ring_pages())
+
+    def ring_pages(self) -> int:
+        return bpfconfig.ring_pages(self.page_cnt, os.cpu_count() or 1)
 
     def start(self) -> "TracepointBackend":
         from tracer.kernel import features
@@ -282,21 +304,17 @@ class TracepointBackend:
         except Exception:
             self.close()
             raise
-        self.bpf["events"].open_perf_buffer(self._on_event, page_cnt=self.page_cnt,
-                                            lost_cb=self._on_lost)
+        self.bpf["events"].open_ring_buffer(self._on_event)
         return self
 
     def _attach(self) -> None:
         """Attach what is not attached by name (TRACEPOINT_PROBE attaches itself)."""
 
-    def _on_event(self, cpu, data, size) -> None:
+    def _on_event(self, ctx, data, size) -> None:
         self._pending.append(ct.string_at(data, size))
 
-    def _on_lost(self, count) -> None:
-        self.lost += count
-
     def poll(self, timeout_ms: int = 100) -> list:
-        self.bpf.perf_buffer_poll(timeout=timeout_ms)
+        self.bpf.ring_buffer_poll(timeout=timeout_ms)
         raw, self._pending = self._pending, []
         out = []
         for data in raw:
@@ -326,22 +344,27 @@ class TracepointBackend:
         reasons = {r: sum(x[r] for x in per_ns.values()) for r in REASONS}
         reasons[UNKNOWN] = t["seq_full"]             # drops whose class could not be told
         reasons[RULE] = max(reasons[RULE] - t["seq_full"], 0)
-        # A failed submit and the perf ring's "lost" record are the same event:
-        # count it once.
+        # An event the ring had no room for: counted by the program (per CPU).
         return Counters(backend=self.name, netfilter_drops=t["drops"], ctless_drops=t["ctless"],
                         table_full={n: r[TABLE_FULL] for n, r in per_ns.items()},
                         by_reason=reasons, reasons_by_netns=per_ns, sources=list(by.values()),
                         events_sent=t["emitted"], over_rate_limit=t["sampled_out"],
-                        lost=max(self.lost, t["submit_failed"]), keys_full=t["keys_full"],
+                        lost=t["submit_failed"], keys_full=t["keys_full"],
                         attached=["skb:kfree_skb"])
 
     def _reason_totals(self, t: dict, by: dict) -> dict[int, dict[str, int]]:
         """Drops per reason in each namespace (by inode): the drops of each
         class on each (namespace, CPU) (BPF sequences) matched with the
         kernel's counts there; the rest of a namespace's drops are rules'."""
-        classes: dict[tuple, dict[int, list[int]]] = {}
         for k, v in self.bpf["drop_seq"].items():
-            classes.setdefault((k.netns_cookie, k.netns), {}).setdefault(k.cpu, [0, 0])[k.ct_attached] = v.value
+            key = (k.netns_cookie, k.netns, k.cpu, k.ct_attached)
+            base, last = self._seq.get(key, (0, 0))
+            if v.value < last:          # evicted from the LRU map and numbered again
+                base += last
+            self._seq[key] = (base, v.value)
+        classes: dict[tuple, dict[int, list[int]]] = {}
+        for (cookie, netns, cpu, attached), (base, last) in self._seq.items():
+            classes.setdefault((cookie, netns), {}).setdefault(cpu, [0, 0])[attached] = base + last
         out: dict[int, dict[str, int]] = {}
         for key, cpus in classes.items():
             drop = self.stats.kernel(key, "drop")

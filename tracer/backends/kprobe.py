@@ -22,7 +22,8 @@ import re
 from tracer.backends import BackendError
 from tracer.core import kversion
 from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, ct_tuple_consts, load_btf
-from tracer.core.events import CT_STATS, STATS, Counters, SourceCounts, SrcKeyC, addr
+from tracer.backends import abi
+from tracer.core.events import Counters, SourceCounts, addr
 from tracer.kernel.features import probeable  # noqa: F401  (choose() imports it from here)
 
 NAME = "kprobe"
@@ -164,7 +165,7 @@ class KprobeBackend(TracepointBackend):
     def counters(self) -> Counters:
         c = super().counters()
         st = self.bpf["ct_stats"]
-        ctt = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(CT_STATS)}
+        ctt = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(abi.CT_STATS)}
         by = {(s.netns, s.src): s for s in c.sources}
         for s in by.values():          # conntrack's own drops never reach this half:
             s.rule += s.netfilter      # every netfilter drop counted here is a rule's
@@ -204,5 +205,3 @@ class KprobeBackend(TracepointBackend):
         c.not_attached = list(self.missing)
         return c
 
-
-assert ct.sizeof(SrcKeyC) == 24

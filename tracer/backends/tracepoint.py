@@ -33,8 +33,9 @@ from tracer.kernel import stats as table
 from tracer.kernel.btf import BTF, BTFError
 from tracer.core import counters
 from tracer.core.classify import Classifier
-from tracer.core.events import (INSERT_FAILED, INVALID, REASONS, RULE, STATS, TABLE_FULL, UNKNOWN, Counters,
-                           CpuKeyC, DropEventC, DropKeyC, SourceCounts, addr, decode_drop)
+from tracer.backends import abi
+from tracer.core.events import (INSERT_FAILED, INVALID, REASONS, RULE, TABLE_FULL, UNKNOWN, Counters,
+                                SourceCounts, addr, decode_drop)
 
 NAME = "tracepoint"
 BLIND_SPOTS = ("no kprobes/fentry on this kernel: inserts and deletes come from ctnetlink "
@@ -140,6 +141,36 @@ def ct_tuple_consts(btf: BTF) -> dict:
                 "IPS_SRC_NAT_DONE_": status["IPS_SRC_NAT_DONE"], "HAVE_CT_TUPLE": 1}
     except (BTFError, KeyError):
         return {}
+
+
+def layout(cls) -> tuple:
+    """((field, offset, size), ...) of a ctypes Structure."""
+    return tuple((f[0], getattr(cls, f[0]).offset, getattr(cls, f[0]).size) for f in cls._fields_)
+
+
+# map -> (struct of its keys, struct of its values) in bpf/events.h
+MAP_STRUCTS = {"sources": ("drop_key", None), "drop_seq": ("cpu_key", None),
+               "ct_sources": ("src_key", "src_val")}
+
+
+def check_abi(bpf) -> None:
+    """The structs BCC compiled (its map Key/Leaf classes, the ring's event
+    class) laid out as tracer/backends/abi.py says; else BackendError."""
+    got = {"drop_event": type(bpf["events"].event(ct.create_string_buffer(
+        ct.sizeof(abi.DropEvent))))}
+    for name, (key, leaf) in MAP_STRUCTS.items():
+        try:
+            m = bpf[name]
+        except KeyError:
+            continue
+        got[key] = m.Key
+        if leaf:
+            got[leaf] = m.Leaf
+    for struct, cls in got.items():
+        want = abi.STRUCTS[struct][1]
+        if layout(cls) != want:
+            raise BackendError(f"struct {struct} as compiled differs from tracer/backends/abi.py "
+                               f"(run scripts/gen-abi after changing bpf/events.h): {layout(cls)}")
 
 
 def netns_cookie() -> int:
@@ -300,6 +331,7 @@ class TracepointBackend:
                 raise BackendError(f"BCC cannot compile: {hdr.detail}") from None
             raise BackendError(f"the drop probe could not be loaded: {msg}") from None
         try:
+            check_abi(self.bpf)
             self._attach()
         except Exception:
             self.close()
@@ -332,7 +364,7 @@ class TracepointBackend:
         """Exact totals: BPF stats, per-source counts, and the drops of each
         reason, matched with the kernel's per-CPU counters (see classify.py)."""
         st = self.bpf["stats"]
-        t = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(STATS)}
+        t = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(abi.STATS)}
         by: dict[tuple[int, str], SourceCounts] = {}
         for k, v in self.bpf["sources"].items():
             src = addr(k.family, k.saddr)
@@ -420,6 +452,3 @@ class TracepointBackend:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-# the structs BPF and Python share must agree
-assert ct.sizeof(DropEventC) == 112 and ct.sizeof(DropKeyC) == 24 and ct.sizeof(CpuKeyC) == 16

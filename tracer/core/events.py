@@ -1,53 +1,15 @@
-"""Events and their decoding from the structs in bpf/events.h (ctypes
-mirror; tests check the sizes against the C side)."""
+"""Events and their decoding from the structs of bpf/events.h (their
+Python side is generated: tracer/backends/abi.py)."""
 
 from __future__ import annotations
 
 import ctypes as ct
 import socket
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from tracer.backends import abi
 from tracer.core.conntrack import proto_name
 
-
-class DropEventC(ct.Structure):
-    _fields_ = [("ts_ns", ct.c_uint64), ("seq", ct.c_uint64), ("netns_cookie", ct.c_uint64),
-                ("netns", ct.c_uint32), ("cpu", ct.c_uint32), ("family", ct.c_uint8),
-                ("proto", ct.c_uint8), ("ct_attached", ct.c_uint8), ("kind", ct.c_uint8),
-                ("sport", ct.c_uint16), ("dport", ct.c_uint16), ("saddr", ct.c_uint8 * 16),
-                ("daddr", ct.c_uint8 * 16), ("has_orig", ct.c_uint8), ("fragment", ct.c_uint8),
-                ("clash_candidate", ct.c_uint8), ("pad", ct.c_uint8), ("osport", ct.c_uint16), ("odport", ct.c_uint16),
-                ("osaddr", ct.c_uint8 * 16), ("odaddr", ct.c_uint8 * 16)]
-
-
-class DropKeyC(ct.Structure):
-    _fields_ = [("netns", ct.c_uint32), ("family", ct.c_uint8), ("proto", ct.c_uint8),
-                ("ct_attached", ct.c_uint8), ("pad", ct.c_uint8), ("saddr", ct.c_uint8 * 16)]
-
-
-class SrcKeyC(ct.Structure):
-    _fields_ = [("netns", ct.c_uint32), ("family", ct.c_uint8), ("pad", ct.c_uint8 * 3),
-                ("addr", ct.c_uint8 * 16)]
-
-
-class SrcValC(ct.Structure):
-    _fields_ = [("inserts", ct.c_uint64), ("deletes", ct.c_uint64), ("table_full", ct.c_uint64),
-                ("insert_failed", ct.c_uint64)]
-
-
-class CpuKeyC(ct.Structure):
-    _fields_ = [("netns_cookie", ct.c_uint64), ("netns", ct.c_uint32), ("cpu", ct.c_uint16),
-                ("ct_attached", ct.c_uint8), ("pad", ct.c_uint8)]
-
-
-# bpf/events.h: enum of the `stats` array
-STATS = ("drops", "ctless", "emitted", "sampled_out", "submit_failed", "keys_full", "seq_full")
-
-# bpf/events.h: enum of the kprobe backend's `ct_stats` array
-CT_STATS = ("table_full", "inserts", "insert_failed", "deletes", "early_drops", "clash_resolved",
-            "emitted", "sampled_out", "submit_failed", "keys_full", "args_missed", "create_refused",
-            "not_inserted")
-KIND_NF_DROP, KIND_TABLE_FULL, KIND_INSERT_FAILED, KIND_RULE = range(4)
 
 # Drop reasons shown to users (every view, metric and finding uses these).
 TABLE_FULL = "table_full"        # conntrack refused a new entry: the table was full
@@ -56,7 +18,7 @@ INVALID = "invalid"              # conntrack refused the packet with room in the
 RULE = "rule"                    # a ruleset DROP (raw table, INVALID state, filter, ...)
 UNKNOWN = "unknown"              # the kernel gave no way to tell
 REASONS = (TABLE_FULL, INSERT_FAILED, INVALID, RULE, UNKNOWN)
-_KIND_REASON = {KIND_TABLE_FULL: TABLE_FULL, KIND_INSERT_FAILED: INSERT_FAILED, KIND_RULE: RULE}
+_KIND_REASON = {abi.KIND_TABLE_FULL: TABLE_FULL, abi.KIND_INSERT_FAILED: INSERT_FAILED, abi.KIND_RULE: RULE}
 
 
 def addr(family: int, raw) -> str:
@@ -109,11 +71,12 @@ class Drop:
 
 
 def decode_drop(data, boot_offset: float) -> Drop:
-    """A Drop from raw perf-buffer bytes (size-checked); reason filled later
+    """A Drop from raw ring-buffer bytes (size-checked); reason filled later
     for drops the kernel side could not classify."""
-    if len(data) < ct.sizeof(DropEventC):
-        raise ValueError(f"short drop event: {len(data)} < {ct.sizeof(DropEventC)} bytes")
-    e = DropEventC.from_buffer_copy(data[:ct.sizeof(DropEventC)])
+    size = ct.sizeof(abi.DropEvent)
+    if len(data) < size:
+        raise ValueError(f"short drop event: {len(data)} < {size} bytes")
+    e = abi.DropEvent.from_buffer_copy(data[:size])
     fam = {4: "ipv4", 6: "ipv6"}.get(e.family, "")
     src, dst = addr(e.family, e.saddr), addr(e.family, e.daddr)
     d = Drop(ts=boot_offset + e.ts_ns / 1e9, netns=e.netns, cpu=e.cpu, family=fam,
@@ -165,7 +128,7 @@ class Counters:
     sources: list[SourceCounts] = field(default_factory=list)
     events_sent: int = 0
     over_rate_limit: int = 0          # events not sent (rate limit); their counts are exact
-    lost: int = 0                     # events lost (perf buffer full)
+    lost: int = 0                     # events lost (ring buffer full)
     keys_full: int = 0                # per-source map full: in the totals, not per source
     missed: int | None = None         # probe runs the kernel skipped; None: unknown
     attached: list[str] = field(default_factory=list)
@@ -180,7 +143,6 @@ class Counters:
         return out
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
         d = asdict(self)
         d["table_full"] = {str(k): v for k, v in self.table_full.items()}
         d["reasons_by_netns"] = {str(k): v for k, v in self.reasons_by_netns.items()}

@@ -39,7 +39,7 @@ class Drops:
             time.sleep(0.05)
 
     def stop(self, sig=signal.SIGINT) -> tuple[list, str]:
-        time.sleep(0.3)                          # let the last events reach the perf buffer
+        time.sleep(0.3)                          # let the last events reach the ring buffer
         self.p.send_signal(sig)
         self.p.wait(30)
         self.out.seek(0)

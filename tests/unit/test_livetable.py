@@ -294,3 +294,28 @@ def test_a_failed_reconcile_is_counted_not_raised(monkeypatch):
     assert st["errors"] == 1 and "No buffer space" in st["last_error"] and len(src.live) == 10
     src.pump()
     assert src.errors == 1                          # not retried before its period
+
+
+def test_one_walker_reads_the_reply_tuple_for_nat():
+    """ctnetlink.walk(reply=True), as both_tuples() reads NAT: a SNAT'd
+    UDP entry (reply to 192.0.2.1:61000) read field by field, and a second
+    message of the same kind read through the cached Layout."""
+    def snat(sport):
+        o_ip = nla(1, socket.inet_aton("198.18.0.1")) + nla(2, socket.inet_aton("198.18.0.2"))
+        r_ip = nla(1, socket.inet_aton("198.18.0.2")) + nla(2, socket.inet_aton("192.0.2.1"))
+        o_l4 = nla(1, bytes([17])) + nla(2, struct.pack(">H", sport)) + nla(3, struct.pack(">H", 53))
+        r_l4 = nla(1, bytes([17])) + nla(2, struct.pack(">H", 53)) + nla(3, struct.pack(">H", 61000))
+        attrs = nla(1, nla(1, o_ip, True) + nla(2, o_l4, True), True) + \
+            nla(2, nla(1, r_ip, True) + nla(2, r_l4, True), True) + nla(3, struct.pack(">I", 0))
+        body = struct.pack("=BBH", socket.AF_INET, 0, 0) + attrs
+        return bytearray(struct.pack("=IHHII", 16 + len(body), 1 << 8, 0, 0, 0) + body)
+    buf = snat(4000)
+    hdrs, fields = ctnetlink.walk(buf, 0, len(buf), reply=True)
+    assert {"proto", "src", "dst", "sport", "dport", "rsrc", "rdst", "rsport", "rdport"} <= set(fields)
+    lay = ctnetlink.Layout(buf, 0, hdrs, fields)
+    other = snat(4001)
+    assert lay.matches(other, 0)
+    v = dict(zip(lay.order, lay.values.unpack_from(other, 0)))
+    assert (v["sport"], v["rdst"], v["rdport"]) == (4001, socket.inet_aton("192.0.2.1"), 61000)
+    # without reply=True the reply tuple is not read (the snapshot's fast path)
+    assert "rdst" not in ctnetlink.walk(buf, 0, len(buf))[1]

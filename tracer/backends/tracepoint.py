@@ -2,7 +2,7 @@
 
 - drops: tracepoint skb:kfree_skb, filtered in BPF to NETFILTER_DROP
   (bpf/drops_tracepoint.c); exact per-source counters in a BPF map; events
-  through a perf buffer, rate-limited per CPU in BPF (never the counters);
+  through a BPF ring buffer, rate-limited per CPU in BPF (never the counters);
 - classification: a packet dropped by conntrack itself (table full) has no
   conntrack entry attached, and the kernel counts it in the per-CPU `drop`
   stat of its namespace, before the skb is freed. Each ct-less drop event

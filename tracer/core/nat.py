@@ -2,14 +2,11 @@
 (SNAT address, destination, destination port, protocol), DNAT'd services,
 and the SNAT rules' port ranges (from iptables-save and nft output).
 
-Why a reader of its own: the snapshot reader (ctnetlink.py) reads only the
-original tuple, for speed. NAT shows in the *reply* tuple: after SNAT the
-reply goes to the SNAT address and port (reply dst != original src); after
-DNAT it comes from the real backend (reply src != original dst). This
-module walks each ctnetlink message for both tuples, reusing ctnetlink's
-socket and message helpers (no change to that module), with the same trick
-as there: one attribute walk per kind of message, then two struct calls
-per message of a known layout.
+NAT shows in the *reply* tuple: after SNAT the reply goes to the SNAT
+address and port (reply dst != original src); after DNAT it comes from the
+real backend (reply src != original dst). Both tuples of every entry are
+read at the edge (tracer/kernel/ctnetlink.both_tuples, through
+tracer/kernel/host.nat_usage) and fed to Usage here.
 
 The port range when a rule gives none, and the kernel's search, are from
 net/netfilter/nf_nat_core.c (nf_nat_l4proto_unique_tuple): without
@@ -22,28 +19,18 @@ A port is taken when the reply tuple (destination, destination port ->
 SNAT address, port) is already in the table: usage is counted per
 (SNAT address, destination, destination port, protocol).
 
-Pure functions (parse_rules, Usage) work on text and rows; read_live()
-is the edge (call it inside netns.entered).
+Everything here is pure: parse_rules and Usage work on text and rows.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import socket
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
 from tracer.core.conntrack import PORT_PROTOS, proto_name
 
-# include/uapi/linux/netfilter/nfnetlink_conntrack.h
-CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS = 1, 2, 3
-CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
-CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
-CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
-# enum ip_conntrack_status (include/uapi/linux/netfilter/nf_conntrack_common.h)
-IPS_SRC_NAT, IPS_DST_NAT = 1 << 4, 1 << 5
 
 DEFAULT_RANGE = (1024, 65535)      # nf_nat_l4proto_unique_tuple, original port >= 1024
 TOP = 20                           # keys kept per list in a HostState
@@ -324,93 +311,6 @@ class Usage:
                      for (p, a, sp), c in dnat[:top]],
             "dnat_keys": len(self.dnat),
         }
-
-
-# --- ctnetlink: both tuples of every entry ----------------------------------------------
-
-class _Layout:
-    __slots__ = ("headers", "expect", "values", "order", "v6")
-
-    def __init__(self, hdr_offsets, expect, fields):
-        from tracer.kernel.ctnetlink import _fmt
-        self.headers = struct.Struct(_fmt([(o, "I") for o in hdr_offsets]))
-        self.expect = expect
-        order = sorted(fields.items(), key=lambda kv: kv[1][0])
-        self.values = struct.Struct(_fmt([spec for _, spec in order]))
-        self.order = [name for name, _ in order]
-
-
-_NAMES = ("proto", "osrc", "osport", "odst", "odport", "rsrc", "rsport", "rdst", "rdport")
-_NLA = struct.Struct("=HH").unpack_from
-
-
-def _walk(buf, off: int, mlen: int):
-    hdrs: list[int] = []
-    fields: dict[str, tuple[int, str]] = {}
-
-    def attrs(start, end):
-        pos = start
-        while pos + 4 <= end:
-            alen, atype = _NLA(buf, pos)
-            if alen < 4 or pos + alen > end:
-                return
-            hdrs.append(pos - off)
-            yield pos, alen, atype & 0x3fff
-            pos += (alen + 3) & ~3
-
-    for pos, alen, t in attrs(off + 20, off + mlen):
-        if t not in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
-            continue
-        d = "o" if t == CTA_TUPLE_ORIG else "r"
-        for p2, l2, t2 in attrs(pos + 4, pos + alen):
-            if t2 == CTA_TUPLE_IP:
-                for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
-                    if t3 in (CTA_IP_V4_SRC, CTA_IP_V6_SRC) and l3 in (8, 20):
-                        fields[d + "src"] = (p3 + 4 - off, f"{l3 - 4}s")
-                    elif t3 in (CTA_IP_V4_DST, CTA_IP_V6_DST) and l3 in (8, 20):
-                        fields[d + "dst"] = (p3 + 4 - off, f"{l3 - 4}s")
-            elif t2 == CTA_TUPLE_PROTO:
-                for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
-                    if t3 == CTA_PROTO_NUM and l3 >= 5 and d == "o":
-                        fields["proto"] = (p3 + 4 - off, "B")
-                    elif t3 == CTA_PROTO_SRC_PORT and l3 >= 6:
-                        fields[d + "sport"] = (p3 + 4 - off, "H")
-                    elif t3 == CTA_PROTO_DST_PORT and l3 >= 6:
-                        fields[d + "dport"] = (p3 + 4 - off, "H")
-    if not all(k in fields for k in ("proto", "osrc", "odst", "rsrc", "rdst")):
-        return None
-    from tracer.kernel.ctnetlink import _fmt
-    expect = struct.unpack_from(_fmt([(o, "I") for o in hdrs]), buf, off)
-    return _Layout(hdrs, expect, fields)
-
-
-class _Addr(dict):
-    def __missing__(self, raw: bytes) -> str:
-        v = self[raw] = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-        return v
-
-
-def read_live() -> Usage:
-    """Both tuples of every entry of the current namespace, into a Usage."""
-    from tracer.kernel import ctnetlink as cn
-    u = Usage()
-    layouts: dict = {}
-    addr = _Addr()
-    add = u.add
-    with cn._open() as sock:
-        cn._request(sock, cn.IPCTNL_MSG_CT_GET)
-        for buf, off, mlen, _ in cn._messages(sock):
-            key = (mlen, buf[off + 16])
-            lay = layouts.get(key)
-            if lay is None or lay.headers.unpack_from(buf, off) != lay.expect:
-                lay = _walk(buf, off, mlen)
-                if lay is None:
-                    continue
-                layouts[key] = lay
-            v = dict(zip(lay.order, lay.values.unpack_from(buf, off)))
-            add(v["proto"], addr[v["osrc"]], v.get("osport", 0), addr[v["odst"]], v.get("odport", 0),
-                addr[v["rsrc"]], v.get("rsport", 0), addr[v["rdst"]], v.get("rdport", 0))
-    return u
 
 
 # --- fixes ------------------------------------------------------------------------------

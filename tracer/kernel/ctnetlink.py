@@ -51,7 +51,8 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 
-CTA_TUPLE_ORIG, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_ZONE = 1, 3, 4, 7, 8, 18
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_ZONE = 1, 2, 3, 4, 7, 8, 18
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_TUPLE_ZONE = 1, 2, 3
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 # enum ctattr_l4proto: ICMP (4, 5, 6) and ICMPv6 (7, 8, 9) id, type, code
@@ -196,26 +197,39 @@ def _flags(status: int) -> int:
             | (F_HW_OFFLOAD if status & IPS_HW_OFFLOAD else 0))
 
 
-class _Layout:
+class Layout:
     """The attribute layout of one kind of message (e.g. IPv4 UDP on this kernel).
 
     Messages of one kind put every attribute at the same offset, so once a
-    message has been walked, the next one of the same length and family is
-    checked with one struct call (all attribute headers equal?) and read
-    with another (all needed values), instead of a Python loop per attribute.
+    message has been walked (walk()), the next one of the same length and
+    family is checked with one struct call (all attribute headers equal?)
+    and read with another (all needed values, `values`, named by `order`),
+    instead of a Python loop per attribute.
     """
 
-    __slots__ = ("headers", "expect", "values", "main", "status", "markzone", "sport",
-                 "icmp", "timeout")
+    __slots__ = ("headers", "expect", "values", "order")
 
-    def __init__(self, hdr_offsets: list[int], expect: tuple, fields: dict[str, tuple[int, str]]):
+    def __init__(self, buf, off: int, hdr_offsets: list[int], fields: dict[str, tuple[int, str]]):
         self.headers = struct.Struct(_fmt([(o, "I") for o in hdr_offsets]))
-        self.expect = expect
+        self.expect = self.headers.unpack_from(buf, off)
         order = sorted(fields.items(), key=lambda kv: kv[1][0])
         self.values = struct.Struct(_fmt([spec for _, spec in order]))
+        self.order = [name for name, _ in order]
+
+    def matches(self, buf, off: int) -> bool:
+        return self.headers.unpack_from(buf, off) == self.expect
+
+
+class _Layout(Layout):
+    """A Layout that reads a message into a Row's fields (row())."""
+
+    __slots__ = ("main", "status", "markzone", "sport", "icmp", "timeout")
+
+    def __init__(self, buf, off: int, hdr_offsets: list[int], fields: dict[str, tuple[int, str]]):
+        super().__init__(buf, off, hdr_offsets, fields)
         # Absent fields read from two defaults appended to the values: None and 0.
-        ix = {name: i for i, (name, _) in enumerate(order)}
-        none, zero = len(order), len(order) + 1
+        ix = {name: i for i, name in enumerate(self.order)}
+        none, zero = len(self.order), len(self.order) + 1
         self.main = itemgetter(ix.get("proto", zero), ix.get("state", none), ix["src"],
                                ix["dst"], ix.get("dport", none))
         self.status = ix.get("status", zero)
@@ -253,8 +267,12 @@ def _fmt(specs: list[tuple[int, str]]) -> str:
     return "".join(out)
 
 
-def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
-    """Read one message attribute by attribute: (row, its layout)."""
+def walk(buf, off: int, mlen: int, reply: bool = False) -> tuple[list[int], dict[str, tuple[int, str]]]:
+    """Read one message attribute by attribute (the one walker of
+    ctnetlink messages): the offsets of the attribute headers walked, and
+    {field: (offset, struct code)} of the original tuple (proto, src, dst,
+    sport, dport, icmp_*, zone), with `reply` the reply tuple's (rsrc,
+    rdst, rsport, rdport), and status, state, mark, timeout."""
     hdrs: list[int] = []
     fields: dict[str, tuple[int, str]] = {}
 
@@ -268,28 +286,34 @@ def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
             yield pos, alen, atype & 0x3fff
             pos += (alen + 3) & ~3
 
+    def tuple_(pos: int, alen: int, pre: str) -> None:
+        orig = not pre
+        for p2, l2, t2 in attrs(pos + 4, pos + alen):
+            if t2 == CTA_TUPLE_IP:
+                for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
+                    if t3 in (CTA_IP_V4_SRC, CTA_IP_V6_SRC) and l3 in (8, 20):
+                        fields[pre + "src"] = (p3 + 4 - off, f"{l3 - 4}s")
+                    elif t3 in (CTA_IP_V4_DST, CTA_IP_V6_DST) and l3 in (8, 20):
+                        fields[pre + "dst"] = (p3 + 4 - off, f"{l3 - 4}s")
+            elif t2 == CTA_TUPLE_PROTO:
+                for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
+                    if t3 == CTA_PROTO_NUM and l3 >= 5 and orig:
+                        fields["proto"] = (p3 + 4 - off, "B")
+                    elif t3 == CTA_PROTO_DST_PORT and l3 >= 6:
+                        fields[pre + "dport"] = (p3 + 4 - off, "H")
+                    elif t3 == CTA_PROTO_SRC_PORT and l3 >= 6:
+                        fields[pre + "sport"] = (p3 + 4 - off, "H")
+                    elif t3 in CTA_PROTO_ICMP and l3 >= 5 and orig:
+                        name = CTA_PROTO_ICMP[t3]
+                        fields[name] = (p3 + 4 - off, "H" if name == "icmp_id" and l3 >= 6 else "B")
+            elif t2 == CTA_TUPLE_ZONE and l2 >= 6 and orig:
+                fields["zone"] = (p2 + 4 - off, "H")
+
     for pos, alen, t in attrs(off + 20, off + mlen):
         if t == CTA_TUPLE_ORIG:
-            for p2, l2, t2 in attrs(pos + 4, pos + alen):
-                if t2 == CTA_TUPLE_IP:
-                    for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
-                        if t3 in (1, 3) and l3 in (8, 20):
-                            fields["src"] = (p3 + 4 - off, f"{l3 - 4}s")
-                        elif t3 in (2, 4) and l3 in (8, 20):
-                            fields["dst"] = (p3 + 4 - off, f"{l3 - 4}s")
-                elif t2 == CTA_TUPLE_PROTO:
-                    for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
-                        if t3 == CTA_PROTO_NUM and l3 >= 5:
-                            fields["proto"] = (p3 + 4 - off, "B")
-                        elif t3 == CTA_PROTO_DST_PORT and l3 >= 6:
-                            fields["dport"] = (p3 + 4 - off, "H")
-                        elif t3 == CTA_PROTO_SRC_PORT and l3 >= 6:
-                            fields["sport"] = (p3 + 4 - off, "H")
-                        elif t3 in CTA_PROTO_ICMP and l3 >= 5:
-                            name = CTA_PROTO_ICMP[t3]
-                            fields[name] = (p3 + 4 - off, "H" if name == "icmp_id" and l3 >= 6 else "B")
-                elif t2 == CTA_TUPLE_ZONE and l2 >= 6:
-                    fields["zone"] = (p2 + 4 - off, "H")
+            tuple_(pos, alen, "")
+        elif t == CTA_TUPLE_REPLY and reply:
+            tuple_(pos, alen, "r")
         elif t == CTA_STATUS and alen >= 8:
             fields["status"] = (pos + 4 - off, "I")
         elif t == CTA_PROTOINFO:
@@ -306,11 +330,36 @@ def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
             fields["timeout"] = (pos + 4 - off, "I")
         elif t == CTA_ZONE and alen >= 6:
             fields["zone"] = (pos + 4 - off, "H")
+    return hdrs, fields
+
+
+def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
+    """Read one message attribute by attribute: (row, its layout)."""
+    hdrs, fields = walk(buf, off, mlen)
     if "src" not in fields or "dst" not in fields:
         return None, None
-    expect = struct.unpack_from(_fmt([(o, "I") for o in hdrs]), buf, off)
-    layout = _Layout(hdrs, expect, fields)
+    layout = _Layout(buf, off, hdrs, fields)
     return layout.row(buf, off), layout
+
+
+def both_tuples():
+    """Both tuples of every entry of the current namespace, one
+    (proto, osrc, osport, odst, odport, rsrc, rsport, rdst, rdport) each
+    (addresses as raw bytes; ports 0 where the protocol has none)."""
+    layouts: dict = {}
+    with _open() as sock:
+        _request(sock, IPCTNL_MSG_CT_GET)
+        for buf, off, mlen, _ in _messages(sock):
+            key = (mlen, buf[off + 16])
+            lay = layouts.get(key)
+            if lay is None or not lay.matches(buf, off):
+                hdrs, fields = walk(buf, off, mlen, reply=True)
+                if not all(k in fields for k in ("proto", "src", "dst", "rsrc", "rdst")):
+                    continue
+                lay = layouts[key] = Layout(buf, off, hdrs, fields)
+            v = dict(zip(lay.order, lay.values.unpack_from(buf, off)))
+            yield (v["proto"], v["src"], v.get("sport", 0), v["dst"], v.get("dport", 0),
+                   v["rsrc"], v.get("rsport", 0), v["rdst"], v.get("rdport", 0))
 
 
 def _receiver(sock: socket.socket, out: queue.SimpleQueue) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -137,6 +138,24 @@ def entry_size() -> tuple[int | None, str]:
     return forecast.entry_size(size, slab)
 
 
+class _Addr(dict):
+    """Raw address bytes -> text, each converted once."""
+
+    def __missing__(self, raw: bytes) -> str:
+        v = self[raw] = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+        return v
+
+
+def nat_usage() -> nat.Usage:
+    """Both tuples of every entry of the current namespace, into a Usage
+    (call inside netns.entered)."""
+    u = nat.Usage()
+    addr = _Addr()
+    for proto, osrc, osport, odst, odport, rsrc, rsport, rdst, rdport in ctnetlink.both_tuples():
+        u.add(proto, addr[osrc], osport, addr[odst], odport, addr[rsrc], rsport, addr[rdst], rdport)
+    return u
+
+
 def read_live(netns: str | None = None, window: float = 1.0, names=None) -> HostState:
     global_max = table.sysctl("nf_conntrack_max")  # the caller's (initial) namespace
     initial = _initial_netns()
@@ -155,7 +174,7 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
         ctnetlink.dump(sink=sink)               # streamed into the counts: no list of rows
         rules = rules_text()
         # Both tuples of every entry (a second dump) only where NAT rules exist.
-        usage = nat.read_live() if any(w in rules for w in NAT_WORDS) else None
+        usage = nat_usage() if any(w in rules for w in NAT_WORDS) else None
         sysctls = table.timeouts()
         left = window - (time.monotonic() - t1)
         if left > 0:

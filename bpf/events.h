@@ -110,12 +110,12 @@ struct cpu_key {
 
 /* Indexes of the `stats` array. */
 enum {
-    ST_DROPS = 0,        /* netfilter drops seen */
+    ST_NF_DROPS = 0,     /* netfilter drops seen (every cause) */
     ST_CTLESS,           /* ... of which without a conntrack entry */
     ST_EMITTED,          /* events written to the ring buffer */
     ST_SAMPLED_OUT,      /* events not sent: over the per-CPU rate */
     ST_SUBMIT_FAILED,    /* ringbuf_output errors (ring full): events lost */
-    ST_KEYS_FULL,        /* per-source map full: counted in ST_DROPS only */
+    ST_KEYS_FULL,        /* per-source map full: counted in ST_NF_DROPS only */
     ST_SEQ_FULL,         /* sequence map full: the drop's class cannot be told (seq 0) */
     ST_MAX,
 };

@@ -91,7 +91,7 @@ static __always_inline int nf_drop(char *skb)
     if (conntrack_own((u64)skb, &ev))
         return 0;               /* conntrack's own refusal: counted by its kprobe */
 #endif
-    stat_add(ST_DROPS);
+    stat_add(ST_NF_DROPS);
     ev.clash_candidate = ev.ct_attached;
 #ifdef HAVE_CT_TUPLE
     if (ct) {

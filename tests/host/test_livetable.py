@@ -38,7 +38,7 @@ def truth(ns: L.Netns) -> dict[str, Counter]:
 
 
 def view(src: LiveSource) -> dict[str, Counter]:
-    return {g: Counter({k: v for k, v in c.items() if v}) for g, c in src.live.by.items()}
+    return {g: Counter({k: v for k, v in c.items() if v}) for g, c in src.entries.by.items()}
 
 
 def udp_from(ns: L.Netns, addr: str, n: int, first_port: int = 2000) -> None:
@@ -85,19 +85,19 @@ def test_entries_of_any_age_follow_the_kernel(ns):
     src = LiveSource(ns.name).start()
     try:
         assert view(src) == truth(ns)
-        assert src.live.by["state"]["icmp"] == 2 and src.live.by["src"]["127.0.0.6"] == 2
+        assert src.entries.by["state"]["icmp"] == 2 and src.entries.by["src"]["127.0.0.6"] == 2
         st = src.status()
-        assert st["events"] == "auto" and not st["exact"] and st["legacy"] == len(src.live)
+        assert st["events"] == "auto" and not st["exact"] and st["legacy"] == len(src.entries)
         udp_from(ns, "127.0.0.22", 50)               # new: these send events
         ns.run("conntrack", "-D", "-s", "127.0.0.21")
         period = src.period()
         follow(ns, src, within=2 * period + 1.5)     # the deletes of old entries
-        assert src.live.by["src"]["127.0.0.21"] == 0
-        assert src.live.inserts["127.0.0.22"] == 50 and sum(src.live.inserts.values()) == 50
+        assert src.entries.by["src"]["127.0.0.21"] == 0
+        assert src.entries.inserts["127.0.0.22"] == 50 and sum(src.entries.inserts.values()) == 50
         time.sleep(3.5)                              # the 200 old UDP entries expire
         follow(ns, src, within=2 * period + 1.5)
-        assert src.live.by["src"]["127.0.0.20"] == 0
-        assert src.live.by["src"]["127.0.0.22"] == 50
+        assert src.entries.by["src"]["127.0.0.20"] == 0
+        assert src.entries.by["src"]["127.0.0.22"] == 50
         assert src.swept >= 300 and src.overruns == 0, (src.status(), src.events.deletes)
     finally:
         src.close()
@@ -116,8 +116,8 @@ def test_events_off(ns):
             udp_from(ns, "127.0.0.31", 60)            # no NEW event for these ...
             ns.run("conntrack", "-D", "-s", "127.0.0.30")   # ... nor DESTROY for these
             follow(ns, src, within=2 * src.period() + 1.5)
-            assert src.live.by["src"]["127.0.0.31"] == 60 and src.live.by["src"]["127.0.0.30"] == 0
-            assert not src.live.inserts and not src.live.deletes    # no events: none claimed
+            assert src.entries.by["src"]["127.0.0.31"] == 60 and src.entries.by["src"]["127.0.0.30"] == 0
+            assert not src.entries.inserts and not src.entries.deletes    # no events: none claimed
             assert src.resyncs >= 1
         finally:
             src.close()
@@ -137,8 +137,8 @@ def test_update_is_not_an_insert(ns):
             c.connect(("127.0.0.1", 8090))            # NEW, then UPDATEs to ESTABLISHED
             ns.keep(lst.accept()[0])
         follow(ns, src, within=2)
-        assert src.live.inserts["127.0.0.40"] == 1
-        assert src.live.by["state"]["ESTABLISHED"] == 1
+        assert src.entries.inserts["127.0.0.40"] == 1
+        assert src.entries.by["state"]["ESTABLISHED"] == 1
         assert src.events.updates >= 1
         assert src.status()["exact"]
     finally:
@@ -152,7 +152,7 @@ def test_bounded_pump_and_overrun_recovery(ns):
         udp_from(ns, "127.0.0.50", 3000)
         time.sleep(0.2)
         src.pump()
-        assert src.backlog and len(src.live) < 3000  # bounded: the rest stays queued
+        assert src.backlog and len(src.entries) < 3000  # bounded: the rest stays queued
         follow(ns, src, within=5)
     finally:
         src.close()

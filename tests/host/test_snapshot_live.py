@@ -11,7 +11,7 @@ from tests import lab
 from tests.host.conftest import cttrace, cttrace_json
 from tracer.kernel import ctnetlink
 from tracer.kernel import netns
-from tracer.kernel import stats as table
+from tracer.kernel import stats as kstats
 
 
 def test_known_entries_exactly(ns):
@@ -65,7 +65,7 @@ def test_many_flows_and_filters(ns):
 def test_kernel_counters_match_the_stat_file(ns):
     lab.known_entries(ns)
     with netns.entered(ns.name):
-        st = table.read()
+        st = kstats.read()
         via_netlink = ctnetlink.stats_cpu()
         glob = ctnetlink.stats_global()
     assert st.stats_source == "/proc/net/stat/nf_conntrack"

@@ -110,11 +110,11 @@ def test_live_table_counts_each_entry_once_per_schedule():
 
 def test_feed_refreshes_an_old_schedule(monkeypatch):
     src, clock, ev = feed(monkeypatch, 1, [])
-    assert src.live.sched.dumped == 0
+    assert src.entries.sched.dumped == 0
     new = udp(5, 30, first=3000)
     ev.queue = [("insert", r) for r in new]
     src.pump()
-    assert src.live.sched.inserted_n == 5
+    assert src.entries.sched.inserted_n == 5
     clock.t += 299
     src.pump()
     assert _Reader.dumps == 1                    # events exact: no reconcile yet
@@ -122,8 +122,8 @@ def test_feed_refreshes_an_old_schedule(monkeypatch):
     clock.t += 2
     src.pump()                                   # schedule 301 s old: one dump refreshes it
     src.pump()
-    assert _Reader.dumps == 2 and src.live.sched.t0 == clock.t and src.live.sched.dumped == 5
-    assert src.swept == 0 and len(src.live) == 5
+    assert _Reader.dumps == 2 and src.entries.sched.t0 == clock.t and src.entries.sched.dumped == 5
+    assert src.swept == 0 and len(src.entries) == 5
 
 
 def _session(sched, count, limit, hist, mode=2):
@@ -133,9 +133,9 @@ def _session(sched, count, limit, hist, mode=2):
         pass
     src = Src()
     src.mode = mode
-    src.live = type("L", (), {"sched": sched})()
+    src.entries = type("L", (), {"sched": sched})()
     src.overruns_since = lambda t: False
-    s.live = src
+    s.feed = src
     s.state = TableState(count=count, max=limit)
     s.ins_hist.extend(hist)
     return s
@@ -270,8 +270,8 @@ def test_serve_forecast_gauges():
         s.lost = lambda: {"events": 0, "over_rate_limit": 0, "bpf_map_full": 0}
         s.names = type("N", (), {"ip": staticmethod(lambda a: None)})()
         s.inum = 1
-        s.live.clock = lambda: t0 + 10.0
-        s.live.live.by = {"src": {}}
+        s.feed.clock = lambda: t0 + 10.0
+        s.feed.entries.by = {"src": {}}
         reg = CollectorRegistry()
         reg.register(Collector(s, SourceSeries(), threading.Lock(), "6.18"))
         return generate_latest(reg).decode()

@@ -230,14 +230,14 @@ def feed(monkeypatch, mode, table):
 def test_events_off_reconciles_once_per_period(monkeypatch):
     table = rows(50)
     src, clock, _ = feed(monkeypatch, 0, table)
-    assert len(src.live) == 50 and _Reader.dumps == 1
+    assert len(src.entries) == 50 and _Reader.dumps == 1
     _Reader.table = table[:20]                      # 30 gone, no event said so
     src.pump()
     assert _Reader.dumps == 1                       # not due yet
     clock.t += src.period()
     src.pump()                                      # starts the reconcile and reads it
     src.pump()
-    assert len(src.live) == 20 and src.resyncs == 1 and src.swept == 30
+    assert len(src.entries) == 20 and src.resyncs == 1 and src.swept == 30
     assert src.status()["events"] == "off" and "events=0" in src.status()["note"]
 
 
@@ -270,14 +270,14 @@ def test_exact_from_events_needs_no_reconcile(monkeypatch):
     new = rows(5, src="198.18.0.9")
     ev.queue = [("insert", r) for r in new]
     src.pump()
-    assert len(src.live) == 5 and src.status()["exact"] and src.live.inserts["198.18.0.9"] == 5
+    assert len(src.entries) == 5 and src.status()["exact"] and src.entries.inserts["198.18.0.9"] == 5
     clock.t += 100 * src.period()
     src.pump()
     assert _Reader.dumps == 1                       # events on, nothing legacy, nothing lost
     ev.queue = [("insert", r) for r in rows(300, src="198.18.0.10")]
     src.EVENTS_PER_PUMP = 100
     src.pump()
-    assert src.backlog and len(src.live) == 105     # bounded: the rest waits for the next pump
+    assert src.backlog and len(src.entries) == 105     # bounded: the rest waits for the next pump
 
 
 def test_a_failed_reconcile_is_counted_not_raised(monkeypatch):
@@ -291,7 +291,7 @@ def test_a_failed_reconcile_is_counted_not_raised(monkeypatch):
     src.pump()                                      # begins
     src.pump()                                      # the read fails: no exception
     st = src.status()
-    assert st["errors"] == 1 and "No buffer space" in st["last_error"] and len(src.live) == 10
+    assert st["errors"] == 1 and "No buffer space" in st["last_error"] and len(src.entries) == 10
     src.pump()
     assert src.errors == 1                          # not retried before its period
 

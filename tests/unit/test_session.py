@@ -90,7 +90,7 @@ def test_drops_are_filtered_attributed_and_counted(tmp_path):
 
 def test_only_the_followed_namespace(tmp_path):
     be = FakeBackend([[d(netns=1), d(netns=2)]])
-    with session(be, only_table_netns=True) as s:
+    with session(be, only_followed_netns=True) as s:
         s.inum = 2
         assert [x.netns for x in s.pump()] == [2]
 

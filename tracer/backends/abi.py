@@ -173,7 +173,7 @@ CT_STATS = (   # the array's slots, in index order
 )
 
 # enum ST_*
-ST_DROPS = 0
+ST_NF_DROPS = 0
 ST_CTLESS = 1
 ST_EMITTED = 2
 ST_SAMPLED_OUT = 3
@@ -182,7 +182,7 @@ ST_KEYS_FULL = 5
 ST_SEQ_FULL = 6
 ST_MAX = 7
 STATS = (   # the array's slots, in index order
-    'drops',
+    'nf_drops',
     'ctless',
     'emitted',
     'sampled_out',

@@ -29,7 +29,7 @@ from importlib import resources
 
 from tracer.kernel import netns as ns
 from tracer.backends import BackendError, bpfconfig
-from tracer.kernel import stats as table
+from tracer.kernel import stats as kstats
 from tracer.kernel.btf import BTF, BTFError
 from tracer.core import counters
 from tracer.core.classify import Classifier
@@ -228,7 +228,7 @@ class NetnsStats:
             with ns.entered(path):
                 if ns.inode() != inum:             # the path now leads elsewhere (PID reused)
                     raise OSError("namespace changed")
-                st = table.read()
+                st = kstats.read()
                 return netns_cookie(), st.cpu, st.count, st.max
         except Exception:
             self.paths.pop(inum, None)
@@ -377,7 +377,7 @@ class TracepointBackend:
         reasons[UNKNOWN] = t["seq_full"]             # drops whose class could not be told
         reasons[RULE] = max(reasons[RULE] - t["seq_full"], 0)
         # An event the ring had no room for: counted by the program (per CPU).
-        return Counters(backend=self.name, netfilter_drops=t["drops"], ctless_drops=t["ctless"],
+        return Counters(backend=self.name, netfilter_drops=t["nf_drops"], ctless_drops=t["ctless"],
                         table_full={n: r[TABLE_FULL] for n, r in per_ns.items()},
                         by_reason=reasons, reasons_by_netns=per_ns, sources=list(by.values()),
                         events_sent=t["emitted"], over_rate_limit=t["sampled_out"],

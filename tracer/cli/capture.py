@@ -40,7 +40,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
     from tracer.kernel.host import read_live
     from tracer.live.session import Options
 
-    opts = Options(backend=backend, rate=100000, netns=netns, table_events=True, only_table_netns=True)
+    opts = Options(backend=backend, rate=100000, netns=netns, entry_events=True, only_followed_netns=True)
     counts = {"insert": 0, "delete": 0, "drop": 0}
     with session("capture", opts) as s:
         def stats():

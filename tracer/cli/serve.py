@@ -35,7 +35,7 @@ def serve(listen, netns, top_k, interval, ready_file, backend, rate):
     from tracer.live.exporter import run
     from tracer.live.session import Options
 
-    opts = Options(backend=backend, rate=rate, netns=netns, table=True, only_table_netns=True)
+    opts = Options(backend=backend, rate=rate, netns=netns, follow_entries=True, only_followed_netns=True)
     with session("serve", opts) as s:
         def ready():
             say(f"serving http://{listen[0]}:{listen[1]}/metrics (backend {s.backend.name})")

@@ -89,7 +89,7 @@ def _live(rep: dict, netns: str | None, flt, source: str):
     """Read the live table (in `netns`) into rep; returns its Summary."""
     from tracer.kernel import ctnetlink
     from tracer.kernel import netns as ns
-    from tracer.kernel import stats as table
+    from tracer.kernel import stats as kstats
     from tracer.core.snapshot import Columns, Summary
 
     if os.geteuid() != 0:
@@ -134,7 +134,7 @@ def _live(rep: dict, netns: str | None, flt, source: str):
                 rep["malformed"] = res2.malformed
                 cols = res2.cols
             try:
-                rep["table"] = table.read().to_dict()
+                rep["table"] = kstats.read().to_dict()
             except ctnetlink.NetlinkError as e:
                 warn(f"table counters unavailable: {e}")
     except ns.NetnsError as e:

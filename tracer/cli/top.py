@@ -46,7 +46,7 @@ def top(netns, interval, group, sort, top_n, proto, port, src, dst, once, as_jso
     from tracer.core.filters import Filter
     from tracer.live.session import Options
 
-    opts = Options(backend=backend, rate=rate, netns=netns, table=True, only_table_netns=True,
+    opts = Options(backend=backend, rate=rate, netns=netns, follow_entries=True, only_followed_netns=True,
                    ready_file=ready_file, flt=Filter(protos=proto, ports=port, src=src, dst=dst))
     view = {"group": group, "sort": sort, "paused": False, "help": False}
     with session("top", opts) as s:

@@ -384,7 +384,7 @@ class Rates:
         self.prev: Sample | None = None
         self.last: dict = {}
         self.fill_hist: deque = deque(maxlen=history)
-        self.drop_hist: deque = deque(maxlen=history)
+        self.table_full_hist: deque = deque(maxlen=history)
 
     def update(self, s: Sample) -> dict:
         p, self.prev = self.prev, s
@@ -411,7 +411,7 @@ class Rates:
                  for k in ("drop", "table_full", "early_drop", "insert_failed", "invalid")}
         table["inserts"] = (sum(s.inserts.values()) - sum(p.inserts.values())) / dt
         table["deletes"] = (sum(s.deletes.values()) - sum(p.deletes.values())) / dt
-        self.drop_hist.append(table["table_full"])
+        self.table_full_hist.append(table["table_full"])
         self.last = {"seconds": dt, "table": table, "inserts": per_s(s.inserts, p.inserts),
                      "deletes": per_s(s.deletes, p.deletes), "drops": per_s(s.drops, p.drops),
                      "src_drops": self.src_drops}

@@ -109,7 +109,8 @@ class SourceCounts:
     netfilter: int = 0
 
     @property
-    def drops(self) -> int:
+    def all_drops(self) -> int:
+        """Every netfilter drop of this source, whatever its cause."""
         return self.table_full + self.insert_failed + self.rule + self.netfilter
 
 
@@ -138,8 +139,8 @@ class Counters:
         """Exact cumulative drops of packets from each source, in one namespace."""
         out: dict[str, int] = {}
         for s in self.sources:
-            if s.netns == netns and s.drops:
-                out[s.src] = out.get(s.src, 0) + s.drops
+            if s.netns == netns and s.all_drops:
+                out[s.src] = out.get(s.src, 0) + s.all_drops
         return out
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ import time
 from tracer.kernel import ctnetlink
 from tracer.core import counters, forecast, kversion
 from tracer.core import nat
-from tracer.kernel import stats as table
+from tracer.kernel import stats as kstats
 from tracer.kernel import netns as ns
 from tracer.core.hoststate import HostState
 from tracer.core.snapshot import Columns, Summary
@@ -157,13 +157,13 @@ def nat_usage() -> nat.Usage:
 
 
 def read_live(netns: str | None = None, window: float = 1.0, names=None) -> HostState:
-    global_max = table.sysctl("nf_conntrack_max")  # the caller's (initial) namespace
+    global_max = kstats.sysctl("nf_conntrack_max")  # the caller's (initial) namespace
     initial = _initial_netns()
     with ns.entered(netns):
         scope = "global"
         if netns and ns.inode() != initial:
             scope = max_scope()
-        st1 = table.read()
+        st1 = kstats.read()
         t1 = time.monotonic()
         cols = Columns()
         ages = forecast.Ages()
@@ -175,11 +175,11 @@ def read_live(netns: str | None = None, window: float = 1.0, names=None) -> Host
         rules = rules_text()
         # Both tuples of every entry (a second dump) only where NAT rules exist.
         usage = nat_usage() if any(w in rules for w in NAT_WORDS) else None
-        sysctls = table.timeouts()
+        sysctls = kstats.timeouts()
         left = window - (time.monotonic() - t1)
         if left > 0:
             time.sleep(left)
-        st2 = table.read()
+        st2 = kstats.read()
         dt = max(time.monotonic() - t1, 1e-6)
     dec = ctnetlink.NetlinkDecoder()
     s = Summary.from_columns(cols, dec)

@@ -102,12 +102,12 @@ class Collector:
             kernel = s.kernel_totals(st)
             c = s.backend.counters()
             lost = s.lost()
-            live = dict(s.live.live.by["src"])
+            live = dict(s.feed.entries.by["src"])
             series = {m: self.series.series(m) for m in METRICS}
             sampled = s.rates.prev.t if s.rates.prev else 0
             fc = s.forecast(st)
-            sched = s.live.live.sched
-            sched_age = None if sched is None else max(s.live.clock() - sched.t0, 0.0)
+            sched = s.feed.entries.sched
+            sched_age = None if sched is None else max(s.feed.clock() - sched.t0, 0.0)
         names = s.names
         entries = GaugeMetricFamily("cttrace_conntrack_entries",
                                     "Entries in the conntrack table (as node_nf_conntrack_entries)")
@@ -198,7 +198,7 @@ class Collector:
 def update_series(session, series: SourceSeries, now: float, prune: bool) -> None:
     """Fold the session's cumulative per-source counts into the series;
     forget (in the live table's counters and the BPF maps) what is folded."""
-    live = session.live.live
+    live = session.feed.entries
     drops = session.counters.drops_by_src(session.inum)
     srcs = set(live.inserts) | set(live.deletes) | set(drops)
     values = {src: {"inserts": live.inserts.get(src, 0), "deletes": live.deletes.get(src, 0),

@@ -1,6 +1,6 @@
 """One tracing session: what `drops`, `top`, `capture` and `serve` share.
 
-    with TracingSession("top", Options(table=True, netns=...)) as s:
+    with TracingSession("top", Options(follow_entries=True, netns=...)) as s:
         while not s.stopping:
             s.wait(interval)          # pump drops and table events every 50 ms
             s.sample()                # the kernel's counters and the probes' maps
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from tracer.core import counters, forecast
 from tracer.kernel import netns as ns
-from tracer.kernel import stats as table
+from tracer.kernel import stats as kstats
 from tracer.core.aggregate import Rates, Sample, top_rows
 from tracer.core.events import Counters, Drop
 from tracer.core.filters import Filter
@@ -47,10 +47,10 @@ class Options:
     backend: str = "auto"              # auto, or one of tracer.backends.NAMES
     rate: int = 2000                   # drop events per second and CPU (counts stay exact)
     netns: str | None = None           # the namespace whose table is followed (None: ours)
-    table: bool = False                # follow the live table (top, serve)
-    table_events: bool = False         # hand raw insert/delete events to the command (capture)
+    follow_entries: bool = False       # follow the live table's entries (top, serve)
+    entry_events: bool = False         # hand raw insert/delete events to the command (capture)
     drop_netns: tuple[str, ...] = ()   # only drops in these namespaces (names or PIDs)
-    only_table_netns: bool = False     # only drops in `netns` (top, capture, serve)
+    only_followed_netns: bool = False     # only drops in `netns` (top, capture, serve)
     flt: Filter = field(default_factory=Filter)
     reasons: tuple[str, ...] = ()      # only drops with these reasons
     recent: int = 12                   # latest drops kept for views
@@ -65,14 +65,14 @@ class TracingSession:
         self.backend = backend
         self.backend_why = "given" if backend is not None else ""
         self.names = names
-        self.live = None                    # LiveSource when opts.table
-        self.events = None                  # CtEvents when opts.table_events
+        self.feed = None                    # LiveSource (the live table's feed) when opts.follow_entries
+        self.events = None                  # CtEvents when opts.entry_events
         self.inum: int | None = None        # inode of the followed namespace
         self.drop_inodes: set[int] = set()
         self.rates = Rates()
         self.recent: deque = deque(maxlen=opts.recent)
         self.counters: Counters | None = None
-        self.state: table.TableState | None = None
+        self.state: kstats.TableState | None = None
         self.drops_seen = 0                 # drop events that passed the filters
         self._stat_acc = counters.Accumulator()   # the followed table's per-CPU stats, wrap-safe
         self.net_hist: deque = deque(maxlen=30)   # inserts - deletes per second, per interval
@@ -117,15 +117,15 @@ class TracingSession:
             self.names = Attribution()
             self.names.refresh()
         try:
-            if o.table:      # the first dump is read while the probes compile
+            if o.follow_entries:      # the first dump is read while the probes compile
                 from tracer.live.source import LiveSource
-                self.live = LiveSource(o.netns, o.flt.row).start(background=True)
+                self.feed = LiveSource(o.netns, o.flt.row).start(background=True)
             self.backend.start()
             with ns.entered(o.netns):
                 self.inum = ns.inode()
-            if self.live is not None:
-                self.live.wait()
-            if o.table_events:
+            if self.feed is not None:
+                self.feed.wait()
+            if o.entry_events:
                 from tracer.kernel.ctevents import CtEvents
                 self.events = CtEvents(o.netns)
         except (BackendError, ctnetlink.NetlinkError, ns.NetnsError) as e:
@@ -151,7 +151,7 @@ class TracingSession:
         for s, h in self._old_handlers.items():
             signal.signal(s, h)
         self._old_handlers = {}
-        for part in ("live", "events", "backend"):
+        for part in ("feed", "events", "backend"):
             obj = getattr(self, part)
             if obj is not None:
                 setattr(self, part, None)
@@ -177,7 +177,7 @@ class TracingSession:
     # --- the pump ------------------------------------------------------------
     def wanted(self, d: Drop) -> bool:
         o = self.opts
-        if o.only_table_netns and d.netns != self.inum:
+        if o.only_followed_netns and d.netns != self.inum:
             return False
         if self.drop_inodes and d.netns not in self.drop_inodes:
             return False
@@ -193,8 +193,8 @@ class TracingSession:
                 self.recent.appendleft(d)
                 out.append(d)
         self.drops_seen += len(out)
-        if self.live is not None:
-            self.live.pump()
+        if self.feed is not None:
+            self.feed.pump()
         return out
 
     def wait(self, seconds: float, on_tick=None) -> list[Drop]:
@@ -220,11 +220,11 @@ class TracingSession:
             self.backend.stats.name(d.netns)
 
     # --- samples ---------------------------------------------------------------
-    def read_table(self) -> table.TableState:
+    def read_table(self) -> kstats.TableState:
         with ns.entered(self.opts.netns):
-            return table.read()
+            return kstats.read()
 
-    def kernel_totals(self, st: table.TableState) -> dict[str, int]:
+    def kernel_totals(self, st: kstats.TableState) -> dict[str, int]:
         """The followed table's per-CPU stats summed, monotonic (see
         tracer/core/counters.py), with table_full added."""
         self._stat_acc.add(st.cpu)
@@ -235,7 +235,7 @@ class TracingSession:
         fold them into the rates; the interval's rates."""
         self.counters = self.backend.counters()
         self.state = self.read_table()
-        live = self.live.live if self.live is not None else None
+        live = self.feed.entries if self.feed is not None else None
         prev = self.rates.prev
         s = Sample(t=time.monotonic(),
                    inserts=Counter(live.inserts) if live is not None else Counter(),
@@ -253,7 +253,7 @@ class TracingSession:
         kernel sends them and none were lost; else the kernel's insert
         counter where it counts (recent kernels leave it at 0); else the
         count's growth plus the entries whose schedule ended meanwhile."""
-        src = self.live
+        src = self.feed
         if src.mode in (1, 2) and not src.overruns_since(p.t):
             # per source: serve forgets idle sources (their counts leave
             # live.inserts), so a source that went down counts anew from 0
@@ -262,19 +262,19 @@ class TracingSession:
         k = s.kernel.get("insert", 0) - p.kernel.get("insert", 0)
         if k > 0:
             return dt, float(k), "kernel insert counter"
-        sched = src.live.sched
+        sched = src.entries.sched
         gone = sched.expired_between(p.t, s.t) if sched is not None else 0
         return dt, float(max((s.count or 0) - (p.count or 0) + gone, 0)), "count growth"
 
-    def forecast(self, st: table.TableState | None = None, now: float | None = None) -> dict:
+    def forecast(self, st: kstats.TableState | None = None, now: float | None = None) -> dict:
         """Time to full of the followed table (forecast.live_forecast): its
         expiry schedule from the last dump aged to now, plus the entries
         inserted since, new ones at the insert rate of the last intervals
         (low-high: their spread, at least the Poisson band of their sum)."""
         st = st or self.state
         now = time.monotonic() if now is None else now
-        src = self.live
-        sched = src.live.sched if src is not None else None
+        src = self.feed
+        sched = src.entries.sched if src is not None else None
         if sched is None or st is None or not self.ins_hist:
             return forecast.live_forecast(None, now, None, None, None)
         # forget only buckets that ended before the last sample: the next
@@ -301,8 +301,8 @@ class TracingSession:
         c = self.counters
         out = {"events": c.lost, "over_rate_limit": c.over_rate_limit,
                "bpf_map_full": c.keys_full, "missed_probe_runs": c.missed}
-        if self.live is not None:
-            out["netlink_overruns"] = self.live.overruns
+        if self.feed is not None:
+            out["netlink_overruns"] = self.feed.overruns
         if self.events is not None:
             out["netlink_overruns"] = self.events.overruns
         return out
@@ -313,7 +313,7 @@ class TracingSession:
         r = self.rates.last
         st = self.state
         t = r.get("table", {})
-        live = self.live.live
+        live = self.feed.entries
         name_of = self.names.ip
         rows = top_rows(live, r, group, sort, n, name_of)
         src_rows = rows if group == "src" else top_rows(live, r, "src", "entries", n, name_of)
@@ -323,7 +323,7 @@ class TracingSession:
             "netns_name": self.names.netns(self.inum) or (self.opts.netns or "current"),
             "backend": self.backend.name, "blind_spots": self.backend.blind_spots,
             "count": st.count, "max": st.max, "buckets": st.buckets, "tracked": len(live),
-            "freshness": self.live.status(),
+            "freshness": self.feed.status(),
             "interval": r.get("seconds", 0.0),
             "rates": {"inserts": t.get("inserts", 0.0), "deletes": t.get("deletes", 0.0),
                       "drops": t.get("table_full", 0.0), "table_full": t.get("table_full", 0.0),
@@ -342,6 +342,6 @@ class TracingSession:
                        "inserts": tot["inserts"], "deletes": tot["deletes"]},
             "drops": [d.to_dict() for d in list(self.recent)[:8]],
             "lost": self.lost(),
-            "history": {"fill": list(self.rates.fill_hist), "drops": list(self.rates.drop_hist)},
+            "history": {"fill": list(self.rates.fill_hist), "drops": list(self.rates.table_full_hist)},
             "forecast": self.forecast(),
         }

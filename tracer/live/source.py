@@ -4,7 +4,7 @@ ctnetlink events and reconciled with dumps, for `top`, `serve` and `capture`.
     src = LiveSource(netns, accept=flt.row).start()
     while running:
         src.pump()                 # every ~50 ms; bounded work per call
-        src.live.by["src"] ...     # counts per source/destination/port/state
+        src.entries.by["src"] ...     # counts per source/destination/port/state
         src.status()               # how fresh those counts are
 
 Why events alone are not enough. An entry only sends UPDATE and DESTROY
@@ -44,7 +44,7 @@ import time
 
 from tracer.kernel import ctnetlink
 from tracer.kernel import netns as ns
-from tracer.kernel import stats as table
+from tracer.kernel import stats as kstats
 from tracer.core.aggregate import LiveTable
 from tracer.kernel.ctevents import DELETE, INSERT, CtEvents, events_mode
 
@@ -71,8 +71,8 @@ class LiveSource:
         self.netns = netns
         self.accept = accept or _all
         self.clock = clock
-        self.live = LiveTable()
-        self.live.clock = clock
+        self.entries = LiveTable()
+        self.entries.clock = clock
         self.overruns = 0           # ENOBUFS on the event socket (events lost)
         self._overrun_at: float | None = None
         self.resyncs = 0            # reconcile dumps completed after start
@@ -114,12 +114,12 @@ class LiveSource:
         """The first dump (then: subscribed already), in its own thread: one
         more thread receives while this one parses and counts."""
         t0 = time.perf_counter()
-        live, accept = self.live, self.accept
+        live, accept = self.entries, self.accept
         try:
             sink = live.fill_rows if accept is _all else \
                 (lambda rows: live.fill_rows([r for r in rows if accept(r)]))
             with ns.entered(self.netns):
-                live.sysctls = table.timeouts()
+                live.sysctls = kstats.timeouts()
                 live.fill_start()
                 ctnetlink.dump(sink=sink)
             live.fill_end()
@@ -170,7 +170,7 @@ class LiveSource:
     def _events(self) -> None:
         batch = self.events.poll(0, max_events=self.EVENTS_PER_PUMP)
         self.backlog = batch.more
-        live, accept = self.live, self.accept
+        live, accept = self.entries, self.accept
         for kind, row in batch.events:
             if not accept(row):
                 continue
@@ -199,13 +199,13 @@ class LiveSource:
             return "events lost"
         if self.mode == 0:
             return "events off"
-        if self.live.legacy:
+        if self.entries.legacy:
             # they may expire, close or be deleted without a word: a TCP
             # entry's timeout says nothing about a `conntrack -D`
             return "entries older than the listener"
         if self.mode is None:
             return "events unknown"
-        if self.live.sched is not None and now - self.live.sched.t0 >= self.SCHEDULE_MAX_AGE:
+        if self.entries.sched is not None and now - self.entries.sched.t0 >= self.SCHEDULE_MAX_AGE:
             return "forecast schedule refresh"
         return None
 
@@ -213,7 +213,7 @@ class LiveSource:
         try:
             with ns.entered(self.netns):
                 self._reader = ctnetlink.DumpReader()
-                self.live.sysctls = table.timeouts()
+                self.entries.sysctls = kstats.timeouts()
         except (ctnetlink.NetlinkError, ns.NetnsError) as e:
             self.errors += 1
             self.last_error = str(e)
@@ -223,7 +223,7 @@ class LiveSource:
         self._dirty = False
         self._dump_work = 0.0
         self._started = self.clock()
-        self.live.begin()
+        self.entries.begin()
 
     def _step(self, max_rows: int) -> None:
         t0 = time.perf_counter()
@@ -233,20 +233,20 @@ class LiveSource:
         except ctnetlink.NetlinkError as e:      # counted and shown; tried again next period
             reader.close()
             self._reader = None
-            self.live.abort()
+            self.entries.abort()
             self.errors += 1
             self.last_error = str(e)
             self._next = self.clock() + self.period()
             return
-        seen, accept = self.live.seen, self.accept
+        seen, accept = self.entries.seen, self.accept
         for row in rows:
             if accept(row):
                 seen(row)
-        self.live.sched_tick()
+        self.entries.sched_tick()
         if reader.done:
             reader.close()
             self._reader = None
-            self.swept += self.live.sweep()
+            self.swept += self.entries.sweep()
             self.resyncs += 1
             self._reconciled_at = self._started
             self._dump_work += time.perf_counter() - t0
@@ -270,12 +270,12 @@ class LiveSource:
         next reconcile is due in `next_reconcile_s`."""
         now = self.clock()
         mode = EVENTS_NAMES.get(self.mode, "unknown")
-        exact = self.mode in (1, 2) and not self.live.legacy and not self._dirty
+        exact = self.mode in (1, 2) and not self.entries.legacy and not self._dirty
         out = {
             "events": mode,
             "exact": exact,
-            "entries": len(self.live),
-            "legacy": self.live.legacy,
+            "entries": len(self.entries),
+            "legacy": self.entries.legacy,
             "reconciled_age_s": None if self._reconciled_at is None else round(now - self._reconciled_at, 3),
             "reconcile_period_s": round(self.period(), 3),
             "next_reconcile_s": None if self._next is None or self._reader is not None
@@ -296,8 +296,8 @@ class LiveSource:
                            "inserts/deletes per source are not seen")
         elif self._dirty:
             out["note"] = "events were lost (receive buffer overrun): a dump will reconcile"
-        elif self.live.legacy:
-            out["note"] = (f"{self.live.legacy:,} entries are older than this listener and may "
+        elif self.entries.legacy:
+            out["note"] = (f"{self.entries.legacy:,} entries are older than this listener and may "
                            "send no events (nf_conntrack_events=2): they are re-read from a dump "
                            f"every {self.period():.0f} s or so")
         return out

@@ -42,12 +42,12 @@ def summary(c: Counters, shown: int, netns_name=lambda inum: None, top: int = 10
                       if k.get("args_missed") else "") + "; "
                    f"missed probe runs: {missed}; probes: {', '.join(c.attached)}"
                    + (f" (not attached: {', '.join(c.not_attached)})" if c.not_attached else ""))
-    for s in sorted(c.sources, key=lambda s: -s.drops)[:top]:
-        if not s.drops:
+    for s in sorted(c.sources, key=lambda s: -s.all_drops)[:top]:
+        if not s.all_drops:
             break
         kinds = ", ".join(f"{n} {k}" for k, n in (("table_full", s.table_full),
                                                    ("insert_failed", s.insert_failed),
                                                    ("rule", s.rule), ("netfilter", s.netfilter))
                           if n)
-        out.append(f"  {s.drops:>8} from {s.src or '?':<39} netns {netns_name(s.netns) or s.netns} ({kinds})")
+        out.append(f"  {s.all_drops:>8} from {s.src or '?':<39} netns {netns_name(s.netns) or s.netns} ({kinds})")
     return out

@@ -8,7 +8,6 @@ import socket
 
 import pytest
 
-from tests.unit.test_livetable import _Reader, feed
 from tracer.core import forecast as F
 from tracer.core.aggregate import LiveTable
 from tracer.core.conntrack import F_UNREPLIED
@@ -108,8 +107,8 @@ def test_live_table_counts_each_entry_once_per_schedule():
     assert sum(n for _, n in t.sched.existing(110.5)) == len(t) == 111
 
 
-def test_feed_refreshes_an_old_schedule(monkeypatch):
-    src, clock, ev = feed(monkeypatch, 1, [])
+def test_feed_refreshes_an_old_schedule(live_feed, fake_reader):
+    src, clock, ev = live_feed(1, [])
     assert src.entries.sched.dumped == 0
     new = udp(5, 30, first=3000)
     ev.queue = [("insert", r) for r in new]
@@ -117,12 +116,12 @@ def test_feed_refreshes_an_old_schedule(monkeypatch):
     assert src.entries.sched.inserted_n == 5
     clock.t += 299
     src.pump()
-    assert _Reader.dumps == 1                    # events exact: no reconcile yet
-    _Reader.table = new
+    assert fake_reader.dumps == 1                    # events exact: no reconcile yet
+    fake_reader.table = new
     clock.t += 2
     src.pump()                                   # schedule 301 s old: one dump refreshes it
     src.pump()
-    assert _Reader.dumps == 2 and src.entries.sched.t0 == clock.t and src.entries.sched.dumped == 5
+    assert fake_reader.dumps == 2 and src.entries.sched.t0 == clock.t and src.entries.sched.dumped == 5
     assert src.swept == 0 and len(src.entries) == 5
 
 

@@ -7,6 +7,7 @@ import struct
 
 from tracer.kernel import ctevents
 from tracer.kernel import ctnetlink
+from tracer.live import source
 from tracer.core.aggregate import LiveTable, entry_key
 from tracer.kernel.ctnetlink import (R_DPORT, R_ICMP, R_PROTO, R_SPORT, R_SRC, R_STATE, R_TIMEOUT, Row,
                               _walk)
@@ -161,79 +162,16 @@ def test_memory_per_entry_is_small():
     assert len(values) == 1                         # one shared small int
 
 
-# --- the feed's schedule, with a fake clock, fake events and a fake dump ------
-from tracer.live import source as livetable  # noqa: E402
-from tracer.kernel.ctevents import EventBatch  # noqa: E402
+# --- the feed's schedule, with a fake clock, fake events and a fake dump (conftest) ---
 
 
-class _Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
-
-
-class _Events:
-    def __init__(self):
-        self.queue: list = []
-        self.overrun = False
-
-    def poll(self, timeout=0, max_events=None):
-        n = len(self.queue) if max_events is None else max_events
-        b = EventBatch(events=self.queue[:n], overrun=self.overrun, more=len(self.queue) > n)
-        del self.queue[:n]
-        self.overrun = False
-        return b
-
-    def close(self):
-        pass
-
-
-class _Reader:
-    table: list = []
-    dumps = 0
-
-    def __init__(self):
-        self.rows = list(_Reader.table)
-        _Reader.dumps += 1
-        self.count = 0
-
-    @property
-    def done(self):
-        return not self.rows
-
-    def read(self, n):
-        out, self.rows = self.rows[:n], self.rows[n:]
-        return out
-
-    def close(self):
-        pass
-
-
-def feed(monkeypatch, mode, table):
-    clock, ev = _Clock(), _Events()
-    _Reader.table, _Reader.dumps = table, 0
-    monkeypatch.setattr(livetable, "events_mode", lambda: mode)
-    monkeypatch.setattr(livetable, "CtEvents", lambda *a, **k: ev)
-    monkeypatch.setattr(livetable.ctnetlink, "DumpReader", _Reader)
-
-    def dump(sink):
-        r = _Reader()
-        while not r.done:
-            sink(r.read(7))
-    monkeypatch.setattr(livetable.ctnetlink, "dump", dump)
-    src = livetable.LiveSource(None, clock=clock).start()
-    return src, clock, ev
-
-
-def test_events_off_reconciles_once_per_period(monkeypatch):
+def test_events_off_reconciles_once_per_period(live_feed, fake_reader):
     table = rows(50)
-    src, clock, _ = feed(monkeypatch, 0, table)
-    assert len(src.entries) == 50 and _Reader.dumps == 1
-    _Reader.table = table[:20]                      # 30 gone, no event said so
+    src, clock, _ = live_feed(0, table)
+    assert len(src.entries) == 50 and fake_reader.dumps == 1
+    fake_reader.table = table[:20]                      # 30 gone, no event said so
     src.pump()
-    assert _Reader.dumps == 1                       # not due yet
+    assert fake_reader.dumps == 1                       # not due yet
     clock.t += src.period()
     src.pump()                                      # starts the reconcile and reads it
     src.pump()
@@ -241,9 +179,9 @@ def test_events_off_reconciles_once_per_period(monkeypatch):
     assert src.status()["events"] == "off" and "events=0" in src.status()["note"]
 
 
-def test_reconcile_is_bounded_per_pump_and_never_back_to_back(monkeypatch):
+def test_reconcile_is_bounded_per_pump_and_never_back_to_back(live_feed, fake_reader):
     table = rows(100)
-    src, clock, ev = feed(monkeypatch, 2, table)
+    src, clock, ev = live_feed(2, table)
     src.ROWS_PER_PUMP = 10
     clock.t += src.period()
     src.pump()                                      # begins (legacy entries)
@@ -254,39 +192,39 @@ def test_reconcile_is_bounded_per_pump_and_never_back_to_back(monkeypatch):
     assert steps >= 10                              # 100 rows, 10 per pump
     ev.overrun = True                               # events lost right after a dump
     src.pump()
-    dumps = _Reader.dumps
+    dumps = fake_reader.dumps
     for _ in range(50):
         ev.overrun = True
         src.pump()
-    assert _Reader.dumps == dumps                   # waits for its period, however much is lost
+    assert fake_reader.dumps == dumps                   # waits for its period, however much is lost
     assert src.overruns == 51
     clock.t += src.period()
     src.pump()
-    assert _Reader.dumps == dumps + 1
+    assert fake_reader.dumps == dumps + 1
 
 
-def test_exact_from_events_needs_no_reconcile(monkeypatch):
-    src, clock, ev = feed(monkeypatch, 1, [])
+def test_exact_from_events_needs_no_reconcile(live_feed, fake_reader):
+    src, clock, ev = live_feed(1, [])
     new = rows(5, src="198.18.0.9")
     ev.queue = [("insert", r) for r in new]
     src.pump()
     assert len(src.entries) == 5 and src.status()["exact"] and src.entries.inserts["198.18.0.9"] == 5
     clock.t += 100 * src.period()
     src.pump()
-    assert _Reader.dumps == 1                       # events on, nothing legacy, nothing lost
+    assert fake_reader.dumps == 1                       # events on, nothing legacy, nothing lost
     ev.queue = [("insert", r) for r in rows(300, src="198.18.0.10")]
     src.EVENTS_PER_PUMP = 100
     src.pump()
     assert src.backlog and len(src.entries) == 105     # bounded: the rest waits for the next pump
 
 
-def test_a_failed_reconcile_is_counted_not_raised(monkeypatch):
-    src, clock, _ = feed(monkeypatch, 0, rows(10))
+def test_a_failed_reconcile_is_counted_not_raised(live_feed, fake_reader, monkeypatch):
+    src, clock, _ = live_feed(0, rows(10))
 
-    class Broken(_Reader):
+    class Broken(fake_reader):
         def read(self, n):
             raise ctnetlink.NetlinkError("ctnetlink request failed: No buffer space available")
-    monkeypatch.setattr(livetable.ctnetlink, "DumpReader", Broken)
+    monkeypatch.setattr(source.ctnetlink, "DumpReader", Broken)
     clock.t += src.period()
     src.pump()                                      # begins
     src.pump()                                      # the read fails: no exception

@@ -13,71 +13,18 @@ from tracer.core.filters import Filter
 from tracer.live.session import Options, SessionError, TracingSession
 
 
-class FakeStats:
-    def name(self, inum):
-        return {42: "netns-42"}.get(inum)
-
-
-class FakeBackend:
-    name = "fake"
-    blind_spots = "none"
-
-    def __init__(self, batches=(), fail=None):
-        self.batches = list(batches)
-        self.fail = fail
-        self.started = self.closed = 0
-        self.stats = FakeStats()
-        self.on_poll = None
-
-    def start(self):
-        if self.fail:
-            from tracer.backends import BackendError
-            raise BackendError(self.fail)
-        self.started += 1
-        return self
-
-    def poll(self, timeout_ms=0):
-        if self.on_poll:
-            self.on_poll()
-        return self.batches.pop(0) if self.batches else []
-
-    def counters(self):
-        return Counters(backend="fake", sources=[SourceCounts(1, "10.0.0.1", table_full=3)])
-
-    def forget_sources(self, netns, srcs):
-        pass
-
-    def close(self):
-        self.closed += 1
-
-
-class FakeNames:
-    stopped = False
-
-    def ip(self, a):
-        return {"10.0.0.1": "web-1"}.get(a)
-
-    def netns(self, inum):
-        return None
-
-    def start(self):
-        return self
-
-    def stop(self):
-        self.stopped = True
-
-
 def d(src="10.0.0.1", netns=1, reason="table_full", proto="udp", dport=53):
     return Drop(ts=time.time(), netns=netns, cpu=0, family="ipv4", proto=proto, src=src, sport=1000,
                 dst="198.18.0.1", dport=dport, reason=reason, ct_attached=False)
 
 
-def session(backend, **kw):
-    return TracingSession("test", Options(**kw), backend=backend, names=FakeNames())
+@pytest.fixture
+def session(make_session):
+    return make_session
 
 
-def test_drops_are_filtered_attributed_and_counted(tmp_path):
-    be = FakeBackend([[d(), d(src="10.0.0.2", netns=42), d(reason="rule"), d(proto="tcp")]])
+def test_drops_are_filtered_attributed_and_counted(tmp_path, fake_backend, session):
+    be = fake_backend([[d(), d(src="10.0.0.2", netns=42), d(reason="rule"), d(proto="tcp")]])
     ready = tmp_path / "ready"
     with session(be, reasons=("table_full",), flt=Filter(protos=["udp"]), ready_file=str(ready)) as s:
         assert ready.read_text().strip() == str(os.getpid())
@@ -88,16 +35,16 @@ def test_drops_are_filtered_attributed_and_counted(tmp_path):
     assert be.closed == 1
 
 
-def test_only_the_followed_namespace(tmp_path):
-    be = FakeBackend([[d(netns=1), d(netns=2)]])
+def test_only_the_followed_namespace(tmp_path, fake_backend, session):
+    be = fake_backend([[d(netns=1), d(netns=2)]])
     with session(be, only_followed_netns=True) as s:
         s.inum = 2
         assert [x.netns for x in s.pump()] == [2]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_signals_set_the_flag_and_wait_returns(sig):
-    be = FakeBackend()
+def test_signals_set_the_flag_and_wait_returns(sig, fake_backend, session):
+    be = fake_backend()
     be.on_poll = lambda: os.kill(os.getpid(), sig)       # as if inside BCC's callback
     old = signal.getsignal(sig)
     with session(be) as s:
@@ -107,23 +54,23 @@ def test_signals_set_the_flag_and_wait_returns(sig):
     assert signal.getsignal(sig) == old                  # handlers restored
 
 
-def test_a_failing_backend_is_one_error_and_nothing_stays_open():
-    be = FakeBackend(fail="cannot attach to X: no such function")
-    names = FakeNames()
+def test_a_failing_backend_is_one_error_and_nothing_stays_open(fake_backend, fake_names):
+    be = fake_backend(fail="cannot attach to X: no such function")
+    names = fake_names
     old = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SessionError, match="cannot attach to X"):
         TracingSession("test", Options(), backend=be, names=names).__enter__()
     assert be.closed == 1 and names.stopped and signal.getsignal(signal.SIGTERM) == old
 
 
-def test_unknown_namespace_is_a_session_error():
+def test_unknown_namespace_is_a_session_error(fake_backend, fake_names):
     with pytest.raises(SessionError, match="nope-not-here"):
-        TracingSession("test", Options(netns="nope-not-here"), backend=FakeBackend(),
-                       names=FakeNames()).__enter__()
+        TracingSession("test", Options(netns="nope-not-here"), backend=fake_backend(),
+                       names=fake_names).__enter__()
 
 
-def test_close_is_idempotent():
-    be = FakeBackend()
+def test_close_is_idempotent(fake_backend, session):
+    be = fake_backend()
     s = session(be).__enter__()
     s.close()
     s.close()

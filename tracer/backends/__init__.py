@@ -27,7 +27,7 @@ def choose(features, forced: str = "auto") -> tuple[str | None, str]:
     start. Both backends need BCC (a header tree to compile with) and BTF;
     kprobe needs conntrack's functions probeable and uses skb:kfree_skb for
     rule drops when it can; tracepoint needs skb:kfree_skb."""
-    from tracer.backends.kprobe import fentry_status
+    from tracer.backends.kprobe import fentry_status   # here: kprobe imports this module
     c = features.checks
     for n in ("privileges", "bpf", "btf", "tracefs", "headers", "bcc"):
         if n in c and not c[n].ok:
@@ -50,6 +50,7 @@ def choose(features, forced: str = "auto") -> tuple[str | None, str]:
 
 
 def make(name: str, rate: int):
+    # the backends import this module (BackendError): imported here, not at the top
     if name == "kprobe":
         from tracer.backends.kprobe import KprobeBackend
         return KprobeBackend(rate=rate)

@@ -24,6 +24,7 @@ from tracer.core import kversion
 from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, ct_tuple_consts, load_btf
 from tracer.backends import abi
 from tracer.core.events import Counters, SourceCounts, addr
+from tracer.kernel import features
 from tracer.kernel.features import probeable  # noqa: F401  (choose() imports it from here)
 
 NAME = "kprobe"
@@ -45,7 +46,7 @@ PROBES = [  # (function, entry handler, return handler, required)
 def fentry_status() -> tuple[bool, str]:
     """(usable, why) for fentry on conntrack's functions. No fentry backend is
     built: this names the first thing that stands in the way here."""
-    try:
+    try:            # BCC here, not at the top: slow to load, needed only to trace
         from bcc import BPF
         import bcc
     except ImportError:
@@ -76,8 +77,7 @@ def clean_stale_probes() -> int:
     """Remove kprobe_events entries of BCC processes that no longer exist
     (kernels or BCC versions that use the text interface leave them behind
     when a tracer is killed). Returns how many were removed."""
-    from tracer.kernel.features import tracefs
-    path = os.path.join(tracefs() or "/sys/kernel/tracing", "kprobe_events")
+    path = os.path.join(features.tracefs() or "/sys/kernel/tracing", "kprobe_events")
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -130,7 +130,6 @@ class KprobeBackend(TracepointBackend):
         return bpf_source("conntrack_kprobe.c"), cflags(btf, self.rate, self.burst, self.ring_pages())
 
     def start(self) -> "KprobeBackend":
-        from tracer.kernel import features
         k = features.check_kprobes()
         if not k.ok:
             raise BackendError(k.detail)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes as ct
 import os
 import re
+import socket
 import time
 from importlib import resources
 
@@ -31,6 +32,7 @@ from tracer.kernel import netns as ns
 from tracer.backends import BackendError, bpfconfig
 from tracer.kernel import stats as kstats
 from tracer.kernel.btf import BTF, BTFError
+from tracer.kernel import features, headers
 from tracer.core import counters
 from tracer.core.classify import Classifier
 from tracer.backends import abi
@@ -83,8 +85,7 @@ def cflags(btf: BTF, rate: int, burst: int, ring_pages: int) -> list[str]:
     are told apart (features.drop_filter): by reason, or on kernels before
     5.17 by the call site (NF_HOOK_SLOW*); none: no rule half
     (CT_NO_RULE_HALF, only the kprobe backend can run without it)."""
-    from tracer.kernel.features import drop_filter
-    how = drop_filter()
+    how = features.drop_filter()
     try:
         consts = {
             "OFF_SKB_HEAD": btf.offset("sk_buff", "head"),
@@ -175,7 +176,6 @@ def check_abi(bpf) -> None:
 
 def netns_cookie() -> int:
     """The current namespace's cookie (SO_NETNS_COOKIE, 5.14+), 0 if unknown."""
-    import socket
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little")
@@ -305,17 +305,15 @@ class TracepointBackend:
         return bpfconfig.ring_pages(self.page_cnt, os.cpu_count() or 1)
 
     def start(self) -> "TracepointBackend":
-        from tracer.kernel import features
         if features.mount_tracefs() is None:
             raise BackendError("tracefs is not mounted and could not be: "
                                "mount -t tracefs nodev /sys/kernel/tracing")
         tp = features.check_tracepoint()
         if not tp.ok and self.needs_tracepoint:
             raise BackendError(tp.detail)
-        from tracer.kernel import headers
         hdr = headers.ensure()                 # a tree BCC can compile with (BTF gives offsets)
         try:
-            from bcc import BPF
+            from bcc import BPF     # here, not at the top: BCC is only needed to trace (and is slow to load)
         except ImportError:
             raise BackendError("BCC is missing: apt-get install python3-bpfcc, and run "
                                "cttrace with the system Python (scripts/setup)") from None

@@ -23,6 +23,9 @@ import socket
 import struct
 from dataclasses import asdict, dataclass, field
 
+from tracer.kernel import headers
+from tracer.kernel.btf import BTF, BTFError
+
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 
@@ -98,7 +101,6 @@ def check_bpf_syscall() -> Check:
 
 
 def check_btf() -> Check:
-    from tracer.kernel.btf import BTF, BTFError
     try:
         b = BTF.load()
         b.offset("sk_buff", "_nfct")
@@ -230,7 +232,6 @@ def quiet_stderr():
 def check_headers() -> Check:
     """A header tree BCC can compile with (tracer/headers.py): the kernel's
     own, or the closest installed one (BCC_KERNEL_SOURCE is set for BCC)."""
-    from tracer.kernel import headers
     h = headers.ensure()
     return Check(h.path is not None, h.detail)
 
@@ -238,10 +239,9 @@ def check_headers() -> Check:
 def check_bcc() -> Check:
     """Can BCC compile and load a program here (kernel headers usable)?"""
     try:
-        from bcc import BPF  # noqa: F401
+        from bcc import BPF  # noqa: F401  (BCC: loaded only when asked about, see check_bcc)
     except ImportError:
         return Check(False, "BCC is missing: apt-get install python3-bpfcc (system Python)")
-    from tracer.kernel import headers
     h = headers.ensure()
     if h.path is None:
         return Check(False, f"BCC cannot compile: {h.detail}")

@@ -17,6 +17,9 @@ from tracer.kernel import stats as kstats
 from tracer.kernel import netns as ns
 from tracer.core.hoststate import HostState
 from tracer.core.snapshot import Columns, Summary
+from tracer.core.filters import Filter
+from tracer.formats import export as tablefile
+from tracer.kernel.btf import BTF, BTFError
 
 TIMEOUTS = forecast.SCHEDULE_SYSCTLS
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
@@ -89,7 +92,6 @@ def _initial_netns() -> int:
 def per_netns_max() -> bool | None:
     """Whether this kernel keeps nf_conntrack_max per namespace (a member
     sysctl_max in struct netns_ct, BTF); None when BTF cannot tell."""
-    from tracer.kernel.btf import BTF, BTFError
     try:
         btf = BTF.load()
         btf.find("netns_ct")
@@ -126,7 +128,6 @@ def entry_size() -> tuple[int | None, str]:
     if slab:
         return forecast.entry_size(None, slab)
     size = None
-    from tracer.kernel.btf import BTF, BTFError
     try:
         base = BTF.load()
         try:
@@ -248,8 +249,6 @@ def read_export(path: str, settings: dict | None = None, jobs: int | None = None
     or sysctls: `settings` (parse_settings) gives the host's timeouts and
     limit where known; missing timeouts are the kernel's defaults, listed
     in HostState.assumed. Raises tablefile.InputError."""
-    from tracer.formats import export as tablefile
-    from tracer.core.filters import Filter
     settings = dict(settings or {})
     res, dec = tablefile.scan(path, Filter(), jobs, timed=True)
     name = "standard input" if path == "-" else path

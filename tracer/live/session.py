@@ -32,6 +32,11 @@ from tracer.kernel import stats as kstats
 from tracer.core.aggregate import Rates, Sample, top_rows
 from tracer.core.events import Counters, Drop
 from tracer.core.filters import Filter
+from tracer.backends import BackendError, choose, make
+from tracer.kernel import ctnetlink, features
+from tracer.kernel.attribution import Attribution
+from tracer.kernel.ctevents import CtEvents
+from tracer.live.source import LiveSource
 
 PUMP_S = 0.05          # how often events are taken in while waiting
 RATE_INTERVALS = 5     # the forecast's insert rate: over the last 5 intervals
@@ -94,9 +99,6 @@ class TracingSession:
         self.close()
 
     def open(self) -> "TracingSession":
-        from tracer.kernel import ctnetlink
-        from tracer.kernel.attribution import Attribution
-        from tracer.backends import BackendError, make
         o = self.opts
         if self.backend is None and os.geteuid() != 0:
             raise SessionError(f"{self.what} needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): "
@@ -118,7 +120,6 @@ class TracingSession:
             self.names.refresh()
         try:
             if o.follow_entries:      # the first dump is read while the probes compile
-                from tracer.live.source import LiveSource
                 self.feed = LiveSource(o.netns, o.flt.row).start(background=True)
             self.backend.start()
             with ns.entered(o.netns):
@@ -126,7 +127,6 @@ class TracingSession:
             if self.feed is not None:
                 self.feed.wait()
             if o.entry_events:
-                from tracer.kernel.ctevents import CtEvents
                 self.events = CtEvents(o.netns)
         except (BackendError, ctnetlink.NetlinkError, ns.NetnsError) as e:
             raise SessionError(str(e)) from None
@@ -139,8 +139,6 @@ class TracingSession:
 
     def choose(self) -> tuple[str, str]:
         """A backend for this kernel: (backend name, why it was chosen)."""
-        from tracer.kernel import features
-        from tracer.backends import choose
         name, why = choose(features.detect(full=False), self.opts.backend)
         if name is None:
             raise SessionError(why)

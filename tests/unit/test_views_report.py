@@ -5,7 +5,6 @@ a capture comes from another host, every string in it is foreign."""
 import html
 import io
 import json
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -20,13 +19,7 @@ from tracer.views.report import render, to_html
 HOSTILE = "[/x][bold red]\x1b[2J<script>alert(1)</script>"
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")      # tests/unit/conftest.py
 
 
 def text_of(renderable, width=80) -> str:

@@ -3,7 +3,6 @@ TracingSession.frame) through rich's recording console."""
 
 import copy
 import io
-import time
 
 import pytest
 from rich.console import Console
@@ -32,13 +31,7 @@ FRAME = {
 }
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")      # tests/unit/conftest.py
 
 
 def frame(**kw):

@@ -13,7 +13,8 @@ from tracer.core import doctor as D
 from tracer.formats import export as tablefile
 from tracer.cli import main as cli
 from tracer.kernel.host import DEFAULT_TIMEOUTS, SettingsError, parse_settings, read_export
-from tracer.core.snapshot import Filter, Summary
+from tracer.core.filters import Filter
+from tracer.core.snapshot import Summary
 
 
 def udp(fmt, t, src, sport, dst, dport, unreplied=True, assured=False):

@@ -8,7 +8,8 @@ import pytest
 
 from tests.lab import KNOWN
 from tracer.formats import export as tablefile
-from tracer.core.snapshot import Filter, Summary
+from tracer.core.filters import Filter
+from tracer.core.snapshot import Summary
 from tracer.formats.export import FAST, InputError, TextDecoder, parse_line, scan
 
 DATA = Path(__file__).parent.parent / "data"

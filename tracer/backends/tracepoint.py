@@ -14,7 +14,7 @@
   within one poll can swap labels.
 
 What it cannot see (shown to the user): insert and delete *in the kernel*
-(those come from ctnetlink events, see tracer/ctevents.py), early drops as
+(those come from ctnetlink events, see tracer/kernel/ctevents.py), early drops as
 events (only the counter), and which entry a table-full packet would have
 created beyond its 5-tuple.
 """
@@ -360,7 +360,7 @@ class TracepointBackend:
 
     def counters(self) -> Counters:
         """Exact totals: BPF stats, per-source counts, and the drops of each
-        reason, matched with the kernel's per-CPU counters (see classify.py)."""
+        reason, matched with the kernel's per-CPU counters (see tracer/core/classify.py)."""
         st = self.bpf["stats"]
         t = {name: sum(st[ct.c_int(i)]) for i, name in enumerate(abi.STATS)}
         by: dict[tuple[int, str], SourceCounts] = {}

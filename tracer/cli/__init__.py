@@ -45,7 +45,7 @@ def say(message: str) -> None:
 
 @contextmanager
 def session(what: str, opts):
-    """A tracing session (tracer/session.py) whose start-up failures abort
+    """A tracing session (tracer/live/session.py) whose start-up failures abort
     in one line; it is closed on every way out."""
     from tracer.live.session import SessionError, TracingSession
     try:

@@ -1,4 +1,4 @@
-"""`cttrace serve`: a Prometheus exporter (tracer/serve.py) on a session."""
+"""`cttrace serve`: a Prometheus exporter (tracer/live/exporter.py) on a session."""
 
 from __future__ import annotations
 

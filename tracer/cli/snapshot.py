@@ -40,7 +40,8 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
       cttrace snapshot -f table.txt.gz --json         # an export, for scripts
       conntrack -L -o extended | cttrace snapshot -f - --state TIME_WAIT
     """
-    from tracer.core.snapshot import Filter, Summary
+    from tracer.core.filters import Filter
+    from tracer.core.snapshot import Summary
 
     if path is not None and netns is not None:
         abort("--file and --netns exclude each other: --netns reads a live table")

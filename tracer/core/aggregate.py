@@ -1,7 +1,7 @@
 """Pure live-table state for `cttrace top`, `serve` and `capture`: entries
 by source, destination, port and state, followed from dumps plus
 insert/update/delete events, and per-interval rates. No I/O here: the feed
-(tracer/livetable.py) drives it.
+(tracer/live/source.py) drives it.
 
 Rows are ctnetlink rows (tracer/ctnetlink.py, R_* columns) with raw
 addresses. An entry is identified by (proto, zone, src, dst, sport, dport)

@@ -51,7 +51,7 @@ class Drop:
     netns_cookie: int = 0
     translated: tuple[str, int, str, int] | None = None     # (src, sport, dst, dport) after NAT
     fragment: bool = False           # a non-first fragment: no ports
-    clash_candidate: bool = False    # an entry that may have clashed at confirm (see classify.py)
+    clash_candidate: bool = False    # an entry that may have clashed at confirm (see tracer/core/classify.py)
 
     @property
     def netns_key(self) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Pure core of `cttrace snapshot`: fold conntrack entries into breakdowns.
 
-Every reader (text exports in tablefile.py, the live ctnetlink dump in
-ctnetlink.py) turns entries into *rows* of six raw columns:
+Every reader (text exports in tracer/formats/export.py, the live ctnetlink
+dump in tracer/kernel/ctnetlink.py) turns entries into *rows* of seven raw
+columns:
 
     (proto, state, src, dst, dport, extra1, extra2)
 
@@ -20,9 +21,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
 
-from tracer.core.conntrack import (DPORT, DST, EXTRA1, EXTRA2, FLAG_NAMES, PORT_PROTOS, PROTO,  # noqa: F401
-                              SRC, STATE, proto_name)
-from tracer.core.filters import Filter  # noqa: F401  (the one filter; snapshot.Filter is kept for callers)
+from tracer.core.conntrack import (DPORT, DST, EXTRA1, EXTRA2, FLAG_NAMES, PORT_PROTOS, PROTO,
+                                   SRC, STATE, proto_name)
 
 
 

@@ -28,7 +28,8 @@ from operator import itemgetter
 from typing import BinaryIO
 
 from tracer.core.conntrack import FLAG_BITS, canonical_addr
-from tracer.core.snapshot import Columns, Filter
+from tracer.core.filters import Filter
+from tracer.core.snapshot import Columns
 
 BLOCK = 8 << 20
 PARALLEL_MIN = 48 << 20     # split plain files larger than this across CPUs

@@ -3,7 +3,7 @@ UPDATE and DESTROY multicast groups), for kernels where no probe can see them.
 
 The kernel drops events when the socket's receive buffer is full and says
 so once with ENOBUFS on the next recv. That is counted (never silent), and
-the caller reconciles from a dump (tracer/livetable.py).
+the caller reconciles from a dump (tracer/live/source.py).
 
 `poll` does bounded work: at most `max_events` messages per call (the rest
 stay queued in the socket, and `EventBatch.more` says so), so a flood of

@@ -10,7 +10,7 @@ The first seven are what snapshot.Columns counts (see snapshot.py); sport,
 icmp (type << 24 | code << 16 | id, for ICMP and ICMPv6, else None) and
 timeout (seconds left, from CTA_TIMEOUT; None where the message has none,
 e.g. DESTROY events) identify and age an entry in the live table
-(tracer/livetable.py).
+(tracer/live/source.py).
 
 Written by hand rather than with pyroute2: a snapshot of a 200,000-entry
 table must take about as long as `conntrack -L` itself, and a generic

@@ -9,8 +9,10 @@ Linux 5.17 (NETFILTER_DROP since 5.19-ish backports vary: read from BTF);
 before that, netfilter's drops are the frees called from nf_hook_slow()
 (the tracepoint's `location`; measured exact on Debian's 5.10);
 BTF in /sys/kernel/btf/vmlinux needs CONFIG_DEBUG_INFO_BTF (5.4+);
-fentry/fexit need BPF trampolines (5.5+, x86); ctnetlink events need
-nf_conntrack_netlink (and nf_conntrack_events not 0).
+fentry/fexit need BPF trampolines (5.5+, x86); the events travel through
+a BPF ring buffer (BPF_MAP_TYPE_RINGBUF, 5.8+: every kernel with BTF the
+backends need has it); ctnetlink events need nf_conntrack_netlink (and
+nf_conntrack_events not 0).
 """
 
 from __future__ import annotations
@@ -230,7 +232,7 @@ def quiet_stderr():
 
 
 def check_headers() -> Check:
-    """A header tree BCC can compile with (tracer/headers.py): the kernel's
+    """A header tree BCC can compile with (tracer/kernel/headers.py): the kernel's
     own, or the closest installed one (BCC_KERNEL_SOURCE is set for BCC)."""
     h = headers.ensure()
     return Check(h.path is not None, h.detail)

@@ -8,7 +8,7 @@
 
 The session owns, and closes in one place, whatever the command asked for:
 the backend (BPF probes), the live table (ctnetlink events, subscribed
-before the dump: tracer/livetable.py), container attribution, the signal
+before the dump: tracer/live/source.py), container attribution, the signal
 handlers and the ready-file. Signals only set a flag (`stopping`): nothing
 is raised inside BCC's perf-buffer callbacks, so Ctrl-C and SIGTERM are
 never swallowed under a flood. Every loop checks the flag at least every

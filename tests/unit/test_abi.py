@@ -56,3 +56,29 @@ def test_stat_orders_follow_the_enums():
     assert abi.STATS[abi.ST_SEQ_FULL] == "seq_full" and len(abi.STATS) == abi.ST_MAX
     assert abi.CT_STATS[abi.CT_NOT_INSERTED] == "not_inserted" and len(abi.CT_STATS) == abi.CT_MAX
     assert abi.SOURCES_MAX == 65536 and abi.DROP_SEQ_MAX == 16384
+
+
+class _Map:
+    def __init__(self, key=None, leaf=None, event=None):
+        self.Key, self.Leaf, self._event = key, leaf, event
+
+    def event(self, data):
+        return self._event.from_buffer_copy(bytes(ctypes.sizeof(self._event)))
+
+
+def test_start_check_refuses_a_program_compiled_from_another_header():
+    from tracer.backends import BackendError
+    from tracer.backends.tracepoint import check_abi
+
+    good = dict(events=_Map(event=abi.DropEvent), sources=_Map(key=abi.DropKey),
+                drop_seq=_Map(key=abi.CpuKey))
+    check_abi(good)                                   # the tracepoint program: no ct_sources
+
+    f = list(abi.DropEvent._fields_)                  # sport and dport swapped in the C header
+    names = [n for n, _ in f]
+    i, j = names.index("sport"), names.index("dport")
+    f[i], f[j] = f[j], f[i]
+    Swapped = type("Swapped", (ctypes.Structure,), {"_fields_": f})
+    bad = dict(good, events=_Map(event=Swapped))
+    with pytest.raises(BackendError, match="struct drop_event as compiled differs"):
+        check_abi(bad)

@@ -10,8 +10,8 @@ before that, netfilter's drops are the frees called from nf_hook_slow()
 (the tracepoint's `location`; measured exact on Debian's 5.10);
 BTF in /sys/kernel/btf/vmlinux needs CONFIG_DEBUG_INFO_BTF (5.4+);
 fentry/fexit need BPF trampolines (5.5+, x86); the events travel through
-a BPF ring buffer (BPF_MAP_TYPE_RINGBUF, 5.8+: every kernel with BTF the
-backends need has it); ctnetlink events need nf_conntrack_netlink (and
+a BPF ring buffer (BPF_MAP_TYPE_RINGBUF, 5.8+: every kernel of the test
+matrix, 5.10 to 6.18, has it); ctnetlink events need nf_conntrack_netlink (and
 nf_conntrack_events not 0).
 """
 

@@ -101,7 +101,7 @@ class Serve:
             if m.get("mountPropagation") == "HostToContainer":
                 opts.append("rslave")
             cmd += ["--mount", f"type=bind,src={src},dst={m['mountPath']},options={':'.join(opts)}"]
-        cmd += [REF, self.name, "/opt/venv/bin/cttrace", *args, *extra]
+        cmd += [REF, self.name, "/usr/bin/cttrace", *args, *extra]
         self.cmd = cmd
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
         self.exit_code: int | None = None
@@ -193,9 +193,13 @@ def _host_count() -> int:
 def test_the_daemonset_serves_this_hosts_table():
     """Exactly the DaemonSet: its capabilities, profile, mounts and
     arguments, on the node's (this host's) own table."""
+    mounts = {m["mountPath"] for m in DS["container"]["volumeMounts"]}
+    assert not mounts & {"/lib/modules", "/usr/src"}, "the image carries its own kernel headers"
+    t0 = time.monotonic()
     s = Serve()
     try:
         assert s.wait_ready(), s.output()
+        started = time.monotonic() - t0         # container start to the first answered scrape
         for _ in range(20):                      # a moment when the kernel did not move
             k0, c0 = _host_stats(), _host_count()
             m = s.scrape()
@@ -222,8 +226,10 @@ def test_the_daemonset_serves_this_hosts_table():
             assert got == want, (kind, [c for i, c in enumerate(ALL_CAPS) if got >> i & 1])
         assert re.search(r"Seccomp:\s+(\d)", status).group(1) == "2"
         nnp = re.search(r"NoNewPrivs:\s+(\d)", status).group(1)
-        print(f"\nserve in the image: RSS {rss} MiB; NoNewPrivs {nnp}")
+        print(f"\nserve in the image: RSS {rss} MiB; NoNewPrivs {nnp}; first scrape {started:.1f} s "
+              "after the start, with no headers from the node")
         (LOGS / "serve-rss").write_text(f"{rss}\n")
+        (LOGS / "serve-start").write_text(f"{started:.1f}\n")
     finally:
         code = s.stop()
     assert code == 0, s.output()                 # SIGTERM is a clean exit

@@ -8,7 +8,7 @@ import random
 import re
 
 import pytest
-from click.testing import CliRunner
+from tests.clirunner import runner
 
 from tracer.formats.capture import Writer, read_capture
 from tracer.cli import main
@@ -59,7 +59,7 @@ def test_truncated_capture_is_read_and_said(tmp_path):
     (tmp_path / "t").write_bytes(raw[: len(raw) // 2])
     cap = read_capture(str(tmp_path / "t"))
     assert cap.truncated and cap.records
-    r = CliRunner().invoke(main, ["report", "--json", str(tmp_path / "t")])
+    r = runner().invoke(main, ["report", "--json", str(tmp_path / "t")])
     assert r.exit_code == 0 and "truncated" in r.stderr
     json.loads(r.stdout)
 
@@ -74,7 +74,7 @@ def test_truncated_capture_is_read_and_said(tmp_path):
 def test_bad_captures_are_one_line(tmp_path, content, msg):
     p = tmp_path / "bad"
     p.write_bytes(content)
-    r = CliRunner().invoke(main, ["report", str(p)])
+    r = runner().invoke(main, ["report", str(p)])
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
     assert lines and lines[-1].startswith("cttrace: error:") and "Traceback" not in r.stderr
@@ -84,7 +84,7 @@ def test_bad_captures_are_one_line(tmp_path, content, msg):
 
 def test_missing_and_directory(tmp_path):
     for arg, msg in ((str(tmp_path / "nope"), "no such file"), (str(tmp_path), "directory")):
-        r = CliRunner().invoke(main, ["report", arg])
+        r = runner().invoke(main, ["report", arg])
         assert r.exit_code == 1 and msg in r.stderr
 
 
@@ -92,7 +92,7 @@ def test_fuzzed_captures_never_crash(tmp_path):
     good = make_capture(tmp_path / "c", seconds=8).read_bytes()
     plain = gzip.decompress(good)
     rnd = random.Random(7)
-    runner = CliRunner()
+    cli = runner()
     for i in range(150):
         data = bytearray(rnd.choice((good, gzip.compress(plain))))
         for _ in range(rnd.randint(1, 8)):
@@ -106,7 +106,7 @@ def test_fuzzed_captures_never_crash(tmp_path):
                 data[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 20)))
         p = tmp_path / f"f{i}"
         p.write_bytes(bytes(data))
-        r = runner.invoke(main, ["report", "--json", str(p)])
+        r = cli.invoke(main, ["report", "--json", str(p)])
         assert r.exit_code in (0, 1), (i, r.exception)
         assert r.exception is None or isinstance(r.exception, SystemExit), (i, repr(r.exception))
         if r.exit_code == 1:
@@ -169,7 +169,7 @@ def test_hostile_capture_records(tmp_path, records, state):
     p = _cap(tmp_path / "c", records, state)
     for args in (["report"], ["report", "--json"], ["report", "--html", str(tmp_path / "o.html")],
                  ["doctor", "--capture"]):
-        r = CliRunner().invoke(main, [*args, str(p)])
+        r = runner().invoke(main, [*args, str(p)])
         assert r.exception is None or isinstance(r.exception, SystemExit), (args, repr(r.exception))
         assert r.exit_code in (0, 1)
 

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from tests.clirunner import runner
 
 from tests.lab import KNOWN
 from tracer.cli import main
@@ -13,7 +13,7 @@ DATA = Path(__file__).parent.parent / "data"
 
 
 def run(*args, input=None):
-    return CliRunner().invoke(main, list(args), input=input)
+    return runner().invoke(main, list(args), input=input)
 
 
 def test_json_contract():

@@ -5,7 +5,7 @@ from table-full evidence, captures with and without the new fields."""
 
 import json
 
-from click.testing import CliRunner
+from tests.clirunner import runner
 
 from tracer.core import nat
 from tracer.formats.capture import Writer, read_capture
@@ -216,7 +216,7 @@ def test_capture_keeps_the_new_fields_and_old_ones_load(tmp_path):
     assert got.deltas == {"drop": 8, "insert_failed": 8, "chaintoolong": 0}   # over the capture
     ids = {f.id: f for f in diagnose(got)}
     assert ids["snat_port_exhaustion"].severity == "critical" and "dropping_now" not in ids
-    r = CliRunner().invoke(main, ["doctor", "--capture", str(p), "--json"])
+    r = runner().invoke(main, ["doctor", "--capture", str(p), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert set(out) == {"findings", "state"} and out["state"]["nat"] == h.nat

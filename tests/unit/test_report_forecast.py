@@ -13,7 +13,7 @@ import io
 import json
 import math
 
-from click.testing import CliRunner
+from tests.clirunner import runner
 from rich.console import Console
 
 from tracer.core import forecast as fc
@@ -97,7 +97,7 @@ def test_unknown_without_ages_and_doctor_capture(tmp_path):
     rep = analyse(read_capture(str(make_capture(tmp_path / "old"))))
     assert rep["forecast"] == {"filling": None, "reason": "no remaining timeouts recorded",
                                "text": "unknown (no remaining timeouts recorded)"}
-    r = CliRunner().invoke(main, ["doctor", "--capture", str(capture(tmp_path / "c", 2000)), "--json"])
+    r = runner().invoke(main, ["doctor", "--capture", str(capture(tmp_path / "c", 2000)), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert any(x["id"] == "time_to_full" and "full in ~20s" in x["message"] for x in out["findings"])

@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from click.testing import CliRunner
+from tests.clirunner import runner
 from rich.console import Console
 
 from tests.unit.test_capture_report import make_capture
@@ -78,7 +78,7 @@ def test_hostile_capture_renders_literally(tmp_path):
 def test_hostile_capture_through_the_cli(tmp_path):
     p = _hostile_capture(tmp_path / "c")
     for args in (["report", str(p)], ["doctor", "--capture", str(p)]):
-        r = CliRunner().invoke(main, args)
+        r = runner().invoke(main, args)
         assert r.exit_code == 0 and r.exception is None, (args, r.output, r.exception)
         assert "[/x][bold red]" in r.stdout and "\x1b" not in r.stdout
 

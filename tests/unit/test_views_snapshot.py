@@ -5,7 +5,7 @@ import io
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
+from tests.clirunner import runner
 from rich.console import Console
 
 from tracer.cli import main
@@ -21,7 +21,7 @@ def text_of(renderable, width=80) -> str:
 
 
 def known_report() -> dict:
-    r = CliRunner().invoke(main, ["snapshot", "--file", str(DATA / "known-plain.proc"), "--json"])
+    r = runner().invoke(main, ["snapshot", "--file", str(DATA / "known-plain.proc"), "--json"])
     assert r.exit_code == 0, r.stderr
     return json.loads(r.stdout)
 

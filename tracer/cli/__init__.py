@@ -24,7 +24,7 @@ from typing import NoReturn
 
 import click
 
-from tracer import __version__
+from tracer import version
 
 EXIT_ERROR = 1
 COMMANDS = ("snapshot", "features", "drops", "top", "capture", "report", "doctor", "serve")
@@ -91,14 +91,22 @@ class _Group(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _show_version(ctx, param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version.describe())
+        ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="cttrace")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version (and the git commit it was built from) and exit.")
 def main() -> None:
     """Trace and analyse the Linux connection-tracking table (nf_conntrack).
 
     \b
-    sudo cttrace top                 who fills the table, live
-    sudo cttrace drops               which packets are dropped now, and why
-    sudo cttrace doctor              what is wrong, and the fix
-    cttrace snapshot --file F.gz     analyse an export from another machine
+    Examples:
+      sudo cttrace top               # who fills the table, live
+      sudo cttrace drops             # which packets are dropped now, and why
+      sudo cttrace doctor            # what is wrong, and the fix
+      cttrace snapshot --file F.gz   # analyse an export from another machine
     """

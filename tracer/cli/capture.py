@@ -33,7 +33,9 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
     Ctrl-C ends it early and keeps what was recorded.
 
     \b
-    Example:  sudo cttrace capture --duration 30s -o incident.ctcap
+    Examples:
+      sudo cttrace capture --duration 30s -o incident.ctcap
+      sudo cttrace capture --netns 4242 --max-events 100000 -o ns.ctcap
     """
     from tracer.formats.capture import CaptureError, Writer, row_record
     from tracer.kernel.ctevents import DELETE

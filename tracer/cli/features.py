@@ -14,7 +14,9 @@ def features(as_json, quick):
     """What this kernel and BCC offer cttrace, found by trying each feature.
 
     \b
-    Example:  sudo cttrace features
+    Examples:
+      sudo cttrace features
+      sudo cttrace features --quick --json      # no compile, for scripts
     """
     from tracer.kernel import features as feat
     from tracer.backends import choose

@@ -17,8 +17,11 @@ way every minute, so memory stays bounded while sources come and go.
 
 from __future__ import annotations
 
+import socket
+import socketserver
 import threading
 import time
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -213,19 +216,41 @@ def update_series(session, series: SourceSeries, now: float, prune: bool) -> Non
     session.backend.forget_sources(session.inum, set(gone))
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):      # no line per scrape on stderr
+        pass
+
+
+def http_server(listen: tuple[str, int], registry) -> WSGIServer:
+    """/metrics on a thread; the caller shuts it down. prometheus_client's
+    start_http_server returns its server only from 0.17 on (Debian 12 has
+    0.16), so it is built here from its public WSGI app."""
+    from prometheus_client import make_wsgi_app
+
+    family = socket.getaddrinfo(listen[0], listen[1], type=socket.SOCK_STREAM)[0][0]
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = family
+
+    httpd = Server((listen[0], listen[1]), _QuietHandler)
+    httpd.set_app(make_wsgi_app(registry))
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    return httpd
+
+
 def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None,
         kernel: str = "") -> None:
     """Serve /metrics until the session is asked to stop; the pump loop
     feeds the session under a lock. Raises what breaks the loop (the caller
     exits non-zero: never a silent stale endpoint)."""
-    from prometheus_client import start_http_server
     from prometheus_client.core import REGISTRY
 
     lock = threading.Lock()
     series = SourceSeries(k=k)
     collector = Collector(session, series, lock, kernel)
     REGISTRY.register(collector)
-    server, thread = start_http_server(listen[1], addr=listen[0])
+    server = http_server(listen, REGISTRY)
     try:
         next_sample = next_prune = time.monotonic()
         if on_ready:
@@ -244,4 +269,5 @@ def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None
             time.sleep(0.05)
     finally:
         server.shutdown()
+        server.server_close()
         REGISTRY.unregister(collector)

@@ -63,7 +63,7 @@ def test_html_report_draws_its_charts(tmp_path):
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
                     "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
-                    "--window-size=900,1300", f"--screenshot={shot}", page.as_uri()],
+                    "--window-size=1000,2600", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists(), "Chromium took no screenshot"
     w, h, bpp, rows = png_pixels(shot.read_bytes())

@@ -39,10 +39,14 @@ def text_of(renderable, width=80) -> str:
 def test_render_exact_head(tmp_path):
     rep = analyse(read_capture(str(make_capture(tmp_path / "c"))))
     lines = text_of(render(rep), width=100).splitlines()
-    assert [l.rstrip(" │") for l in lines[:9]] == [
+    assert [l.rstrip(" │") for l in lines[:13]] == [
         "╭─ cttrace report ─────────────────────────────────────────────────────────────────────────────────╮",
         "│ h · kernel k · backend tracepoint · netns node",
         "│ 1970-01-01 00:16:40, 5 s, 31 records",
+        "│ 50 table-full drops from 10.0.0.2 between 00:16:40 and 00:16:45, table 94% full (94 of 100).",
+        "│ 5 entries were evicted to make room (early drop).",
+        "│ Most new entries came from web-1 (10.0.0.1): 18 of 18.",
+        "│ Findings: 2 critical, 2 warning.",
         "│ inserts 18  deletes 0  table-full drops 50  early drops 5  insert failures 0  lost 0",
         "│ forecast: unknown (no remaining timeouts recorded)",
         "│ fill   ▇▇▇███",

@@ -43,7 +43,7 @@ def test_render_exact_head(tmp_path):
         "╭─ cttrace report ─────────────────────────────────────────────────────────────────────────────────╮",
         "│ h · kernel k · backend tracepoint · netns node",
         "│ 1970-01-01 00:16:40, 5 s, 31 records",
-        "│ 50 table-full drops from 10.0.0.2 between 00:16:40 and 00:16:45, table 94% full (94 of 100).",
+        "│ 50 table-full drops from 10.0.0.2 between 00:16:40 and 00:16:45, table at its limit of 100.",
         "│ 5 entries were evicted to make room (early drop).",
         "│ Most new entries came from web-1 (10.0.0.1): 18 of 18.",
         "│ Findings: 2 critical, 2 warning.",

@@ -399,6 +399,7 @@ def _drops(h: HostState, add, fill: float, raise_fix: str) -> tuple[int, int]:
              f"(a clash at insert counts in both)")
     # A full table is seen as such: entries at (or next to) the limit, or
     # entries being evicted to make room (early_drop happens only when full).
+    fill = max(fill, h.peak_fill or 0.0)             # a capture: its fullest sample
     full = fill >= 0.9 or now["early_drop"] > 0
     if other_now > 0 and full:
         add("dropping_now", CRITICAL,

@@ -29,6 +29,8 @@ def capture_state(cap: Capture) -> HostState:
         t0, t1 = stats[0]["t"], stats[-1]["t"]
         h.dump_lag = 0.0 if cap.of("end") else max(t1 - t0, 0.0)
         h.inserts_seen = sum(1 for r in cap.of("insert") if t0 <= r["t"] <= t1)
+    fills = [s["count"] / s["max"] for s in stats if s.get("count") is not None and s.get("max")]
+    h.peak_fill = max(fills, default=None)
     return h
 
 
@@ -159,7 +161,8 @@ def drop_bursts(tl: list, drops: list, t0: float, width: int) -> list[dict]:
         # the kernel counts an interval's drops at its middle: events may lie half an interval out
         ev = [d for d in drops if lo - width <= d["t"] < hi + width]
         who = Counter(d.get("container") or d["src"] for d in ev)
-        full = [x for x in pts if x.get("count") is not None and x.get("max")]
+        # the samples around the burst (one before: the limit may change within an interval)
+        full = [x for x in tl[max(a - 1, 0):b + 1] if x.get("count") is not None and x.get("max")]
         peak_fill = max(full, key=lambda x: x["count"] / x["max"]) if full else None
         out.append({"first": min((d["t"] for d in ev), default=lo),
                     "last": max((d["t"] for d in ev), default=hi),
@@ -169,7 +172,7 @@ def drop_bursts(tl: list, drops: list, t0: float, width: int) -> list[dict]:
                     "reasons": dict(Counter(d.get("reason", "") for d in ev).most_common()),
                     "sources": [{"name": k, "drop_events": v} for k, v in who.most_common(3)],
                     "count": peak_fill["count"] if peak_fill else None,
-                    "max": peak_fill["max"] if peak_fill else None})
+                    "max": min(x["max"] for x in full) if full else None})
     big = sorted(out, key=lambda x: -(x["drops"] + x["clash"]))[:MAX_BURSTS]
     return sorted(big, key=lambda x: x["first"])
 
@@ -235,6 +238,15 @@ def clock(t: float, seconds: bool = True) -> str:
     return time.strftime("%H:%M:%S" if seconds else "%H:%M", time.localtime(t))
 
 
+def span(a: float, b: float) -> str:
+    """'between 01:27:58 and 01:27:59'; within two seconds, to the tenth:
+    'between 01:27:58.1 and 01:27:58.6'."""
+    if b - a < 2:
+        f = lambda t: clock(t) + f".{int((t % 1) * 10)}"  # noqa: E731
+        return f"between {f(a)} and {f(b)}"
+    return f"between {clock(a)} and {clock(b)}"
+
+
 def summary(totals: dict, deltas: dict, bursts: list, by_container: list, tl: list, t0: float,
             findings: list, top_inserter=None, names: dict | None = None) -> list[str]:
     """What happened, in plain words: a few sentences, the drops first."""
@@ -256,14 +268,17 @@ def summary(totals: dict, deltas: dict, bursts: list, by_container: list, tl: li
         when = ""
         if bursts:
             a, b = bursts[0]["first"], bursts[-1]["last"]
-            when = f" between {clock(a)} and {clock(b)}"
+            when = f" {span(a, b)}"
             if len(bursts) > 1:
                 when += f" in {len(bursts)} bursts"
         fill = ""
         full = [x for x in bursts if x.get("count") is not None and x.get("max")]
         if full:
             x = max(full, key=lambda x: x["count"] / x["max"])
-            fill = (f", table at its limit of {x['max']:,}" if x["count"] >= x["max"] - max(1, x["max"] // 200)
+            # the kernel refuses a new entry for a full table only at its limit: with
+            # table-full drops and the sampled count near it, the table was there
+            at = x["count"] >= x["max"] - max(1, x["max"] // 200) or (x["drops"] and x["count"] >= x["max"] / 2)
+            fill = (f", table at its limit of {x['max']:,}" if at
                     else f", table {100 * x['count'] / x['max']:.0f}% full ({x['count']:,} of {x['max']:,})")
         out.append(f"{what}{who}{when}{fill}.")
     else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 W, LEFT, RIGHT, TOP, BOTTOM = 880, 72, 16, 22, 36     # the plot area's margins, pixels
 TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 MAX_TICKS = 8
+LIMIT_SCALE = 3        # the limit joins a chart's scale when at most this many times the data's peak
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#393b79", "#637939", "#8c6d31", "#843c39")
 OTHER = "#b0b0b0"
@@ -70,13 +71,14 @@ class TimeAxis:
 
 
 def chart(axis: TimeAxis, width: float, label: str, unit: str, series: list[dict], hover: list,
-          bursts: list | None = None, limit: float | None = None, limit_label: str = "",
-          height: int = 190, css: str = "") -> str:
+          bursts: list | None = None, limit: list | None = None, height: int = 190, css: str = "") -> str:
     """One chart. series: {"name", "color", "kind": "line"|"bars"|"area",
     "points": [(t, value)]} drawn in order (bars and areas stack on the ones
     before of the same kind); hover: [(t, text)] one invisible column per
     point `width` seconds wide with a <title>; bursts: [(first, last,
-    label)]; limit: a dashed horizontal line (the table's limit)."""
+    label)]; limit: [(t, value)], the table's limit as a dashed step line,
+    in the scale where it is within LIMIT_SCALE times the data's peak (a
+    limit far above the data would flatten it), else named at the top."""
     h = height
     py0, py1 = TOP, h - BOTTOM                     # the plot's top and bottom
     stacked: dict = {}
@@ -89,8 +91,9 @@ def chart(axis: TimeAxis, width: float, label: str, unit: str, series: list[dict
             for t, v in s["points"]:
                 base[t] = base.get(t, 0) + (v or 0)
             hi = max([hi] + list(base.values()))
-    if limit:
-        hi = max(hi, limit)
+    lim = [(t, v) for t, v in (limit or []) if v]
+    near = [v for _, v in lim if v <= LIMIT_SCALE * max(hi, 1)]
+    hi = max([hi] + near)
     top, step = nice_max(hi * 1.04)          # a line at the maximum stays off the frame
 
     def y(v: float) -> float:
@@ -156,10 +159,8 @@ def chart(axis: TimeAxis, width: float, label: str, unit: str, series: list[dict
                        f'fill-opacity="0.85" stroke="#fff" stroke-width="0.5" points="{poly}"/>')
             for t, v in pts:
                 base[t] = base.get(t, 0) + v
-    if limit:
-        yy = y(limit)
-        out.append(f'<g class="limit"><line x1="{LEFT}" x2="{W - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
-                   f'<text x="{W - RIGHT - 4}" y="{yy - 5:.1f}" text-anchor="end">{limit_label}</text></g>')
+    if lim:
+        out.append(_limit(axis, width, lim, top, y, py0))
     # hover: one column per point, its values in a <title>
     for t, text in hover:
         x0, x1 = axis.x(t), axis.x(t + width)
@@ -167,6 +168,25 @@ def chart(axis: TimeAxis, width: float, label: str, unit: str, series: list[dict
                    f'height="{py1 - py0}"><title>{text}</title></rect>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _limit(axis: TimeAxis, width: float, lim: list, top: float, y, py0: float) -> str:
+    """The limit as a dashed step line where it is on the scale, and its
+    value(s) named: "limit 10,700", "limit 262,144 (above the scale)"."""
+    segs, parts = [], []
+    for i, (t, v) in enumerate(lim):
+        t2 = lim[i + 1][0] if i + 1 < len(lim) else t + width
+        if v <= top:
+            segs.append(f'<line x1="{axis.x(t):.1f}" x2="{axis.x(t2):.1f}" y1="{y(v):.1f}" y2="{y(v):.1f}"/>')
+    values = sorted({v for _, v in lim})
+    on = [v for v in values if v <= top]
+    off = [v for v in values if v > top]
+    label = "limit " + ", ".join(f"{v:,.0f}" for v in on)
+    if off:
+        label = (label + "; " if on else "limit ") + ", ".join(f"{v:,.0f}" for v in off) + " (above the scale)"
+    ly = y(max(on)) - 5 if on else py0 + 12
+    parts.append(f'<text x="{W - RIGHT - 4}" y="{ly:.1f}" text-anchor="end">{label}</text>')
+    return '<g class="limit">' + "".join(segs + parts) + "</g>"
 
 
 def legend(items: list[tuple[str, str]]) -> str:

@@ -113,7 +113,7 @@ def to_html(rep: dict) -> str:
     """The report as one self-contained page: inline CSS and SVG, no script,
     nothing fetched. Every string that came from a capture is escaped."""
     from tracer.views import charts as ch
-    from tracer.core.report import clock
+    from tracer.core.report import clock, span
 
     c, t, tl = rep["capture"], rep["totals"], rep["timeline"]
     t0 = c["started"]
@@ -135,10 +135,10 @@ def to_html(rep: dict) -> str:
     end = t0 + (tl[-1]["t"] + width if tl else c["seconds"])
     axis = ch.TimeAxis(t0, end)
     bursts = rep.get("bursts") or []
-    marks = [(b["first"], b["last"], f"burst {i}: {clock(b['first'])} to {clock(b['last'])}, "
+    marks = [(b["first"], b["last"], f"burst {i}: {span(b['first'], b['last'])}, "
               f"{b['drops'] + b['clash']:,} drops") for i, b in enumerate(bursts, 1)]
     pts = lambda key: [(t0 + x["t"], x.get(key)) for x in tl]  # noqa: E731
-    mx = rep["fill"].get("max") or max((x.get("max") or 0 for x in tl), default=0)
+    limits = [(t0 + x["t"], x["max"]) for x in tl if x.get("max")]
 
     def when(x):
         return clock(t0 + x["t"]) + (f"-{clock(t0 + x['t'] + width)}" if width > 1 else "")
@@ -150,8 +150,7 @@ def to_html(rep: dict) -> str:
         "<h3>Table fill</h3>",
         ch.chart(axis, width, "table entries over time", "entries",
                  [{"name": "entries", "color": "#1f77b4", "kind": "line", "points": pts("count")}],
-                 fill_hover, marks, limit=mx or None, limit_label=f"limit {mx:,}" if mx else "",
-                 css="fill"),
+                 fill_hover, marks, limit=limits, css="fill"),
         "<h3>Conntrack drops</h3>",
         ch.legend([("#d62728", "table full"), ("#ff7f0e", "clash (insert failed)")]),
         ch.chart(axis, width, "drops per second", "drops/s" if width == 1 else f"drops per {width} s",
@@ -183,14 +182,13 @@ def to_html(rep: dict) -> str:
                        "points": [(t0 + p["t"], p["by"].get(k, 0)) for p in mix["points"]]} for k in keys],
                      [(t0 + p["t"], esc(f"{clock(t0 + p['t'])}: " + ", ".join(
                          f"{k} {p['by'][k]:,}" for k in keys if p["by"].get(k)) + f" (total {p['total']:,})"))
-                      for p in mix["points"]], marks, limit=mx or None,
-                     limit_label=f"limit {mx:,}" if mx else "", css="mix")]
+                      for p in mix["points"]], marks, limit=limits, css="mix")]
     else:
         charts.append('<p class="note">This capture holds no entries-by-source records (captures made '
                       'by an older cttrace, or of a table too big to dump every few seconds).</p>')
 
     blist = "".join(
-        f'<li class="burst-item"><b>Burst {i}</b>: {esc(clock(b["first"]))} to {esc(clock(b["last"]))}, '
+        f'<li class="burst-item"><b>Burst {i}</b>: {esc(span(b["first"], b["last"]))}, '
         f'{b["drops"]:,} table-full' + (f' and {b["clash"]:,} clash' if b["clash"] else "")
         + f' drops, peak {ch.fmt(b["peak_per_s"])}/s'
         + (f', table {b["count"]:,} of {b["max"]:,}' if b.get("count") is not None and b.get("max") else "")

@@ -290,7 +290,7 @@ def history(f: dict, width: int, lines: int) -> Text:
     cw = (width - 3) // 2 if side else width
     h = lines - 1 if side else max((lines - 2) // 2, 1)
     ft = Text(f"fill, last {len(fill)} samples{every} (top: 100%)"[:cw], style="bold")
-    dt = Text(f"table-full drops per interval, max {max(drops, default=0):,.0f}"[:cw], style="bold")
+    dt = Text(f"table-full drops/s, max {max(drops, default=0):,.0f}"[:cw], style="bold")
     fb = [Text(x, style="cyan") for x in bars(fill, cw, h, top=1.0)]
     db = [Text(x, style="red") for x in bars(drops, cw, h)]
     out = Text()

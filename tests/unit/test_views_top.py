@@ -61,7 +61,7 @@ def test_lines_view_exact_at_80_columns():
         "│ inserts/s 120   deletes/s 100   table-full drops/s 3.0   early drops/s 0     │",
         "│ insert failures/s 0                                                          │",
         "│ since start:  table-full drops 0  clash drops 0  rule drops 0  early drops 0 │",
-        "│ lost events 0  netlink overruns 0  over rate limit 0                         │",
+        "│ lost events 0                                                                │",
         "│ fill  ▂▅▅                              drops ▁█▃                             │",
         "│ backend tracepoint (no kprobes/fentry on this kernel: inserts and deletes    │",
         "│ come from ctnetlink events; early drops and insert failures are counters     │",

@@ -103,9 +103,11 @@ class Header:
                             + [Text(f"{lab} {tot.get(k, 0):,}", style=bad(tot.get(k, 0))) for k, lab in
                                (("table_full", "table-full drops"), ("insert_failed", "clash drops"),
                                 ("rule", "rule drops"), ("early_drops", "early drops"))]
-                            + [Text(f"lost events {lost['events']}", style=warn),
-                               Text(f"netlink overruns {lost.get('netlink_overruns', 0)}", style=warn),
-                               Text(f"over rate limit {lost['over_rate_limit']}", style=warn)], inner, "  "))
+                            + [Text(f"lost events {lost['events']}", style=warn)]
+                            # the other losses once there are any (lost events always: never silent)
+                            + [Text(f"{lab} {lost.get(k) or 0:,}", style=warn) for k, lab in
+                               (("netlink_overruns", "netlink overruns"), ("over_rate_limit", "over rate limit"))
+                               if lost.get(k)], inner, "  "))
         t.append("\n")
         if self.sparks:
             self._sparks(t, inner)

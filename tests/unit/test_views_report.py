@@ -104,3 +104,17 @@ def test_html_exact_totals(tmp_path):
     assert page.count("<svg") == 3           # fill, drops, inserts: no entries records in this capture
     assert '<tr><td>10.0.0.2</td><td class="n">50</td><td></td></tr>' in page
     assert json.loads(json.dumps(rep)) == rep
+
+
+def test_drops_interval_line():
+    from tracer.core.events import Drop
+    from tracer.views.drops import interval_line, interval_record
+    mk = lambda src, reason, c: Drop(ts=0.0, netns=1, cpu=0, family="ipv4", proto="udp", src=src,  # noqa: E731
+                                      sport=1, dst="10.9.9.9", dport=53, reason=reason, ct_attached=False,
+                                      container=c)
+    ds = [mk("198.18.1.11", "table_full", "c1")] * 118 + [mk("198.18.1.12", "rule", "[red]c2\x1b")] * 3
+    r = interval_record(3600 * 3 + 21 * 60 + 41, 1.0, ds)
+    assert r["by_reason"] == {"table_full": 118, "rule": 3} and r["drops"] == 121
+    assert r["top_sources"][0] == {"container": "c1", "src": "198.18.1.11", "drops": 118}
+    assert interval_line(r) == "-- 03:21:41 1s: 118 table_full, 3 rule; most from c1 198.18.1.11 (118)"
+    assert "\x1b" not in interval_line({**r, "top_sources": r["top_sources"][::-1]})

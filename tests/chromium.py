@@ -31,3 +31,11 @@ def dump_dom(page: Path, profile: Path) -> str:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "<html" in r.stdout, r.stderr[-2000:]
     return r.stdout
+
+
+def print_pdf(page: Path, out: Path, profile: Path) -> Path:
+    """The page as Chromium prints it (the print style sheet applies)."""
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--no-pdf-header-footer",
+                    f"--print-to-pdf={out}", page.as_uri()], capture_output=True, timeout=120)
+    assert out.exists() and out.read_bytes()[:5] == b"%PDF-", "Chromium printed no PDF"
+    return out

@@ -88,6 +88,8 @@ def test_report_of_a_real_burst_in_chromium(lab, tmp_path):
     (art / "report-lab.html").write_text(page.read_text())
     chromium.screenshot(page, art / "report-lab.png", tmp_path / "profile")
     chromium.screenshot(page, art / "report-lab-narrow.png", tmp_path / "profile", size="700,1400")
+    pdf = chromium.print_pdf(page, art / "report-lab.pdf", tmp_path / "profile")
+    assert pdf.read_bytes().count(b"/Type /Page") - pdf.read_bytes().count(b"/Type /Pages") >= 2
     dom = Dom()
     dom.feed(chromium.dump_dom(page, tmp_path / "profile"))
 

@@ -101,7 +101,8 @@ def test_doctor_file_figures_equal_the_generator(exports):
         assert c["by_app"] == [{"src": "127.0.0.9", "dport": "udp/5000", "entries": A}], name
         found = {f["id"]: f for f in out["findings"]}
         assert f"would free {A:,} entries now" in found["shorter_udp_timeout"]["message"]
-        assert f"127.0.0.9 -> udp/5000 {A}" in found["shorter_udp_timeout"]["evidence"]
+        assert f"udp/5000: {A:,} entries from 1 source" in found["shorter_udp_timeout"]["evidence"]
+        assert found["shorter_udp_timeout"]["cuts"][0]["top_sources"] == [{"src": "127.0.0.9", "entries": A}]
         assert "no rates" in found["export_no_rates"]["message"]
         assert "time_to_full" not in found and "not_filling" not in found
         # the limit from the namespace's sysctls: the (global) nf_conntrack_max

@@ -164,3 +164,25 @@ def test_features_json():
     assert d["backend"] == "tracepoint"
     for c in d["checks"].values():
         assert c["detail"]          # every answer says why
+
+
+def test_interval_summaries_count_the_drops_shown(lab, tmp_path):
+    """--summary: one record per interval with drops, counting by reason
+    exactly the events shown in it, the top source first; the records'
+    table-full sum equals the kernel's."""
+    d = Drops(tmp_path, "--netns", lab.node, "--summary", "--every", "0.5")
+    r = lab.table_full(lab.containers[0], k=150, admit=80)
+    lab.udp_flows(lab.containers[1], 3)
+    records, _ = d.stop()
+    events = [e for e in records if "type" not in e]
+    sums = [e for e in records if e.get("type") == "interval"]
+    assert sums and all(s["drops"] == sum(s["by_reason"].values()) for s in sums)
+    assert sum(s["by_reason"].get("table_full", 0) for s in sums) == \
+        len([e for e in events if e["reason"] == "table_full"]) == r.kernel_drop > 0
+    assert sum(s["drops"] for s in sums) == len(events)
+    big = max(sums, key=lambda s: s["drops"])
+    assert big["top_sources"][0]["src"] == lab.container_ip(lab.containers[0])
+    assert big["top_sources"][0]["container"] == lab.containers[0]
+    # an event line never carries "type"; a summary always follows the events it counts
+    last_event = max(i for i, e in enumerate(records) if "type" not in e)
+    assert records[-1].get("type") == "interval" and last_event < len(records) - 1

@@ -129,7 +129,8 @@ def test_forecast_and_timeout_evidence_match_the_generator(ns):
     assert c["by_app"] == [{"src": "127.0.0.9", "dport": "udp/5000", "entries": BURST}]
     f = findings["shorter_udp_timeout"]
     assert f"would free {BURST:,} entries now" in f.message
-    assert "127.0.0.9 -> udp/5000 1,000" in f.evidence
+    assert "udp/5000: 1,000 entries from 1 source" in f.evidence
+    assert f.cuts[0]["top_sources"] == [{"src": "127.0.0.9", "entries": BURST}]
     assert "sysctl -w net.netfilter.nf_conntrack_udp_timeout=10" in f.fix
     out = json.loads(cli.stdout)
     assert "shorter_udp_timeout" in {x["id"] for x in out["findings"]}

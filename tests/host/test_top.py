@@ -83,28 +83,59 @@ def test_table_full_drops_equal_the_kernel(lab, tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which("tmux"), reason="needs tmux")
-def test_full_screen_view_in_tmux(lab, tmp_path):
+@pytest.mark.parametrize("width,height", [(80, 24), (200, 50)])
+def test_full_screen_view_in_tmux(lab, tmp_path, width, height):
+    """The real full-screen view in a terminal of that size, with the lab's
+    traffic and a table-full burst: the totals since the start equal the
+    kernel's and stay once the burst is over, the drops by reason and by
+    container, no blank line between sections, no line cut. The captures
+    are kept as artefacts of the run ($CTTRACE_ARTIFACTS)."""
+    from tests.chromium import artifacts
     ready = tmp_path / "ready"
-    session = f"cttop{os.getpid()}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "48",
-                    f"{CTTRACE} top --netns {lab.node} --interval 0.5 --ready-file {ready}"], check=True)
+    session = f"cttop{os.getpid()}x{width}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", str(height),
+                    # the terminal's own size: pytest leaves COLUMNS/LINES for its children
+                    f"env -u COLUMNS -u LINES {CTTRACE} top --netns {lab.node} --interval 0.5 "
+                    f"--ready-file {ready}"], check=True)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
             assert time.monotonic() < deadline, _pane(session)
             time.sleep(0.1)
+        before = lab.node_stats()
         lab.tcp_established(lab.containers[1], 20)
-        lab.table_full(lab.containers[0], k=120, admit=60)
+        r = lab.table_full(lab.containers[0], k=120, admit=60)
+        after = lab.node_stats()
+        full = (after["drop"] - before["drop"]) - (after["insert_failed"] - before["insert_failed"])
+        assert full == r.kernel_drop > 0
+        want = f"table-full drops {full:,}"
         deadline = time.monotonic() + 15           # a loaded machine redraws late
         screen = _pane(session)
-        while "table_full" not in screen and time.monotonic() < deadline:
+        while not (want in screen and "table-full drops/s 0 " in screen) and time.monotonic() < deadline:
             time.sleep(0.25)
             screen = _pane(session)
-        assert "table " in screen and "█" in screen or "░" in screen      # the fill gauge
+        (artifacts() / f"top-{width}x{height}.txt").write_text(screen)
+        lines = screen.split("\n")[:height]
+        assert len(lines) == height and all(len(l) <= width for l in lines)
+        head = " ".join(lines[:next(i for i, l in enumerate(lines) if l.startswith("╰"))])
+        assert "table " in head and ("█" in head or "░" in head)      # the fill gauge
+        assert want in head and "table-full drops/s 0 " in head, head  # the burst is over, its total stays
+        assert "lost events 0" in head
         assert "by src" in screen
-        top_line = next(l for l in screen.splitlines() if "198.18.1." in l)
-        assert lab.container_ip(lab.containers[0]) in top_line         # the biggest source first
-        assert "table_full" in screen and "198.19.0.2:53" in screen    # a drop line
+        top_line = next(l for l in lines if l.startswith("198.18.1."))
+        assert top_line.startswith(lab.container_ip(lab.containers[0]))     # the biggest source first
+        assert any("table_full" in l and "198.19.0.2:53" in l for l in lines)   # a drop line
+        assert f"drops by reason:  table_full {r.kernel_drop:,}" in screen
+        by = next(l for l in lines if "by container:" in l)
+        assert f"{lab.containers[0]} {r.kernel_drop:,}" in by or \
+            f"{lab.container_ip(lab.containers[0])} {r.kernel_drop:,}" in by, by
+        # no blank line between sections: blank lines only above the footer
+        body = lines[:-1]
+        blank = [i for i, l in enumerate(body) if not l.strip()]
+        assert blank == list(range(len(body) - len(blank), len(body))), screen
+        assert lines[-1].startswith("q quit")
+        if width >= 150:                           # the drops beside the main table
+            assert any(l.startswith("by src") and "drops by reason:" in l[width // 2:] for l in lines)
         subprocess.run(["tmux", "send-keys", "-t", session, "g"], check=True)
         time.sleep(1.0)
         assert "by dst" in _pane(session)

@@ -135,14 +135,16 @@ def test_export_findings_equal_the_known_content(tmp_path, fmt):
     # a 10 s UDP timeout frees the 300 idle ones, from their source and port
     u = found["shorter_udp_timeout"]
     assert "would free 300 entries now" in u.message
-    assert "198.18.0.9 -> udp/5000 300" in u.evidence and "198.18.0.10" not in u.evidence
+    assert "udp/5000: 300 entries from 1 source" in u.evidence
+    assert u.cuts[0]["top_sources"] == [{"src": "198.18.0.9", "entries": 300}] and len(u.cuts) == 1 and "198.18.0.10" not in u.evidence
     assert "assumed: the kernel's default" in u.evidence
     # 30 s TIME_WAIT: the 200 idle 100 s
     assert "would free 200 entries now" in found["shorter_tcp_timeout_time_wait"].message
     # a day of ESTABLISHED frees none of the 400 idle 1-2 h; 3600 frees all of them
     e = found["shorter_tcp_timeout_established"]
     assert "=3,600 (now 432,000) would free 400 entries" in e.message
-    assert "198.18.0.11 -> tcp/443 400" in e.evidence
+    assert "tcp/443: 400 entries from 1 source" in e.evidence
+    assert e.cuts[0]["top_sources"] == [{"src": "198.18.0.11", "entries": 400}]
     # 91% full: early drop can evict only the 400 not ASSURED of 1,003
     assert "early_drop_blocked" not in found        # 60% assured
     assert "table_full" in found                    # 1,003 of 1,100

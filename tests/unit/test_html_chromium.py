@@ -1,19 +1,17 @@
 """The HTML report renders in headless Chromium: a screenshot, and the
 three charts' line colours are really on it."""
 
-import shutil
 import struct
-import subprocess
 import zlib
 
 import pytest
 
+from tests.chromium import CHROMIUM, artifacts, screenshot
 from tests.unit.test_capture_report import make_capture
 from tracer.formats.capture import read_capture
 from tracer.core.report import analyse
 from tracer.views.report import to_html
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def png_pixels(data: bytes):
@@ -59,13 +57,7 @@ def test_html_report_draws_its_charts(tmp_path):
     rep = analyse(read_capture(str(make_capture(tmp_path / "c", seconds=20))))
     page = tmp_path / "r.html"
     page.write_text(to_html(rep))
-    shot = tmp_path / "s.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
-                    "--window-size=900,1300", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists(), "Chromium took no screenshot"
+    shot = screenshot(page, artifacts() / "report-unit.png", tmp_path / "profile")
     w, h, bpp, rows = png_pixels(shot.read_bytes())
     colours = {"fill": (0x1f, 0x77, 0xb4), "drops": (0xd6, 0x27, 0x28), "inserts": (0x2c, 0xa0, 0x2c)}
     seen = {k: 0 for k in colours}

@@ -67,7 +67,7 @@ def test_time_to_full_equals_the_known_curve(tmp_path):
     out = c.export_text()
     assert "forecast: full in ~20s (19s-22s) at 40.0 new entries/s (band 37.2-42.8/s over 20 s)" in out
     page = to_html(rep)
-    assert "<p><b>forecast:</b> full in ~20s (19s-22s) at 40.0 new entries/s" in page
+    assert "<h2>Forecast</h2><p>full in ~20s (19s-22s) at 40.0 new entries/s" in page
     assert json.loads(json.dumps(rep)) == rep
 
 

@@ -3,6 +3,7 @@ console, HTML) from captures made in the test, hostile ones included:
 a capture comes from another host, every string in it is foreign."""
 
 import html
+import re
 import io
 import json
 
@@ -31,10 +32,14 @@ def text_of(renderable, width=80) -> str:
 def test_render_exact_head(tmp_path):
     rep = analyse(read_capture(str(make_capture(tmp_path / "c"))))
     lines = text_of(render(rep), width=100).splitlines()
-    assert [l.rstrip(" │") for l in lines[:9]] == [
+    assert [l.rstrip(" │") for l in lines[:13]] == [
         "╭─ cttrace report ─────────────────────────────────────────────────────────────────────────────────╮",
         "│ h · kernel k · backend tracepoint · netns node",
         "│ 1970-01-01 00:16:40, 5 s, 31 records",
+        "│ 50 table-full drops from 10.0.0.2 between 00:16:40 and 00:16:45, table at its limit of 100.",
+        "│ 5 entries were evicted to make room (early drop).",
+        "│ Most new entries came from web-1 (10.0.0.1): 18 of 18.",
+        "│ Findings: 2 critical, 2 warning.",
         "│ inserts 18  deletes 0  table-full drops 50  early drops 5  insert failures 0  lost 0",
         "│ forecast: unknown (no remaining timeouts recorded)",
         "│ fill   ▇▇▇███",
@@ -86,8 +91,23 @@ def test_hostile_capture_through_the_cli(tmp_path):
 def test_html_exact_totals(tmp_path):
     rep = analyse(read_capture(str(make_capture(tmp_path / "c"))))
     page = to_html(rep)
-    assert ("<p><b>inserts 18 · deletes 0 · table-full drops 50 ·\nearly drops 5 · insert failures 0 · "
-            "lost events 0</b></p>") in page
-    assert page.count("<svg") == 3
-    assert "<tr><td>10.0.0.2</td><td>50</td><td></td></tr>" in page
+    cards = dict((k, v) for v, k in re.findall(r"<div[^>]*><b>([^<]*)</b><span>([^<]*)</span></div>", page))
+    assert cards == {"table-full drops": "50", "clash drops": "0", "early drops": "5", "inserts": "18",
+                     "deletes": "0", "peak fill": "95%", "lost events": "0"}
+    assert page.count("<svg") == 3           # fill, drops, inserts: no entries records in this capture
+    assert '<tr><td>10.0.0.2</td><td class="n">50</td><td></td></tr>' in page
     assert json.loads(json.dumps(rep)) == rep
+
+
+def test_drops_interval_line():
+    from tracer.core.events import Drop
+    from tracer.views.drops import interval_line, interval_record
+    mk = lambda src, reason, c: Drop(ts=0.0, netns=1, cpu=0, family="ipv4", proto="udp", src=src,  # noqa: E731
+                                      sport=1, dst="10.9.9.9", dport=53, reason=reason, ct_attached=False,
+                                      container=c)
+    ds = [mk("198.18.1.11", "table_full", "c1")] * 118 + [mk("198.18.1.12", "rule", "[red]c2\x1b")] * 3
+    r = interval_record(3600 * 3 + 21 * 60 + 41, 1.0, ds)
+    assert r["by_reason"] == {"table_full": 118, "rule": 3} and r["drops"] == 121
+    assert r["top_sources"][0] == {"container": "c1", "src": "198.18.1.11", "drops": 118}
+    assert interval_line(r) == "-- 03:21:41 1s: 118 table_full, 3 rule; most from c1 198.18.1.11 (118)"
+    assert "\x1b" not in interval_line({**r, "top_sources": r["top_sources"][::-1]})

@@ -50,14 +50,15 @@ def test_lines_view_exact_at_80_columns():
     out = text_of(render(frame(), full_screen=False))
     assert out.splitlines() == [
         "╭─ cttrace top — netns ctlab-node (4026532000) ────────────────────────────────╮",
-        "│ table 1,234 / 2,000  ███████████████████░░░░░░░░░░░  61.7%  buckets 1,024    │",
+        "│ table 1,234 / 2,000  ████████████░░░░░░░░  61.7%  buckets 1,024              │",
         "│ inserts/s 120   deletes/s 100   table-full drops/s 3.0   early drops/s 0     │",
         "│ insert failures/s 0                                                          │",
+        "│ since start:  table-full drops 0  clash drops 0  rule drops 0  early drops 0 │",
+        "│ lost events 0                                                                │",
         "│ fill  ▂▅▅                              drops ▁█▃                             │",
         "│ backend tracepoint (no kprobes/fentry on this kernel: inserts and deletes    │",
         "│ come from ctnetlink events; early drops and insert failures are counters     │",
         "│ only)                                                                        │",
-        "│ lost events 0, netlink overruns 0, over rate limit 0                         │",
         "╰──────────────────────────────────────────────────────────────────────────────╯",
         "by src (sorted by entries)                                                      ",
         "┏━━━━━━━━━━━━━━┳━━━━━━━━━┳━━━━━━━┳━━━━━━━━━━━┳━━━━━━━━━━━┳━━━━━━━━━┳━━━━━━━━━━━┓",
@@ -66,6 +67,8 @@ def test_lines_view_exact_at_80_columns():
         "│ 198.18.1.11  │   1,000 │ 81.0% │       100 │        90 │     3.0 │ ctlab-c1  │",
         "│ 198.18.1.12  │     234 │ 19.0% │       0.5 │         0 │       0 │           │",
         "└──────────────┴─────────┴───────┴───────────┴───────────┴─────────┴───────────┘",
+        "drops by reason:  none",
+        "by container:  none",
         "latest drops                                                                    ",
         "┏━━━━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━┓",
         "┃ time      ┃ reason      ┃ tuple                                  ┃ container ┃",
@@ -114,14 +117,14 @@ def test_full_screen_header_is_never_cut(width):
         assert any(item in l for l in head), (item, head)           # never split inside an item
     assert "by src (sorted by entries)" in out and "latest drops" in out
     assert lines[-1].startswith("q quit  g group  s sort  p pause  h help")
-    if width == 200:
-        assert len(head) == 5                                         # one line each at full width
+    if width == 200:     # one line each at full width; the history is drawn below the tables
+        assert len(head) == 4 and head[2].startswith("since start:")
 
 
 def test_classic_80x24_terminal_still_shows_a_drop_row():
     out = text_of(render(frame()), width=80, height=24).splitlines()
     assert len(out) == 24
-    assert "│ 198.18.1.11  │   1,000 │" in "\n".join(out)
+    assert any(l.startswith("198.18.1.11 ") and " 1,000 " in l for l in out)
     assert any("table_full" in l and "198.19.0.2:53" in l for l in out)
 
 
@@ -146,6 +149,55 @@ def test_names_from_the_system_render_literally(full_screen, group):
     assert "cttrace top — netns [/netns] (4026532000)  [PAUSED]" in out
     assert "[bold red]c1" in out and "[/r]" in out
     if group == "container":
-        assert "│ [/x] " in out
+        assert ("\n[/x] " if full_screen else "│ [/x] ") in out
     else:
         assert "[/x][bold red]x\\x1b[2J\\x1b]0;title\\x07" in out
+
+
+BURST = dict(totals={"table_full": 120, "insert_failed": 4, "rule": 3, "early_drops": 2, "inserts": 500,
+                     "deletes": 10, "lost_events": 0},
+             drops_by_reason={"table_full": 120, "insert_failed": 4, "rule": 3},
+             drops_by_container=[{"name": "ctlab-c1", "drops": 120, "sources": 1},
+                                 {"name": "198.18.1.12", "drops": 7, "sources": 1}],
+             rates={**FRAME["rates"], "drops": 0.0},         # the burst is over
+             drops=FRAME["drops"] * 8,
+             top=[{**FRAME["top"][0], "key": f"198.18.1.{i}", "entries": 100 - i} for i in range(10, 22)])
+
+
+def test_totals_since_start_stay_after_a_burst():
+    out = text_of(render(frame(**BURST)), width=80, height=24)
+    head = " ".join(_header_lines(out))
+    assert "table-full drops/s 0 " in head                       # now: over
+    for item in ("table-full drops 120", "clash drops 4", "rule drops 3", "early drops 2", "lost events 0"):
+        assert item in head, item                                # since the start: kept
+    lines = out.splitlines()
+    assert any(l.startswith("drops by reason:  table_full 120  insert_failed 4  rule 3") for l in lines)
+    assert any(l.startswith("by container:  ctlab-c1 120  198.18.1.12 7") for l in lines)
+
+
+@pytest.mark.parametrize("width,height", [(80, 24), (200, 50), (100, 40)])
+def test_full_screen_has_no_gap_and_no_cut(width, height):
+    """Every line of the terminal used: the sections follow each other with
+    no blank line between them, the blank lines (if any) only above the
+    footer, the footer on the last line; a wide screen puts the drops
+    beside the main table and uses its columns."""
+    out = text_of(render(frame(**BURST)), width=width, height=height).splitlines()
+    assert len(out) == height and all(len(l) == width for l in out)
+    assert out[-1].startswith("q quit")
+    body = out[:-1]
+    blank = [i for i, l in enumerate(body) if not l.strip()]
+    assert blank == list(range(len(body) - len(blank), len(body)))        # only at the end
+    assert len(blank) <= max(2, height // 5)
+    rows = [l for l in out if l.startswith("198.18.1.")]
+    drops = [l for l in out if "table_full" in l and "198.19.0.2:53" in l]
+    assert rows and drops
+    if width >= 150:
+        # side by side: main table rows and drop rows on the same lines, both sides filled
+        assert any("198.18.1." in l[:100] and "198.19.0.2:53" in l[100:] for l in out)
+        assert all(len(l.rstrip()) >= width - 12 for l in out if "198.19.0.2:53" in l)
+        assert len(rows) == 12 and len(drops) == 8                         # everything fits
+    else:
+        assert max(out.index(l) for l in rows) < min(out.index(l) for l in drops)
+    if (width, height) == (80, 24):
+        assert len(rows) >= 2 and len(drops) >= 2
+        assert any("more below" in l for l in out)              # rows left out are said

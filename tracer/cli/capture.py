@@ -12,6 +12,7 @@ from dataclasses import asdict
 import click
 
 from tracer.cli import abort, say, session
+from tracer.formats.capture import ENTRIES_MAX_COUNT
 from tracer.cli.options import backend_option, duration, netns_option, ready_file_option
 
 
@@ -38,17 +39,28 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
       sudo cttrace capture --netns 4242 --max-events 100000 -o ns.ctcap
     """
     from tracer.formats.capture import CaptureError, Writer, row_record
+    from tracer.kernel.ctnetlink import NetlinkError
     from tracer.kernel.ctevents import DELETE
     from tracer.kernel.host import read_live
     from tracer.live.session import Options
 
     opts = Options(backend=backend, rate=100000, netns=netns, entry_events=True, only_followed_netns=True)
     counts = {"insert": 0, "delete": 0, "drop": 0}
+    mix_due = [0.0]                 # when the next entries record is due (monotonic)
     with session("capture", opts) as s:
         def stats():
             st = s.read_table()
             w.write({"k": "stats", "t": time.time(), "count": st.count, "max": st.max,
                      "kernel": st.totals})
+            if time.monotonic() >= mix_due[0] and (st.count or 0) <= ENTRIES_MAX_COUNT:
+                t0 = time.monotonic()
+                try:
+                    w.write(_entries(netns, s.names.ip))
+                except NetlinkError:
+                    mix_due[0] = float("inf")        # not readable here: no entries records
+                    return
+                # a dump costs time: at most 5% of the capture's (every interval on small tables)
+                mix_due[0] = t0 + max(interval, 20 * (time.monotonic() - t0))
 
         try:
             start_state = read_live(netns, 0.1, names=s.names.names)
@@ -101,6 +113,25 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
                 w.close()
                 say(f"{w.records:,} records written to {output} ({counts['insert']:,} inserts, "
                     f"{counts['delete']:,} deletes, {counts['drop']:,} drops)")
+
+
+def _entries(netns, name_of) -> dict:
+    """An entries record: the followed table's entries by container (or
+    source address), from a ctnetlink dump counted as it streams."""
+    from collections import Counter
+
+    from tracer.formats.capture import entries_record
+    from tracer.kernel import ctnetlink
+    from tracer.kernel import netns as ns
+    raw: Counter = Counter()
+    with ns.entered(netns):
+        res = ctnetlink.dump(sink=lambda rows: raw.update(r[ctnetlink.R_SRC] for r in rows))
+    dec = ctnetlink.NetlinkDecoder()
+    by: Counter = Counter()
+    for a, n in raw.items():
+        src = dec.addr(a)[1]
+        by[name_of(src) or src] += n
+    return entries_record(time.time(), by, res.count)
 
 
 def _progress(total: float):

@@ -7,8 +7,9 @@ system.
 from __future__ import annotations
 
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+from tracer.core import cuts as who
 from tracer.core import forecast as fc
 from tracer.core import kversion
 from tracer.core.counters import clash_drops, table_full_drops
@@ -16,6 +17,7 @@ from tracer.core import nat
 from tracer.core.hoststate import HostState
 
 CRITICAL, WARNING, INFO = "critical", "warning", "info"
+SEVERITIES = (CRITICAL, WARNING, INFO)       # the order findings are listed in, everywhere
 # Tunnels whose outer UDP flows need no state: port -> (name, finding id suffix).
 # 8472 is the Linux vxlan driver's historical default, used by flannel and Cilium.
 TUNNELS = {4789: ("VXLAN", "vxlan"), 8472: ("VXLAN (Linux's default port: flannel, Cilium)", "vxlan_8472"),
@@ -30,9 +32,21 @@ class Finding:
     message: str
     evidence: str
     fix: str
+    # who the fix cuts, by application (tracer/core/cuts.py; docs/json.md)
+    cuts: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def by_severity(findings: list) -> list:
+    """Critical first, then warning, then info; in the order the rules made
+    them within a severity (a stable sort). Findings may be Finding objects
+    or their dicts (a report's)."""
+    def rank(f):
+        sev = f.get("severity") if isinstance(f, dict) else f.severity
+        return SEVERITIES.index(sev) if sev in SEVERITIES else len(SEVERITIES)
+    return sorted(findings, key=rank)
 
 
 def _notrack(rules: str, port: int) -> bool:
@@ -51,6 +65,11 @@ def _notrack(rules: str, port: int) -> bool:
 
 
 def diagnose(h: HostState) -> list[Finding]:
+    """The findings for h, critical first (by_severity)."""
+    return by_severity(_rules(h))
+
+
+def _rules(h: HostState) -> list[Finding]:
     out: list[Finding] = []
     add = lambda *a: out.append(Finding(*a))  # noqa: E731
     mx, cnt = h.max or 0, h.count or 0
@@ -116,26 +135,30 @@ def diagnose(h: HostState) -> list[Finding]:
                 f = table_forecast(h, h.max, scale=keep)
                 after = (f"; without them {total - n:,} of {total:,} entries stay"
                          + (f", {fc.text(f)}" if f.get("filling") is not None else ""))
+            cut = [g for g in (h.ages or {}).get("apps", []) if g.get("app") == f"udp/{port}"]
             add(f"tracked_{tag}", WARNING,
                 f"{name} tunnel traffic (udp/{port}) is tracked: {n:,} entries that need no state",
                 f"{n:,} entries with destination port udp/{port}; "
-                + ("an export holds only tracked entries" if h.export else "no NOTRACK rule for it") + after,
+                + ("an export holds only tracked entries" if h.export else "no NOTRACK rule for it") + after
+                + ("; who NOTRACK stops tracking: below" if cut else ""),
                 f"iptables -t raw -A PREROUTING -p udp --dport {port} -j CT --notrack\n"
                 f"iptables -t raw -A OUTPUT -p udp --dport {port} -j CT --notrack\n"
                 f"conntrack -D -p udp --dport {port}\n"
                 f"# nftables: nft add table ip raw; nft add chain ip raw pre '{{ type filter hook "
-                f"prerouting priority raw; }}'; nft add rule ip raw pre udp dport {port} notrack")
+                f"prerouting priority raw; }}'; nft add rule ip raw pre udp dport {port} notrack", cut)
 
     if total >= 100 and h.by_src:
         src, n = max(h.by_src.items(), key=lambda kv: kv[1])
         if n / total >= 0.3:
-            who = h.containers.get(src)
+            name = h.containers.get(src)
+            cut = (h.ages or {}).get("source_apps", {}).get(src, [])
             add("heavy_source", WARNING if n / total >= 0.5 else INFO,
-                f"{who or src} holds {100 * n / total:.0f}% of the table",
-                f"{n:,} of {total:,} entries have original source {src}" + (f" ({who})" if who else ""),
+                f"{name or src} holds {100 * n / total:.0f}% of the table",
+                f"{n:,} of {total:,} entries have original source {src}" + (f" ({name})" if name else "")
+                + ("; its applications: below" if cut else ""),
                 f"cttrace top --src {src}/{32 if ':' not in src else 128}   # what it opens\n"
                 "# if it is a container on a NATed bridge with heavy traffic: host networking, "
-                "connection reuse, or NOTRACK for its traffic")
+                "connection reuse, or NOTRACK for its traffic", cut)
     return out
 
 
@@ -198,6 +221,7 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
         for name, c in best.items():
             idle = "; ".join((f"{k}: " if len(c["kinds"]) > 1 else "") + ", ".join(f"{lab} {n:,}" for lab, n in a["idle"][k]["buckets"].items() if n)
                              for k in c["kinds"] if k in a.get("idle", {}))
+            cut = c.get("cuts") or []
             apps = ", ".join(f"{x['src']} -> {x['dport']} {x['entries']:,}" for x in c.get("by_app", []))
             assumed = (f" (nf_conntrack_{name}={c['current']:,} assumed: the kernel's default; an export "
                        "carries no sysctls, give the host's with --sysctls)" if name in h.assumed else "")
@@ -205,11 +229,12 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
                 f"nf_conntrack_{name}={c['proposed']:,} (now {c['current']:,}) would free "
                 f"{c['freed']:,} entries now ({100 * c['freed'] / total:.0f}% of the table)",
                 f"idle time of {', '.join(c['kinds'])} (timeout - remaining): {idle}"
-                + (f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else "")
+                + (f"; idle {c['proposed']:,} s or more: {who.summary(cut)} (who it cuts: below)" if cut else
+                   f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else "")
                 + assumed,
                 f"sysctl -w net.netfilter.nf_conntrack_{name}={c['proposed']}\n"
                 f"# it cuts flows idle longer than {c['proposed']} s: the applications above must "
-                "send within that time (keep-alives) or reconnect")
+                "send within that time (keep-alives) or reconnect", cut)
     # early drop only evicts entries that are not ASSURED
     share = a.get("assured", 0) / total if total else 0.0
     why = (f"{a.get('assured', 0):,} of {total:,} entries are ASSURED; the kernel evicts only entries "
@@ -361,6 +386,7 @@ def _drops(h: HostState, add, fill: float, raise_fix: str) -> tuple[int, int]:
              f"(a clash at insert counts in both)")
     # A full table is seen as such: entries at (or next to) the limit, or
     # entries being evicted to make room (early_drop happens only when full).
+    fill = max(fill, h.peak_fill or 0.0)             # a capture: its fullest sample
     full = fill >= 0.9 or now["early_drop"] > 0
     if other_now > 0 and full:
         add("dropping_now", CRITICAL,

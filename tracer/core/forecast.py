@@ -32,6 +32,7 @@ from collections import Counter
 from operator import itemgetter
 
 from tracer.core.conntrack import F_ASSURED, F_UNREPLIED, STATE_NAMES, proto_name
+from tracer.core import cuts
 
 TCP_SYSCTL = {"SYN_SENT": "tcp_timeout_syn_sent", "SYN_RECV": "tcp_timeout_syn_recv",
               "ESTABLISHED": "tcp_timeout_established", "FIN_WAIT": "tcp_timeout_fin_wait",
@@ -44,6 +45,8 @@ IDLE_BUCKETS = ((0, 10), (10, 60), (60, 300), (300, 3600), (3600, 86400), (86400
 CANDIDATES = {"tcp_timeout_established": (86400, 3600), "tcp_timeout_time_wait": (30,),
               "tcp_timeout_close_wait": (30,), "udp_timeout": (10,), "udp_timeout_stream": (60,),
               "generic_timeout": (120,), "icmp_timeout": (10,)}
+WHO_APPS = 10             # applications kept in the summary's "apps" (who the table holds)
+WHO_SOURCES = 3           # sources whose applications are kept ("source_apps")
 APPS_CAP = 200_000         # distinct (kind, remaining, source, port) kept for the per-application split
 _KEY = itemgetter(0, 1, 5, 9)
 _APP = itemgetter(0, 1, 5, 9, 2, 4)
@@ -161,16 +164,36 @@ def summarize(remaining: dict, sysctls: dict, assured: int = 0, apps=None) -> di
                         by[(src, port)] += n
                 c["by_app"] = [{"src": s, "dport": p, "entries": n}
                                for (s, p), n in sorted(by.items(), key=lambda kv: (-kv[1], kv[0]))[:10]]
+                c["cuts"] = cuts.group((s, p, n) for (s, p), n in by.items())
             cand.append(c)
     # new entries live the timeout of the kind the youngest entries hold; with
     # none touched lately, of the kind most entries hold (as top and serve do)
     life_kind = young.most_common(1)[0][0] if young and young.most_common(1)[0][1] else \
         max(idle, key=lambda k: (sum(remaining[k].values()), k), default=None)
-    return {"schedule": sched, "remaining": {k: {str(t): n for t, n in sorted(d.items())}
-                                             for k, d in remaining.items()},
-            "idle": idle, "candidates": cand, "assured": assured, "total": total,
-            "new_kind": life_kind,
-            "life": idle[life_kind]["timeout"] if life_kind else None}
+    out = {"schedule": sched, "remaining": {k: {str(t): n for t, n in sorted(d.items())}
+                                            for k, d in remaining.items()},
+           "idle": idle, "candidates": cand, "assured": assured, "total": total,
+           "new_kind": life_kind,
+           "life": idle[life_kind]["timeout"] if life_kind else None}
+    if apps is not None:
+        out.update(_who(apps))
+    return out
+
+
+def _who(apps) -> dict:
+    """Whose entries the table holds, for the doctor's "who it cuts": the
+    biggest applications (cuts.group) and, for the biggest sources, their
+    applications."""
+    pairs: Counter = Counter()
+    for _, _, src, port, n in apps:
+        pairs[(src, port)] += n
+    per_src: Counter = Counter()
+    for (src, _), n in pairs.items():
+        per_src[src] += n
+    top = {s for s, _ in per_src.most_common(WHO_SOURCES)}
+    return {"apps": cuts.group(((s, p, n) for (s, p), n in pairs.items()), apps=WHO_APPS),
+            "source_apps": {s: cuts.group((x, p, n) for (x, p), n in pairs.items() if x == s)
+                            for s in sorted(top)}}
 
 
 def _label(lo: int, hi: int | None) -> str:
@@ -332,6 +355,15 @@ def clean(raw) -> dict:
             out[key] = raw[key]
     if isinstance(raw.get("new_kind"), str):
         out["new_kind"] = raw["new_kind"]
+    if "candidates" in out:
+        out["candidates"] = [{**x, "cuts": cuts.clean(x["cuts"])} if "cuts" in x else x
+                             for x in out["candidates"]]
+    if raw.get("apps") is not None:
+        out["apps"] = cuts.clean(raw["apps"])
+    sa = raw.get("source_apps")
+    if isinstance(sa, dict):
+        out["source_apps"] = {k: cuts.clean(v) for k, v in list(sa.items())[:WHO_SOURCES * 4]
+                              if isinstance(k, str)}
     return out
 
 

@@ -45,3 +45,4 @@ class HostState:
     # Set when reading a capture (report.capture_state), never recorded:
     dump_lag: float | None = None       # seconds from the dump of `ages` to the window's end (None: the window)
     inserts_seen: int | None = None     # new entries the capture's events showed over the window
+    peak_fill: float | None = None      # the highest count/max of the capture's samples

@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 
 from tracer.core import counters
 from tracer.core import forecast as fc
 from tracer.formats.capture import Capture, counter_deltas
-from tracer.core.doctor import diagnose, table_forecast
+from tracer.core.doctor import SEVERITIES, by_severity, diagnose, table_forecast
 from tracer.core.hoststate import HostState
 
 
 MAX_POINTS = 3600
+BURST_GAP = 2          # seconds without a drop that end a drop burst
+MAX_BURSTS = 10        # bursts named in a report (the biggest; listed in time order)
 
 
 def capture_state(cap: Capture) -> HostState:
@@ -27,6 +30,8 @@ def capture_state(cap: Capture) -> HostState:
         t0, t1 = stats[0]["t"], stats[-1]["t"]
         h.dump_lag = 0.0 if cap.of("end") else max(t1 - t0, 0.0)
         h.inserts_seen = sum(1 for r in cap.of("insert") if t0 <= r["t"] <= t1)
+    fills = [s["count"] / s["max"] for s in stats if s.get("count") is not None and s.get("max")]
+    h.peak_fill = max(fills, default=None)
     return h
 
 
@@ -53,8 +58,8 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     # timeline: one point per second, or wider buckets for long captures
     width = max(1, math.ceil((t1 - t0 + 1) / MAX_POINTS))
     n = (int((t1 - t0) // width) + 1) if stats else 0
-    tl = [{"t": i * width, "count": None, "max": None, "drops": 0, "inserts": 0, "deletes": 0}
-          for i in range(n)]
+    tl = [{"t": i * width, "count": None, "max": None, "drops": 0, "inserts": 0, "deletes": 0,
+           "clash": 0, "early_drops": 0} for i in range(n)]
 
     def bucket(t: float) -> int | None:
         i = int((t - t0) // width)
@@ -66,8 +71,11 @@ def analyse(cap: Capture, top: int = 10) -> dict:
         tl[i]["count"], tl[i]["max"] = s.get("count"), s.get("max")
         if prev is not None:     # the interval's table-full drops, at its middle
             j = bucket((prev["t"] + s["t"]) / 2)
-            tl[j if j is not None else i]["drops"] += int(counters.table_full_drops(
-                counters.deltas(prev["kernel"], s["kernel"])))
+            d = counters.deltas(prev["kernel"], s["kernel"])
+            x = tl[j if j is not None else i]
+            x["drops"] += int(counters.table_full_drops(d))
+            x["clash"] += int(counters.clash_drops(d))
+            x["early_drops"] += int(d.get("early_drop", 0))
         prev = s
     last = None
     for x in tl:                 # samples every interval > 1 s: carry the fill forward
@@ -89,6 +97,14 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     state = capture_state(cap)
     start_state = cap.header.get("state") or {}
     lost = int(sum(r.get("n", 1) for r in cap.of("lost")))
+    findings = [f.to_dict() for f in diagnose(state)]
+    totals = {"inserts": len(ins), "deletes": len(dels), "drops": delta("drop"),
+              "table_full": int(counters.table_full_drops(deltas)),
+              "drop_events": len(drops), "early_drops": delta("early_drop"),
+              "insert_failed": delta("insert_failed"), "lost": lost,
+              "drop_events_by_reason": dict(Counter(r.get("reason", "") for r in drops))}
+    runs = drop_bursts(tl, drops, t0, width)
+    by_container = drops_by_container(drop_src, drops, names)
     return {
         "capture": {"host": cap.header.get("host"), "kernel": cap.header.get("kernel"),
                     "backend": cap.header.get("backend"), "netns": cap.header.get("netns"),
@@ -96,11 +112,7 @@ def analyse(cap: Capture, top: int = 10) -> dict:
                     "truncated": cap.truncated, "bad_records": cap.bad_records},
         # drops: the kernel's `drop` (every packet conntrack dropped); table_full
         # is it less the clash drops (tracer/core/counters.py)
-        "totals": {"inserts": len(ins), "deletes": len(dels), "drops": delta("drop"),
-                   "table_full": int(counters.table_full_drops(deltas)),
-                   "drop_events": len(drops), "early_drops": delta("early_drop"),
-                   "insert_failed": delta("insert_failed"), "lost": lost,
-                   "drop_events_by_reason": dict(Counter(r.get("reason", "") for r in drops))},
+        "totals": totals,
         "fill": {"start": _fill(stats[0]) if stats else None, "end": _fill(stats[-1]) if stats else None,
                  "max": stats[-1].get("max") if stats else None},
         "timeline": tl,
@@ -112,9 +124,178 @@ def analyse(cap: Capture, top: int = 10) -> dict:
         "state_mix": {"start": start_state.get("by_state", {}), "end": state.by_state},
         "drop_bursts": [{"second": x["t"], "drops": x["drops"]} for x in bursts],
         "forecast": capture_forecast(state),
-        "findings": [f.to_dict() for f in diagnose(state)],
+        "findings": findings,
+        # added with the time-axis report (docs/json.md)
+        "summary": summary(totals, deltas, runs, by_container, tl, t0, findings,
+                           top_inserter=(by_src_ins.most_common(1) or [None])[0], names=names),
+        "bursts": runs,
+        "drops_by_reason": drops_by_reason(deltas, drops),
+        "drops_by_container": by_container,
+        "entries_by_source": entries_by_source(cap.of("entries"), t0, width, n),
     }
 
 
 def _fill(s: dict):
     return s["count"] / s["max"] if s.get("count") is not None and s.get("max") else None
+
+
+def drop_bursts(tl: list, drops: list, t0: float, width: int) -> list[dict]:
+    """Runs of timeline points with conntrack drops (table full or clash),
+    split by BURST_GAP seconds without one. Each: first and last drop (the
+    drop events' times where recorded, else the points'), drops (the
+    kernel's, exact), peak rate per second, the main sources (drop events
+    in the burst, by container or address) and the table's fill then."""
+    runs, cur = [], None
+    for i, x in enumerate(tl):
+        if x["drops"] + x["clash"] > 0:
+            if cur is not None and i - cur[1] <= max(1, BURST_GAP // width):
+                cur[1] = i
+            else:
+                cur = [i, i]
+                runs.append(cur)
+    out = []
+    for a, b in runs:
+        pts = tl[a:b + 1]
+        lo, hi = t0 + tl[a]["t"], t0 + tl[b]["t"] + width
+        # the kernel counts an interval's drops at its middle: events may lie half an interval out
+        ev = [d for d in drops if lo - width <= d["t"] < hi + width]
+        who = Counter(d.get("container") or d["src"] for d in ev)
+        # the samples around the burst (one before: the limit may change within an interval)
+        full = [x for x in tl[max(a - 1, 0):b + 1] if x.get("count") is not None and x.get("max")]
+        peak_fill = max(full, key=lambda x: x["count"] / x["max"]) if full else None
+        out.append({"first": min((d["t"] for d in ev), default=lo),
+                    "last": max((d["t"] for d in ev), default=hi),
+                    "drops": sum(x["drops"] for x in pts), "clash": sum(x["clash"] for x in pts),
+                    "peak_per_s": round(max(x["drops"] + x["clash"] for x in pts) / width, 3),
+                    "drop_events": len(ev),
+                    "reasons": dict(Counter(d.get("reason", "") for d in ev).most_common()),
+                    "sources": [{"name": k, "drop_events": v} for k, v in who.most_common(3)],
+                    "count": peak_fill["count"] if peak_fill else None,
+                    "max": min(x["max"] for x in full) if full else None})
+    big = sorted(out, key=lambda x: -(x["drops"] + x["clash"]))[:MAX_BURSTS]
+    return sorted(big, key=lambda x: x["first"])
+
+
+def drops_by_reason(deltas: dict, drops: list) -> list[dict]:
+    """Drops over the capture by reason: the kernel's counters (exact)
+    beside the drop events recorded (the probes' detail, possibly sampled)."""
+    ev = Counter(d.get("reason", "") for d in drops)
+    clash = int(counters.clash_drops(deltas))
+    kernel = {"table_full": int(counters.table_full_drops(deltas)), "insert_failed": clash,
+              "early_drop": int(deltas.get("early_drop", 0)), "invalid": None, "rule": None}
+    rows = [{"reason": r, "kernel": k, "events": ev.pop(r, 0)} for r, k in kernel.items()]
+    rows += [{"reason": r, "kernel": None, "events": n} for r, n in sorted(ev.items())]
+    return [r for r in rows if r["kernel"] or r["events"]]
+
+
+def drops_by_container(exact: Counter, drops: list, names: dict) -> list[dict]:
+    """Drops by container (or source address where none is known): the
+    per-source counts (exact from the probes' maps where the capture has
+    them), with each one's addresses and its drop events by reason."""
+    groups: dict = {}
+    for src, n in exact.items():
+        g = groups.setdefault(names.get(src) or src, {"drops": 0, "sources": set(), "reasons": Counter()})
+        g["drops"] += n
+        g["sources"].add(src)
+    for d in drops:
+        g = groups.setdefault(names.get(d["src"]) or d["src"],
+                              {"drops": 0, "sources": set(), "reasons": Counter()})
+        g["reasons"][d.get("reason", "")] += 1
+        g["sources"].add(d["src"])
+    rows = [{"name": k, "container": k if k not in g["sources"] else None, "drops": g["drops"],
+             "sources": sorted(g["sources"])[:10], "events_by_reason": dict(g["reasons"].most_common())}
+            for k, g in groups.items()]
+    return sorted(rows, key=lambda r: (-r["drops"], -sum(r["events_by_reason"].values()), r["name"]))
+
+
+def entries_by_source(recs: list, t0: float, width: int, n: int) -> dict | None:
+    """The table's entries by container/source over time, from the
+    capture's entries records (revision 2; None for older captures): the
+    keys (biggest first, "other" last) and one point per timeline point
+    that has a record (its last)."""
+    if not recs:
+        return None
+    pts: dict = {}
+    for r in recs:
+        i = int((r["t"] - t0) // width)
+        if 0 <= i < max(n, 1):
+            pts[i] = r
+    peak: Counter = Counter()
+    for r in pts.values():
+        for k, v in r["by"].items():
+            peak[k] = max(peak[k], v)
+    keys = sorted((k for k in peak if k != "other"), key=lambda k: (-peak[k], k))
+    if "other" in peak:
+        keys.append("other")
+    return {"keys": keys,
+            "points": [{"t": round(r["t"] - t0, 3), "total": r.get("total", sum(r["by"].values())),
+                        "by": {k: r["by"].get(k, 0) for k in keys}} for _, r in sorted(pts.items())]}
+
+
+def clock(t: float, seconds: bool = True) -> str:
+    """HH:MM:SS (or HH:MM) of an epoch time, in this machine's time zone."""
+    return time.strftime("%H:%M:%S" if seconds else "%H:%M", time.localtime(t))
+
+
+def span(a: float, b: float) -> str:
+    """'between 01:27:58 and 01:27:59'; within two seconds, to the tenth:
+    'between 01:27:58.1 and 01:27:58.6'."""
+    if b - a < 2:
+        f = lambda t: clock(t) + f".{int((t % 1) * 10)}"  # noqa: E731
+        return f"between {f(a)} and {f(b)}"
+    return f"between {clock(a)} and {clock(b)}"
+
+
+def summary(totals: dict, deltas: dict, bursts: list, by_container: list, tl: list, t0: float,
+            findings: list, top_inserter=None, names: dict | None = None) -> list[str]:
+    """What happened, in plain words: a few sentences, the drops first."""
+    out = []
+    tf, clash = totals["table_full"], int(counters.clash_drops(deltas))
+    total = sum(r["drops"] for r in by_container) or 0
+    if tf or clash:
+        what = " and ".join(x for x in (f"{tf:,} table-full drop{'s' * (tf != 1)}" if tf else "",
+                                        f"{clash:,} clash drop{'s' * (clash != 1)} (insert failures)"
+                                        if clash else "") if x)
+        who = ""
+        if by_container and total:
+            top = by_container[0]
+            if top["drops"] >= 0.8 * total:
+                who = f" from {top['name']}"
+            else:
+                who = (f" from {len(by_container):,} sources, most from {top['name']} "
+                       f"({top['drops']:,})")
+        when = ""
+        if bursts:
+            a, b = bursts[0]["first"], bursts[-1]["last"]
+            when = f" {span(a, b)}"
+            if len(bursts) > 1:
+                when += f" in {len(bursts)} bursts"
+        fill = ""
+        full = [x for x in bursts if x.get("count") is not None and x.get("max")]
+        if full:
+            x = max(full, key=lambda x: x["count"] / x["max"])
+            # the kernel refuses a new entry for a full table only at its limit: with
+            # table-full drops and the sampled count near it, the table was there
+            at = x["count"] >= x["max"] - max(1, x["max"] // 200) or (x["drops"] and x["count"] >= x["max"] / 2)
+            fill = (f", table at its limit of {x['max']:,}" if at
+                    else f", table {100 * x['count'] / x['max']:.0f}% full ({x['count']:,} of {x['max']:,})")
+        out.append(f"{what}{who}{when}{fill}.")
+    else:
+        last = next((x for x in reversed(tl) if x.get("count") is not None), None)
+        fill = (f"; the table held {last['count']:,} of {last['max']:,} entries at the end "
+                f"({100 * last['count'] / last['max']:.0f}%)" if last and last.get("max") else "")
+        secs = tl[-1]["t"] if tl else 0
+        out.append(f"No conntrack drops in {secs:,.0f} s{fill}.")
+    if totals["early_drops"]:
+        out.append(f"{totals['early_drops']:,} entries were evicted to make room (early drop).")
+    if top_inserter and totals["inserts"]:
+        src, n = top_inserter
+        name = (names or {}).get(src)
+        out.append(f"Most new entries came from {name + ' (' + src + ')' if name else src}: "
+                   f"{n:,} of {totals['inserts']:,}.")
+    if totals["lost"]:
+        out.append(f"{totals['lost']:,} event batches were lost: detail is incomplete, counts are exact.")
+    sev = Counter(f["severity"] for f in findings)
+    if findings:
+        out.append("Findings: " + ", ".join(f"{sev[s]} {s}" for s in SEVERITIES if sev[s]) + ".")
+    return out

@@ -10,6 +10,12 @@ records, each with "k" (kind) and "t" (seconds since the epoch):
   drop    a Drop (cttrace drops --json fields)
   lost    what, n                                       (netlink overrun, ...)
   end     totals, sources (exact per-source drops), state (HostState at the end)
+Revision 2 (header "revision": 2; still version 1: readers of version 1
+ignore record kinds they do not know, and files without it read as before):
+  entries by ({container name or source address: entries}, the ENTRY_KEYS
+          biggest and "other"), total: the table's entries by source, from a
+          dump every few intervals (none when the table is too big to dump
+          often: ENTRIES_MAX_COUNT)
 Files are created with mode 0600 (they hold addresses), never through a
 symbolic link and never over an existing file unless asked (overwrite=True:
 a new file renamed over the old name). The reader accepts a truncated last
@@ -36,6 +42,9 @@ from tracer.core.hoststate import HostState
 
 FORMAT = "cttrace-capture"
 VERSION = 1
+REVISION = 2           # additions readable by every version-1 reader (entries records)
+ENTRY_KEYS = 12        # an entries record names this many containers/sources, the rest is "other"
+ENTRIES_MAX_COUNT = 200_000   # no entries records above this many entries (a dump takes ~1 s per 200k)
 
 
 class CaptureError(Exception):
@@ -53,7 +62,7 @@ class Writer:
         self._raw = os.fdopen(fd, "wb")
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
         self.records = 0
-        self.write({"format": FORMAT, "version": VERSION, **header})
+        self.write({"format": FORMAT, "version": VERSION, "revision": REVISION, **header})
 
     def write(self, rec: dict) -> None:
         self._gz.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
@@ -351,6 +360,9 @@ def _valid(rec) -> dict:
         if not isinstance(rec.get("src"), str) or not (rec.get("container") is None or
                                                        isinstance(rec.get("container"), str)):
             raise ValueError("bad tuple")
+    elif k == "entries":
+        if not _counts(rec.get("by")) or not _num(rec.get("total", 0)):
+            raise ValueError("bad entries")
     elif k == "lost":
         if not _num(rec.get("n", 1)):
             raise ValueError("bad lost")
@@ -388,6 +400,17 @@ def _clean_state(raw) -> dict:
             from tracer.core.nat import clean_state
             out[f.name] = clean_state(v)
     return out
+
+
+def entries_record(t: float, counts: dict, total: int) -> dict:
+    """An entries record from {container or source: entries}: the
+    ENTRY_KEYS biggest, the rest summed as "other"."""
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    by = dict(top[:ENTRY_KEYS])
+    rest = sum(n for _, n in top[ENTRY_KEYS:])
+    if rest:
+        by["other"] = by.get("other", 0) + rest
+    return {"k": "entries", "t": round(t, 6), "by": by, "total": total}
 
 
 def row_record(kind: str, row: tuple, t: float, name_of=None) -> dict:

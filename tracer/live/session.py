@@ -306,6 +306,20 @@ class TracingSession:
         return out
 
     # --- the live view's data ----------------------------------------------------
+    def _drops_by_who(self, n: int) -> dict:
+        """Drops since the start by source (exact, the probes' per-source
+        counts) and by container (the sources grouped by their name)."""
+        by_src = sorted(getattr(self.rates, "src_drops", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        rows = [{"src": s, "container": self.names.ip(s), "drops": d} for s, d in by_src if d > 0]
+        groups: dict = {}
+        for r in rows:
+            g = groups.setdefault(r["container"] or r["src"], {"drops": 0, "sources": []})
+            g["drops"] += r["drops"]
+            g["sources"].append(r["src"])
+        cont = [{"name": k, "drops": g["drops"], "sources": len(g["sources"])}
+                for k, g in sorted(groups.items(), key=lambda kv: (-kv[1]["drops"], kv[0]))]
+        return {"drops_by_source": rows[:n], "drops_by_container": cont[:n]}
+
     def frame(self, group: str, sort: str, n: int, paused: bool = False) -> dict:
         """Everything `top` shows (and `top --json` prints), from the state."""
         r = self.rates.last
@@ -316,6 +330,8 @@ class TracingSession:
         rows = top_rows(live, r, group, sort, n, name_of)
         src_rows = rows if group == "src" else top_rows(live, r, "src", "entries", n, name_of)
         tot = self.rates.totals
+        reasons = {k: v for k, v in sorted(self.counters.reasons_by_netns.get(self.inum, {}).items(),
+                                           key=lambda kv: -kv[1]) if v}
         return {
             "ts": time.time(), "netns": self.inum,
             "netns_name": self.names.netns(self.inum) or (self.opts.netns or "current"),
@@ -337,7 +353,11 @@ class TracingSession:
             # exact, since the session started: the kernel's counters and the probes' maps
             "totals": {"table_full": tot["table_full"], "early_drops": tot["early_drop"],
                        "insert_failed": tot["insert_failed"],
-                       "inserts": tot["inserts"], "deletes": tot["deletes"]},
+                       "inserts": tot["inserts"], "deletes": tot["deletes"],
+                       "rule": reasons.get("rule", 0), "lost_events": self.counters.lost},
+            # exact, since the session started: the probes' maps (docs/json.md)
+            "drops_by_reason": reasons,
+            **self._drops_by_who(n),
             "drops": [d.to_dict() for d in list(self.recent)[:8]],
             "lost": self.lost(),
             "history": {"fill": list(self.rates.fill_hist), "drops": list(self.rates.table_full_hist)},

@@ -31,7 +31,29 @@ def render(findings, state) -> Group:
         body = Text()
         body.append_text(text(f.message + "\n", style="bold", newlines=True))
         body.append_text(text("evidence: " + f.evidence + "\n", style="dim", newlines=True))
+        if f.cuts:
+            body.append_text(Text("who it cuts:\n", style="bold"))
+            body.append_text(cuts_text(f.cuts))
         body.append_text(text("fix:\n" + f.fix, newlines=True))
         parts.append(Panel(body, title=text(f"{f.severity}: {f.id}"), title_align="left",
                            border_style=SEVERITY_STYLE.get(f.severity, "")))
     return Group(*parts)
+
+
+def cuts_text(groups: list) -> Text:
+    """One line per application, then its biggest sources (tracer/core/cuts.py)."""
+    out = Text()
+    for g in groups:
+        srcs = g.get("sources", 0)
+        head = f"  {g['app']}: {g['entries']:,} entr{'y' if g['entries'] == 1 else 'ies'} from {srcs:,} " \
+               f"source{'' if srcs == 1 else 's'}"
+        if g.get("prefixes") and srcs > 1:
+            head += " in " + ", ".join(g["prefixes"])
+        out.append_text(text(head + "\n", newlines=True))
+        top = g.get("top_sources") or []
+        if top:
+            more = g.get("other_sources", 0)
+            out.append_text(text("    " + ("most: " if srcs > 1 else "") +
+                                 ", ".join(f"{t['src']} {t['entries']:,}" for t in top)
+                                 + (f" and {more:,} more" if more else "") + "\n", style="dim", newlines=True))
+    return out

@@ -24,6 +24,32 @@ def line(d: Drop) -> str:
     return out
 
 
+def interval_record(t: float, seconds: float, drops: list) -> dict:
+    """The drops shown in one interval, counted: the `drops --json
+    --summary` record (docs/json.md) and what interval_line prints."""
+    reasons: dict = {}
+    who: dict = {}
+    for d in drops:
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        k = (d.container or "", d.src)
+        who[k] = who.get(k, 0) + 1
+    top = sorted(who.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    return {"type": "interval", "t": round(t, 3), "seconds": round(seconds, 3), "drops": len(drops),
+            "by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+            "top_sources": [{"container": c or None, "src": s, "drops": n} for (c, s), n in top]}
+
+
+def interval_line(r: dict) -> str:
+    """'-- 03:21:41 1s: 118 table_full, 3 rule; most from ctlab-c1 198.18.1.11 (118)'."""
+    t = time.strftime("%H:%M:%S", time.localtime(r["t"]))
+    what = ", ".join(f"{n:,} {safe(k)}" for k, n in r["by_reason"].items()) or "no drops"
+    out = f"-- {t} {r['seconds']:.0f}s: {what}"
+    if r["top_sources"]:
+        w = r["top_sources"][0]
+        out += f"; most from {safe(w['container']) + ' ' if w['container'] else ''}{w['src']} ({w['drops']:,})"
+    return out
+
+
 def summary(c: Counters, shown: int, netns_name=lambda inum: None, top: int = 10) -> list[str]:
     """The summary printed at the end of `cttrace drops` (to stderr)."""
     r = c.by_reason

@@ -294,3 +294,31 @@ def test_a_failed_reconcile_is_counted_not_raised(monkeypatch):
     assert st["errors"] == 1 and "No buffer space" in st["last_error"] and len(src.live) == 10
     src.pump()
     assert src.errors == 1                          # not retried before its period
+
+
+def test_dnat_entries_count_for_the_reply_source():
+    """A DNATed entry (published port: reply from the container's address)
+    counts for that address as the destination side; removed with it."""
+    import socket as _s
+    from tracer.core.aggregate import LiveTable, top_rows
+    a = _s.inet_aton
+    # proto, state, src, dst, dport, flags, markzone, sport, icmp, timeout, reply src
+    dn = (17, None, a("198.19.9.1"), a("198.19.9.254"), 8080, 0, (None, 0), 4000, None, 30, a("172.17.0.2"))
+    plain = (17, None, a("172.17.0.2"), a("198.19.9.1"), 53, 0, (None, 0), 4001, None, 30, a("198.19.9.1"))
+    t = LiveTable()
+    t.insert(dn)
+    t.insert(plain)
+    t.update(dn)
+    assert dict(t.by["dnat"]) == {"172.17.0.2": 1}
+    names = {"172.17.0.2": "web"}
+    rows = top_rows(t, {}, "container", "entries", 10, names.get)
+    web = next(r for r in rows if r["key"] == "web")
+    assert (web["entries"], web["entries_as_destination"]) == (1, 1)
+    t.delete(dn)
+    assert dict(t.by["dnat"]) == {}
+    t.fill([[dn, plain]])
+    assert dict(t.by["dnat"]) == {"172.17.0.2": 1}
+    t.begin()
+    t.seen(plain)
+    t.sweep()
+    assert dict(t.by["dnat"]) == {} and t.nat == {}

@@ -51,7 +51,7 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 
-CTA_TUPLE_ORIG, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_ZONE = 1, 3, 4, 7, 8, 18
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_ZONE = 1, 2, 3, 4, 7, 8, 18
 CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_TUPLE_ZONE = 1, 2, 3
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 # enum ctattr_l4proto: ICMP (4, 5, 6) and ICMPv6 (7, 8, 9) id, type, code
@@ -60,7 +60,7 @@ CTA_PROTO_ICMP = {4: "icmp_id", 5: "icmp_type", 6: "icmp_code",
 
 # Columns of a row (see the module docstring). The first eight equal
 # tracer.core.conntrack's PROTO .. SPORT.
-R_PROTO, R_STATE, R_SRC, R_DST, R_DPORT, R_FLAGS, R_MARKZONE, R_SPORT, R_ICMP, R_TIMEOUT = range(10)
+R_PROTO, R_STATE, R_SRC, R_DST, R_DPORT, R_FLAGS, R_MARKZONE, R_SPORT, R_ICMP, R_TIMEOUT, R_RSRC = range(11)
 
 
 class Row(NamedTuple):
@@ -76,6 +76,7 @@ class Row(NamedTuple):
     sport: int | None          # original source port
     icmp: int | None           # type << 24 | code << 16 | id (ICMP, ICMPv6)
     timeout: int | None        # seconds until the entry expires (CTA_TIMEOUT)
+    rsrc: bytes | None         # reply source address: differs from dst when DNATed
 
 # enum ctattr_stats_cpu, named as `conntrack -S` prints them
 STATS_CPU = {2: "found", 4: "invalid", 8: "insert", 9: "insert_failed", 10: "drop",
@@ -206,7 +207,7 @@ class _Layout:
     """
 
     __slots__ = ("headers", "expect", "values", "main", "status", "markzone", "sport",
-                 "icmp", "timeout")
+                 "icmp", "timeout", "rsrc")
 
     def __init__(self, hdr_offsets: list[int], expect: tuple, fields: dict[str, tuple[int, str]]):
         self.headers = struct.Struct(_fmt([(o, "I") for o in hdr_offsets]))
@@ -224,6 +225,7 @@ class _Layout:
         self.icmp = (ix.get("icmp_type", zero), ix.get("icmp_code", zero), ix["icmp_id"]) \
             if "icmp_id" in ix else None
         self.timeout = ix.get("timeout", none)
+        self.rsrc = ix.get("rsrc", none)
 
     def row(self, buf, off: int) -> tuple | None:
         if self.headers.unpack_from(buf, off) != self.expect:
@@ -235,7 +237,8 @@ class _Layout:
             flags = _FLAGS[status] = _flags(status)
         ic = self.icmp
         icmp = None if ic is None else v[ic[0]] << 24 | v[ic[1]] << 16 | v[ic[2]]
-        return self.main(v) + (flags, self.markzone(v), v[self.sport], icmp, v[self.timeout])
+        return self.main(v) + (flags, self.markzone(v), v[self.sport], icmp, v[self.timeout],
+                                 v[self.rsrc])
 
 
 _DEFAULTS = (None, 0)
@@ -290,6 +293,13 @@ def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
                             fields[name] = (p3 + 4 - off, "H" if name == "icmp_id" and l3 >= 6 else "B")
                 elif t2 == CTA_TUPLE_ZONE and l2 >= 6:
                     fields["zone"] = (p2 + 4 - off, "H")
+        elif t == CTA_TUPLE_REPLY:
+            # the reply's source: the address a DNATed entry really goes to
+            for p2, l2, t2 in attrs(pos + 4, pos + alen):
+                if t2 == CTA_TUPLE_IP:
+                    for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
+                        if t3 in (1, 3) and l3 in (8, 20):
+                            fields["rsrc"] = (p3 + 4 - off, f"{l3 - 4}s")
         elif t == CTA_STATUS and alen >= 8:
             fields["status"] = (pos + 4 - off, "I")
         elif t == CTA_PROTOINFO:

@@ -321,7 +321,8 @@ class TracingSession:
         t = r.get("table", {})
         live = self.live.live
         name_of = self.names.ip
-        rows = top_rows(live, r, group, sort, n, name_of)
+        rows = top_rows(live, r, group, sort, n, name_of,
+                        self.names.pod if group == "pod" else None)
         src_rows = rows if group == "src" else top_rows(live, r, "src", "entries", n, name_of)
         tot = self.rates.totals
         return {
@@ -342,6 +343,11 @@ class TracingSession:
                              "drops_per_s": x["drops_per_s"], "drops_total": x["drops_total"],
                              "container": x["container"]}
                             for x in src_rows],
+            # the destination side: DNATed entries by the address their reply
+            # comes from (published ports, Services, NodePorts)
+            "top_dnat_destinations": [{"dst": a, "entries": c, "container": name_of(a), "side": "destination"}
+                                      for a, c in sorted((live.by.get("dnat") or {}).items(),
+                                                          key=lambda kv: (-kv[1], kv[0]))[:n]],
             # exact, since the session started: the kernel's counters and the probes' maps
             "totals": {"table_full": tot["table_full"], "early_drops": tot["early_drop"],
                        "insert_failed": tot["insert_failed"],

@@ -85,8 +85,9 @@ from hypothesis import strategies as st
 
 
 def docker_cfg(name, pid, ips=(), mode="bridge", running=True):
+    """config.v2.json, with hostconfig.json's content under "_host" (Host.docker splits them)."""
     return {"ID": "x", "Name": name, "State": {"Running": running, "Pid": pid},
-            "HostConfig": {"NetworkMode": mode},
+            "_host": {"NetworkMode": mode},
             "NetworkSettings": {"Networks": {f"n{i}": {"IPAddress": ip} for i, ip in enumerate(ips)}}}
 
 
@@ -124,6 +125,8 @@ class Host:
     def docker(self, root, cid, cfg):
         d = self.t / root / "containers" / cid
         d.mkdir(parents=True)
+        if isinstance(cfg, dict) and "_host" in cfg:
+            (d / "hostconfig.json").write_text(json.dumps(cfg.pop("_host")))
         (d / "config.v2.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
 
     def collect(self, **kw):

@@ -5,8 +5,8 @@ processes.
 Sources, all read from the host's own files (no runtime API calls, no
 daemon asked anything):
 - Docker: <data root>/containers/<id>/config.v2.json (Name, State.Running,
-  State.Pid, HostConfig.NetworkMode, NetworkSettings.Networks.*.IPAddress /
-  GlobalIPv6Address). Data roots: /var/lib/docker, `data-root` in
+  State.Pid, NetworkSettings.Networks.*.IPAddress / GlobalIPv6Address) and
+  hostconfig.json beside it (NetworkMode: host, container:<id>). Data roots: /var/lib/docker, `data-root` in
   /etc/docker/daemon.json, and each running dockerd's --data-root (or the
   `data-root` of its --config-file);
 - containerd/CRI: <state>/io.containerd.runtime.v2.task/k8s.io/<id>/
@@ -236,9 +236,13 @@ def docker(root: str = DOCKER, proc: str = "/proc", skipped: list | None = None)
             ips = [ip for n in nets.values() for k in ("IPAddress", "GlobalIPv6Address")
                    for ip in [_d(n).get(k)] if isinstance(ip, str) and ip]
             pid = state.get("Pid")
-            mode = _d(cfg.get("HostConfig")).get("NetworkMode")
+            # HostConfig lives in hostconfig.json beside config.v2.json
+            host_cfg = _d(_read_json(os.path.join(base, cid, "hostconfig.json"), skipped))
+            mode = host_cfg.get("NetworkMode") or _d(cfg.get("HostConfig")).get("NetworkMode")
+            if not isinstance(mode, str) or not mode:
+                mode = "host" if "host" in nets else ""
             out.append({"id": cid, "name": (clean(cfg.get("Name")) or cid[:12]).lstrip("/") or cid[:12],
-                        "ips": ips, "mode": mode if isinstance(mode, str) else "",
+                        "ips": ips, "mode": mode,
                         "netns": _inode(f"{proc}/{pid}/ns/net")
                         if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None})
         except (TypeError, ValueError, AttributeError):

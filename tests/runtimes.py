@@ -314,16 +314,22 @@ def _umount_under(d: Path) -> None:
 
 
 # --- traffic with a known ground truth --------------------------------------------
-def udp_flows(netns_path: str, src: str, dst: str, n: int, first_port: int) -> list[int]:
+def udp_flows(netns_path: str, src: str, dst: str, n: int, first_port: int,
+              dport: int = GEN_PORT) -> list[int]:
     """n new UDP flows from src (inside the namespace at netns_path), one
-    source port each, to dst:GEN_PORT. Returns the source ports used."""
+    source port each, to dst:dport. A flow refused at the sender (a full
+    table on the local output path: EPERM) still counts as sent. Returns
+    the source ports used."""
     ports = []
     with netns.entered(netns_path):
         for i in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 s.bind((src, first_port + i))
-                s.sendto(b"x", (dst, GEN_PORT))
+                try:
+                    s.sendto(b"x", (dst, dport))
+                except PermissionError:
+                    pass
                 ports.append(first_port + i)
             finally:
                 s.close()

@@ -37,8 +37,9 @@ Every file is read on its own: a malformed one (bad JSON, wrong types,
 nesting too deep, too big) is skipped and counted, never the whole look.
 
 Refreshed in the background (Attribution.start), every `interval` seconds
-and, at most every MISS_GAP_S, when a look-up misses (a container that
-just started); look-ups never block. Names of containers that are gone
+and when a look-up misses (a container that just started), at most
+every 10 times the last refresh's duration (0.25 to 2 s: at most a tenth
+of a CPU while unknown addresses keep coming); look-ups never block. Names of containers that are gone
 stay known for KEEP_S seconds (a drop or a capture record that arrives
 after its container exited keeps its name), at most KEEP_MAX addresses
 and namespaces (the oldest forgotten first).
@@ -67,7 +68,8 @@ MAX_STATE = 4 << 20          # bytes: a runtime state file bigger than this is s
 MAX_NAME = 200               # characters kept of a name
 KEEP_S = 600.0               # names of exited containers are kept this long
 KEEP_MAX = 16384             # ... for at most this many addresses (and namespaces)
-MISS_GAP_S = 2.0             # a look-up miss refreshes at most this often
+MISS_GAP_S = (0.25, 2.0)     # a look-up miss refreshes at most this often: 10 times the
+                             # last refresh's time within these bounds (<= 10 % of a CPU)
 ADDR_TTL_S = 60.0            # a namespace's listed addresses are cached this long
 # linux/nsfs.h: #define NS_GET_USERNS _IO(NSIO, 0x1), NSIO 0xb7
 NS_GET_USERNS = 0xB701
@@ -508,6 +510,7 @@ class Attribution:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._last = 0.0
+        self.cost = 0.0                   # seconds the last refresh took
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> None:
@@ -520,6 +523,7 @@ class Attribution:
             self.last_error = f"{type(e).__name__}: {e}"[:200]
             return
         self.refreshes += 1
+        self.cost = time.monotonic() - now
         out = Names(skipped=fresh.skipped)
         for kind, cur, dst in (("ip", fresh.by_ip, out.by_ip), ("netns", fresh.by_netns, out.by_netns),
                                ("meta", fresh.meta, out.meta)):
@@ -544,9 +548,10 @@ class Attribution:
         while not self._stop.is_set():
             self.refresh()
             self._wake.clear()
-            if self._stop.wait(MISS_GAP_S):
+            gap = min(max(10 * self.cost, MISS_GAP_S[0]), MISS_GAP_S[1])
+            if self._stop.wait(gap):
                 break
-            self._wake.wait(max(self.interval - MISS_GAP_S, 0.0))
+            self._wake.wait(max(self.interval - gap, 0.0))
 
     def stop(self) -> None:
         self._stop.set()

@@ -271,13 +271,14 @@ def test_churn_every_drop_keeps_its_container_name(world, tmp_path):
     p, out = start(tmp_path, "capture", "--netns", R.NODE, "-o", str(tmp_path / "churn.gz"), "-d", "60s")
     truth: dict[str, int] = {}
     try:
-        with R.Limit(admit=0):
+        with R.Limit(admit=0) as lim:
             t0 = time.monotonic()
             for i in range(30):
                 name = f"job-{i}"
                 # a fixed address each: Docker hands a freed address to the
                 # next container, and the report is by address
                 x = d.run(name, "--network", "ctnet", "--ip", f"198.19.253.{100 + i}")
+                lim.refill()
                 before = R.node_stats()
                 R.udp_flows(f"/proc/{x['pid']}/ns/net", x["ips"][0], R.USER_GW, 5 + i % 7, 30000)
                 time.sleep(0.5)

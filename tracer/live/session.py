@@ -216,8 +216,15 @@ class TracingSession:
         return out
 
     def container_of(self, d: Drop) -> str | None:
-        return self.names.ip(d.src) or self.names.netns(d.netns) or \
-            self.backend.stats.name(d.netns)
+        """Who sent the dropped packet: its source address's owner. The
+        namespace where it was dropped names it only when that is not the
+        followed table's (a node or host drops packets of containers it
+        routes: its name is not theirs; an address not known yet gets its
+        name later, e.g. in a capture's end record)."""
+        n = self.names.ip(d.src)
+        if n is not None or d.netns == self.inum:
+            return n
+        return self.names.netns(d.netns) or self.backend.stats.name(d.netns)
 
     # --- samples ---------------------------------------------------------------
     def read_table(self) -> table.TableState:

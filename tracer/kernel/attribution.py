@@ -116,7 +116,9 @@ def _read_json(path: str, skipped: list | None = None):
     too big, malformed or nested too deep."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_STATE + 1)
+            # (a read of MAX_STATE + 1 would allocate that much for every file)
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(min(size, MAX_STATE) + 1) if size else f.read(MAX_STATE + 1)
     except OSError:
         return None
     try:

@@ -159,13 +159,7 @@ class Docker:
             if ids:
                 self.cli("rm", "-f", *ids, check=False, timeout=120)
             self.cli("network", "prune", "-f", check=False)
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        _umount_under(self.t)
+        _end(self.proc, self.t)
 
 
 class Containerd:
@@ -255,13 +249,7 @@ class Containerd:
             for c in self.ctr("containers", "ls", "-q", check=False).stdout.split():
                 self.ctr("tasks", "rm", "-f", c, check=False)
                 self.ctr("containers", "rm", c, check=False)
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        _umount_under(self.t)
+        _end(self.proc, self.t)
 
 
 class Podman:
@@ -304,6 +292,18 @@ class Podman:
     def stop(self) -> None:
         self.cli("rm", "-a", "-f", "-t", "0", check=False)
         _umount_under(self.t)
+
+
+def _end(proc: subprocess.Popen, d: Path) -> None:
+    """Stop a daemon we started (SIGTERM, then SIGKILL) and unmount what it left under d."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    _umount_under(d)
 
 
 def _umount_under(d: Path) -> None:

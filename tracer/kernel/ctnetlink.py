@@ -271,15 +271,18 @@ def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
             yield pos, alen, atype & 0x3fff
             pos += (alen + 3) & ~3
 
+    def ips(start: int, length: int, src: str, dst: str | None) -> None:
+        """A tuple's addresses (CTA_IP_V4_SRC/V6_SRC 1, 3; _DST 2, 4) as fields src, dst."""
+        for p3, l3, t3 in attrs(start + 4, start + length):
+            key = src if t3 in (1, 3) else dst if t3 in (2, 4) else None
+            if key and l3 in (8, 20):
+                fields[key] = (p3 + 4 - off, f"{l3 - 4}s")
+
     for pos, alen, t in attrs(off + 20, off + mlen):
         if t == CTA_TUPLE_ORIG:
             for p2, l2, t2 in attrs(pos + 4, pos + alen):
                 if t2 == CTA_TUPLE_IP:
-                    for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
-                        if t3 in (1, 3) and l3 in (8, 20):
-                            fields["src"] = (p3 + 4 - off, f"{l3 - 4}s")
-                        elif t3 in (2, 4) and l3 in (8, 20):
-                            fields["dst"] = (p3 + 4 - off, f"{l3 - 4}s")
+                    ips(p2, l2, "src", "dst")
                 elif t2 == CTA_TUPLE_PROTO:
                     for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
                         if t3 == CTA_PROTO_NUM and l3 >= 5:
@@ -297,9 +300,7 @@ def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
             # the reply's source: the address a DNATed entry really goes to
             for p2, l2, t2 in attrs(pos + 4, pos + alen):
                 if t2 == CTA_TUPLE_IP:
-                    for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
-                        if t3 in (1, 3) and l3 in (8, 20):
-                            fields["rsrc"] = (p3 + 4 - off, f"{l3 - 4}s")
+                    ips(p2, l2, "rsrc", None)
         elif t == CTA_STATUS and alen >= 8:
             fields["status"] = (pos + 4 - off, "I")
         elif t == CTA_PROTOINFO:

@@ -305,3 +305,29 @@ def test_churn_every_drop_keeps_its_container_name(world, tmp_path):
     named = sum(1 for r in drops if r.get("container") == truth[r["src"]][0])
     late = sum(1 for r in drops if r.get("container") is None and end["names"].get(r["src"]) == truth[r["src"]][0])
     assert named + late == len(drops), (named, late, len(drops))
+
+
+def test_rename_and_new_address_are_followed(world):
+    """`docker rename`, `podman rename` and a container given a new address
+    (reconnected): the next refresh names the address by the new name, and
+    the new address by the container."""
+    from tracer.kernel.attribution import collect
+    n0 = collect()
+    if "docker" in world:
+        d = world["docker"]
+        ip = world["who"]["d-user"]["ips"][0]
+        assert n0.by_ip[ip] == "d-user"
+        d.cli("rename", "d-user", "d-user-2")
+        assert collect().by_ip[ip] == "d-user-2"
+        d.cli("network", "disconnect", "ctnet", "d-user-2")
+        d.cli("network", "connect", "--ip", "198.19.253.77", "ctnet", "d-user-2")
+        n = collect()
+        assert n.by_ip["198.19.253.77"] == "d-user-2" and ip not in n.by_ip
+    if "podman" in world:
+        p = world["podman"]
+        ip = world["who"]["p-web"]["ips"][0]
+        assert n0.by_ip[ip] == "p-web"
+        p.cli("rename", "p-web", "p-web-2")
+        assert collect().by_ip[ip] == "p-web-2"
+    if "docker" not in world and "podman" not in world:
+        pytest.skip(f"neither Docker nor Podman could start: {world['skip']}")

@@ -309,16 +309,16 @@ def test_dnat_entries_count_for_the_reply_source():
     t.insert(dn)
     t.insert(plain)
     t.update(dn)
-    assert dict(t.by["dnat"]) == {"172.17.0.2": 1}
+    assert dict(t.dnat) == {"172.17.0.2": 1}
     names = {"172.17.0.2": "web"}
     rows = top_rows(t, {}, "container", "entries", 10, names.get)
     web = next(r for r in rows if r["key"] == "web")
     assert (web["entries"], web["entries_as_destination"]) == (1, 1)
     t.delete(dn)
-    assert dict(t.by["dnat"]) == {}
+    assert dict(t.dnat) == {}
     t.fill([[dn, plain]])
-    assert dict(t.by["dnat"]) == {"172.17.0.2": 1}
+    assert dict(t.dnat) == {"172.17.0.2": 1}
     t.begin()
     t.seen(plain)
     t.sweep()
-    assert dict(t.by["dnat"]) == {} and t.nat == {}
+    assert dict(t.dnat) == {} and t.nat == {}

@@ -121,9 +121,9 @@ class LiveTable:
         # DNATed entries (published ports, Services, NodePorts): the reply's
         # source, where the entry really goes, when it is not the original
         # destination. Only those entries have an item here; counted by
-        # that address in by["dnat"] (the destination side).
+        # that address in `dnat` (the destination side).
         self.nat: dict[bytes, bytes] = {}
-        self.by["dnat"] = Counter()
+        self.dnat: Counter = Counter()
 
     key = staticmethod(entry_key)
 
@@ -186,12 +186,12 @@ class LiveTable:
         r = row[10] if len(row) > 10 else None
         if r is not None and r != row[3] and k not in self.nat:
             self.nat[k] = r
-            self.by["dnat"][self._a(r)] += 1
+            self.dnat[self._a(r)] += 1
 
     def _nat_del(self, k: bytes) -> None:
         r = self.nat.pop(k, None)
         if r is not None:
-            c = self.by["dnat"]
+            c = self.dnat
             a = self._a(r)
             if c[a] > 1:
                 c[a] -= 1
@@ -262,6 +262,7 @@ class LiveTable:
         """Start over from a complete dump."""
         self.entries.clear()
         self.nat.clear()
+        self.dnat.clear()
         for c in self.by.values():
             c.clear()
         self.legacy = 0
@@ -286,6 +287,7 @@ class LiveTable:
         self._pend, self._pend_b = [], []
         self.entries.clear()
         self.nat.clear()
+        self.dnat.clear()
         for c in self.by.values():
             c.clear()
         self._gen = (self._gen + 1) & 3
@@ -315,7 +317,7 @@ class LiveTable:
             self.sched.end(self.clock())
         n = n[0]
         entries = self.entries
-        dn = self.by["dnat"]
+        dn = self.dnat
         for raw in self.nat.values():
             dn[self._a(raw)] += 1
         if n != len(entries):                    # an entry shown twice (a dump under churn)
@@ -471,7 +473,7 @@ def top_rows(live: LiveTable, rates: dict, group: str, sort: str, n: int,
             name = group_of(src) or src
             counts[name] += c
             members.setdefault(name, []).append(src)
-        for addr, c in (live.by.get("dnat") or {}).items():
+        for addr, c in getattr(live, "dnat", {}).items():
             name = group_of(addr)
             if name is not None:
                 dest[name] += c

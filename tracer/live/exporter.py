@@ -103,7 +103,7 @@ class Collector:
             c = s.backend.counters()
             lost = s.lost()
             live = dict(s.live.live.by["src"])
-            dn = s.live.live.by.get("dnat") or {}
+            dn = getattr(s.live.live, "dnat", {})
             dnat = sorted(dn.items(), key=lambda kv: (-kv[1], kv[0]))[:self.series.k]
             dnat_other = sum(dn.values()) - sum(c for _, c in dnat)
             series = {m: self.series.series(m) for m in METRICS}

@@ -353,7 +353,7 @@ class TracingSession:
             # the destination side: DNATed entries by the address their reply
             # comes from (published ports, Services, NodePorts)
             "top_dnat_destinations": [{"dst": a, "entries": c, "container": name_of(a), "side": "destination"}
-                                      for a, c in sorted((live.by.get("dnat") or {}).items(),
+                                      for a, c in sorted(getattr(live, "dnat", {}).items(),
                                                           key=lambda kv: (-kv[1], kv[0]))[:n]],
             # exact, since the session started: the kernel's counters and the probes' maps
             "totals": {"table_full": tot["table_full"], "early_drops": tot["early_drop"],

@@ -410,5 +410,23 @@ def host_state() -> str:
     return "\n".join(sorted(lines))
 
 
+# what the runtimes make outside their own dirs: the shims' sockets and
+# fifos (/run/containerd, /run/docker), netavark's address allocations
+OUTSIDE = ("/run/containerd", "/run/docker", "/run/containers/networks/ipam.db", "/run/containers")
+
+
+def fresh_paths() -> list[str]:
+    """Those of OUTSIDE that do not exist yet (removed after the tests)."""
+    return [p for p in OUTSIDE if not os.path.exists(p)]
+
+
+def remove_fresh(paths: list[str]) -> None:
+    for p in paths:
+        if os.path.isfile(p):
+            os.unlink(p)
+        elif os.path.isdir(p):       # only empty directories: never someone else's files
+            sh("find", p, "-depth", "-type", "d", "-empty", "-delete", check=False)
+
+
 def tmpdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ctrt-", dir="/tmp"))

@@ -38,6 +38,7 @@ N = {"d-bridge": 11, "d-side": 13, "d-user": 12, "d-host": 14, "d-pub": 15, "sho
 def world():
     base = R.tmpdir()
     before = R.host_state()
+    fresh = R.fresh_paths()
     R.node_up()
     fs = R.rootfs(base / "rootfs")
     tar = base / "rootfs.tar"
@@ -88,6 +89,7 @@ def world():
                 print(f"stopping {type(r).__name__}: {e}")
         R.node_down()
         R.sh("rm", "-rf", base, check=False)
+        R.remove_fresh(fresh)
         assert R.host_state() == before, "the runtimes left something on the host"
 
 

@@ -14,8 +14,8 @@ def tree(tmp_path):
     """A host with one Docker container, one Kubernetes pod, a named netns
     and a plain process, laid out as the runtimes lay out their state."""
     docker = tmp_path / "docker"
-    (docker / DOCKER_ID).mkdir(parents=True)
-    (docker / DOCKER_ID / "config.v2.json").write_text(json.dumps({
+    (docker / "containers" / DOCKER_ID).mkdir(parents=True)
+    (docker / "containers" / DOCKER_ID / "config.v2.json").write_text(json.dumps({
         "ID": DOCKER_ID, "Name": "/web-1", "State": {"Running": True, "Pid": 300},
         "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "172.17.0.2",
                                                     "GlobalIPv6Address": "fd00::2"}}}}))
@@ -76,3 +76,296 @@ def test_missing_runtimes_are_not_errors(tmp_path):
                       proc=str(tmp_path / "no"), run_netns=str(tmp_path / "no"),
                       list_addresses=lambda p: [])
     assert names.by_ip == {} and names.by_netns == {}
+
+
+# --- the runtimes' real layouts, hostile state, expiry ---------------------------
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+
+def docker_cfg(name, pid, ips=(), mode="bridge", running=True):
+    """config.v2.json, with hostconfig.json's content under "_host" (Host.docker splits them)."""
+    return {"ID": "x", "Name": name, "State": {"Running": running, "Pid": pid},
+            "_host": {"NetworkMode": mode},
+            "NetworkSettings": {"Networks": {f"n{i}": {"IPAddress": ip} for i, ip in enumerate(ips)}}}
+
+
+class Host:
+    """A fake host: /proc (pids with a netns, comm, cgroup, cmdline), Docker
+    data roots, containerd task dirs, Podman graph roots, /run/netns."""
+
+    def __init__(self, t):
+        self.t = t
+        self.proc = t / "proc"
+        self.netns_dir = t / "netns"
+        self.netns_dir.mkdir()
+        self.addrs: dict[str, list] = {}
+        self.users: dict[str, int] = {}
+        self.pid(1, "init", ns="host")
+        self.pid(2, "kthreadd", ns="host")
+
+    def ns(self, name):
+        p = self.t / f"ns-{name}"
+        if not p.exists():
+            p.write_text("")
+        return p
+
+    def pid(self, pid, comm, ns, cgroup="0::/", cmdline=b""):
+        d = self.proc / str(pid)
+        (d / "ns").mkdir(parents=True)
+        os.symlink(self.ns(ns), d / "ns" / "net")
+        if pid == 1:
+            os.symlink(self.ns("userns-host"), d / "ns" / "user")
+        (d / "comm").write_bytes(comm if isinstance(comm, bytes) else comm.encode() + b"\n")
+        (d / "cgroup").write_text(cgroup + "\n")
+        (d / "cmdline").write_bytes(cmdline)
+        return str(d / "ns" / "net")
+
+    def docker(self, root, cid, cfg):
+        d = self.t / root / "containers" / cid
+        d.mkdir(parents=True)
+        if isinstance(cfg, dict) and "_host" in cfg:
+            (d / "hostconfig.json").write_text(json.dumps(cfg.pop("_host")))
+        (d / "config.v2.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+
+    def collect(self, **kw):
+        args = dict(docker_root=[str(self.t / "docker")], cri_root=[str(self.t / "cri")],
+                    podman_root=[str(self.t / "podman")], proc=str(self.proc),
+                    run_netns=str(self.netns_dir), list_addresses=lambda p: self.addrs.get(p, []),
+                    docker_conf=str(self.t / "daemon.json"), podman_conf=str(self.t / "storage.conf"),
+                    userns=lambda p: self.users.get(p, os.stat(self.t / "ns-userns-host").st_ino))
+        args.update(kw)
+        return A.collect(**args)
+
+    def ino(self, name):
+        return os.stat(self.t / f"ns-{name}").st_ino
+
+
+def test_host_network_container_is_the_host(tmp_path):
+    h = Host(tmp_path)
+    cid = "1" * 64
+    h.pid(50, "nginx", ns="host", cgroup=f"0::/system.slice/docker-{cid}.scope")
+    h.docker("docker", cid, docker_cfg("/hostnet", 50, mode="host"))
+    n = h.collect()
+    assert n.by_netns[h.ino("host")] == "host"
+    assert "hostnet" not in n.by_netns.values() and "hostnet" not in n.by_ip.values()
+
+
+def test_network_container_mode_keeps_the_owner_name(tmp_path):
+    h = Host(tmp_path)
+    own, join = "1" * 64, "2" * 64
+    # the joiner has the lower pid: the namespace is still the owner's
+    h.pid(40, "side", ns="a", cgroup=f"0::/docker-{join}.scope")
+    h.pid(60, "web", ns="a", cgroup=f"0::/docker-{own}.scope")
+    h.docker("docker", own, docker_cfg("/web", 60, ["172.18.0.2"]))
+    h.docker("docker", join, docker_cfg("/side", 40, mode=f"container:{own}"))
+    n = h.collect()
+    assert n.by_netns[h.ino("a")] == "web" and n.by_ip["172.18.0.2"] == "web"
+
+
+def test_stopped_container_claims_nothing(tmp_path):
+    h = Host(tmp_path)
+    h.docker("docker", "1" * 64, docker_cfg("/old", 0, ["172.17.0.2"], running=False))
+    h.pid(70, "new", ns="b", cgroup="0::/docker-" + "2" * 64 + ".scope")
+    h.docker("docker", "2" * 64, docker_cfg("/new", 70, ["172.17.0.2"]))
+    assert h.collect().by_ip["172.17.0.2"] == "new"
+
+
+def test_docker_data_root_from_daemon_json_and_dockerd_flags(tmp_path):
+    h = Host(tmp_path)
+    (tmp_path / "daemon.json").write_text(json.dumps({"data-root": str(tmp_path / "d1")}))
+    (tmp_path / "priv.json").write_text(json.dumps({"data-root": str(tmp_path / "d2")}))
+    h.pid(10, "dockerd", ns="host", cmdline=b"dockerd\0--config-file\0" + str(tmp_path / "priv.json").encode()
+          + b"\0--exec-root\0/x\0")
+    h.pid(11, "dockerd", ns="host", cmdline=b"dockerd\0--data-root=" + str(tmp_path / "d3").encode() + b"\0")
+    for i, root in enumerate(("d1", "d2", "d3")):
+        h.pid(100 + i, "app", ns=f"c{i}", cgroup=f"0::/docker-{str(i) * 64}.scope")
+        h.docker(root, str(i) * 64, docker_cfg(f"/app{i}", 100 + i, [f"172.19.0.{i + 2}"]))
+    n = h.collect(docker_root=None)
+    assert [n.by_ip[f"172.19.0.{i + 2}"] for i in range(3)] == ["app0", "app1", "app2"]
+
+
+def cri_spec(kind, pod, ns, sandbox, container=None, netns=None, own=True):
+    ann = {"io.kubernetes.cri.container-type": kind, "io.kubernetes.cri.sandbox-name": pod,
+           "io.kubernetes.cri.sandbox-namespace": ns, "io.kubernetes.cri.sandbox-id": sandbox}
+    if container:
+        ann["io.kubernetes.cri.container-name"] = container
+    nss = [{"type": "pid"}] + ([{"type": "network", **({"path": netns} if netns else {})}] if own else [])
+    return {"annotations": ann, "linux": {"namespaces": nss}}
+
+
+def write_cri(h, root, cid, spec):
+    d = h.t / root / cid
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(spec))
+
+
+def test_cri_pods_app_containers_and_host_network_pod(tmp_path):
+    h = Host(tmp_path)
+    cni = h.netns_dir / "cni-1"
+    cni.write_text("")
+    h.addrs[str(cni)] = ["10.244.0.5"]
+    write_cri(h, "cri", "s1", cri_spec("sandbox", "api-1", "shop", "s1", netns=str(cni)))
+    pause = h.pid(90, "pause", ns="pod")
+    write_cri(h, "cri", "c1", cri_spec("container", "api-1", "shop", "s1", "api", netns=pause))
+    write_cri(h, "cri", "s2", cri_spec("sandbox", "agent-x", "kube-system", "s2", own=False))
+    write_cri(h, "cri", "c2", cri_spec("container", "agent-x", "kube-system", "s2", "agent", own=False))
+    # containerd's state dir is found from its command line
+    h.pid(12, "containerd", ns="host", cmdline=b"containerd\0--state\0" + str(tmp_path / "st").encode() + b"\0")
+    write_cri(h, f"st/{A.CRI_NS}", "s3", cri_spec("sandbox", "db-0", "shop", "s3", netns=str(cni)))
+    n = h.collect(cri_root=[str(tmp_path / "cri")])
+    assert n.by_ip["10.244.0.5"] == "shop/api-1"
+    assert n.by_netns[os.stat(cni).st_ino] == "shop/api-1"
+    assert n.meta["shop/api-1"] == {"runtime": "containerd", "namespace": "shop", "pod": "api-1",
+                                    "container": "api"}
+    assert n.meta["kube-system/agent-x"]["pod"] == "agent-x"
+    assert n.by_netns[h.ino("host")] == "host"
+    assert "shop/db-0" in h.collect(cri_root=None).meta
+
+
+def test_podman_rootful(tmp_path):
+    h = Host(tmp_path)
+    cid = "ab" * 32
+    nsp = h.netns_dir / "netns-1234"
+    nsp.write_text("")
+    h.addrs[str(nsp)] = ["198.19.251.5"]
+    base = tmp_path / "pm" / "overlay-containers"
+    (base / cid / "userdata").mkdir(parents=True)
+    (base / "containers.json").write_text(json.dumps([{"id": cid, "names": ["pweb"]}]))
+    (base / cid / "userdata" / "config.json").write_text(json.dumps({
+        "annotations": {"io.container.manager": "libpod"},
+        "linux": {"namespaces": [{"type": "network", "path": str(nsp)}]}}))
+    # found from conmon's bundle
+    h.pid(13, "conmon", ns="host", cmdline=b"conmon\0-b\0" + str(base / cid / "userdata").encode() + b"\0")
+    n = h.collect(podman_root=None)
+    assert n.by_ip["198.19.251.5"] == "pweb" and n.by_netns[os.stat(nsp).st_ino] == "pweb"
+    assert n.meta["pweb"]["runtime"] == "podman"
+
+
+def test_foreign_user_namespace_cannot_steal_a_pod_address(tmp_path):
+    h = Host(tmp_path)
+    cni = h.netns_dir / "cni-1"
+    cni.write_text("")
+    write_cri(h, "cri", "s1", cri_spec("sandbox", "api-1", "shop", "s1", netns=str(cni)))
+    evil = h.pid(5, "sh", ns="evil")               # a lower pid, listed first
+    h.users[evil] = 4242                           # owned by another user namespace
+    h.addrs[evil] = ["10.244.0.5", "10.244.0.99"]
+    h.addrs[str(cni)] = ["10.244.0.5"]
+    n = h.collect()
+    assert n.by_ip["10.244.0.5"] == "shop/api-1"
+    assert n.by_ip["10.244.0.99"] == "pid 5 (sh)"  # unclaimed by anyone else: still named
+
+
+def test_hostile_process_name(tmp_path):
+    h = Host(tmp_path)
+    p = h.pid(9, b"\xff\xfe\x1b[31mx\n", ns="u")
+    h.addrs[p] = ["192.0.2.9"]
+    name = h.collect().by_ip["192.0.2.9"]
+    assert name.startswith("pid 9 (") and "\x1b" not in name
+    name.encode("utf-8")                            # no lone surrogate
+
+
+HOSTILE = ["[" * 100_000 + "]" * 100_000, "[]", "null", "1", '"x"', "{", "\xff",
+           json.dumps({"Name": 5, "State": [], "NetworkSettings": {"Networks": []}}),
+           json.dumps({"Name": "/\ud800", "State": {"Running": True, "Pid": "7"},
+                       "NetworkSettings": {"Networks": {"a": {"IPAddress": ["x"]}, "b": []}}}),
+           json.dumps({"State": {"Running": True, "Pid": True}, "HostConfig": {"NetworkMode": 3}}),
+           json.dumps({"State": {"Running": True, "Pid": 10 ** 30}})]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_one_hostile_file_blanks_nothing_else(tmp_path, text):
+    h = Host(tmp_path)
+    h.pid(80, "web", ns="w", cgroup="0::/docker-" + "1" * 64 + ".scope")
+    h.docker("docker", "1" * 64, docker_cfg("/web", 80, ["172.17.0.9"]))
+    h.docker("docker", "2" * 64, text)
+    write_cri(h, "cri", "s9", {"x": 1})
+    (h.t / "cri" / "s8").mkdir()
+    (h.t / "cri" / "s8" / "config.json").write_text(text)
+    (h.t / "podman" / "overlay-containers").mkdir(parents=True)
+    (h.t / "podman" / "overlay-containers" / "containers.json").write_text(text)
+    (h.t / "daemon.json").write_text(text)
+    h.collect(docker_root=None)                     # a hostile daemon.json: still a result
+    n2 = h.collect()
+    assert n2.by_ip["172.17.0.9"] == "web"
+    for v in list(n2.by_ip.values()) + list(n2.by_netns.values()):
+        v.encode("utf-8")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+        st.sampled_from(["Name", "State", "Running", "Pid", "NetworkSettings", "Networks",
+                         "IPAddress", "GlobalIPv6Address", "HostConfig", "NetworkMode", "annotations",
+                         "linux", "namespaces", "type", "path", "id", "names",
+                         "io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-name",
+                         "io.kubernetes.cri.sandbox-namespace", "io.container.manager", "x"]),
+        kids, max_size=5),
+    max_leaves=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docker_v=json_values, cri_v=json_values, podman_v=json_values, spec_v=json_values,
+       raw=st.binary(max_size=64))
+def test_fuzz_state_files_end_in_names(tmp_path_factory, docker_v, cri_v, podman_v, spec_v, raw):
+    """Any content of the runtimes' JSON files: collect() returns, and the
+    one well-formed container keeps its name."""
+    h = Host(tmp_path_factory.mktemp("fz"))
+    h.pid(80, "web", ns="w", cgroup="0::/docker-" + "1" * 64 + ".scope")
+    h.docker("docker", "1" * 64, docker_cfg("/web", 80, ["172.17.0.9"]))
+    h.docker("docker", "2" * 64, json.dumps(docker_v))
+    h.docker("docker", "3" * 64, raw.decode("latin-1"))
+    write_cri(h, "cri", "s1", cri_v)
+    base = h.t / "podman" / "overlay-containers"
+    (base / ("ab" * 32) / "userdata").mkdir(parents=True)
+    (base / "containers.json").write_text(json.dumps(podman_v if not isinstance(podman_v, list)
+                                                     else podman_v + [{"id": "ab" * 32, "names": ["p"]}]))
+    (base / ("ab" * 32) / "userdata" / "config.json").write_text(json.dumps(spec_v))
+    (h.t / "daemon.json").write_text(json.dumps(docker_v))
+    n = h.collect()
+    assert n.by_ip["172.17.0.9"] == "web"
+    for v in list(n.by_ip.values()) + list(n.by_netns.values()) + list(n.meta):
+        assert isinstance(v, str) and len(v) <= A.MAX_NAME
+        v.encode("utf-8")
+
+
+def test_exited_names_are_kept_for_a_while_then_forgotten(tmp_path, monkeypatch):
+    h = Host(tmp_path)
+    h.pid(80, "web", ns="w", cgroup="0::/docker-" + "1" * 64 + ".scope")
+    h.docker("docker", "1" * 64, docker_cfg("/web", 80, ["172.17.0.9"]))
+    clock = [1000.0]
+    monkeypatch.setattr(A.time, "monotonic", lambda: clock[0])
+    at = A.Attribution(keep=60, **{k: v for k, v in dict(
+        docker_root=[str(tmp_path / "docker")], cri_root=[], podman_root=[], proc=str(h.proc),
+        run_netns=str(h.netns_dir), list_addresses=lambda p: []).items()})
+    at.refresh()
+    assert at.ip("172.17.0.9") == "web"
+    (tmp_path / "docker" / "containers" / ("1" * 64) / "config.v2.json").unlink()
+    clock[0] += 30
+    at.refresh()
+    assert at.ip("172.17.0.9") == "web"            # exited 30 s ago: still named
+    clock[0] += 31
+    at.refresh()
+    assert at.ip("172.17.0.9") is None             # past the expiry window
+    at.refresh()
+    assert len(at._seen["ip"]) == 0
+
+
+def test_a_failing_refresh_keeps_the_names(tmp_path, monkeypatch):
+    at = A.Attribution(proc=str(tmp_path))
+    at.names = A.Names(by_ip={"10.0.0.1": "web"})
+    monkeypatch.setattr(A, "collect", lambda **kw: (_ for _ in ()).throw(RuntimeError("boom")))
+    at.refresh()
+    assert at.ip("10.0.0.1") == "web" and at.failures == 1
+
+
+def test_kept_names_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(A, "KEEP_MAX", 100)
+    at = A.Attribution()
+    for i in range(5):
+        monkeypatch.setattr(A, "collect", lambda **kw: A.Names(
+            by_ip={f"10.0.{i}.{j}": f"c{i}-{j}" for j in range(60)}))
+        at.refresh()
+    assert len(at._seen["ip"]) == 100 and len(at.names.by_ip) == 100
+    assert at.ip("10.0.4.59") == "c4-59"

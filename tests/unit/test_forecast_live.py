@@ -132,7 +132,7 @@ def _session(sched, count, limit, hist, mode=2):
         pass
     src = Src()
     src.mode = mode
-    src.entries = type("L", (), {"sched": sched})()
+    src.entries = type("L", (), {"sched": sched, "dnat": {}})()
     src.overruns_since = lambda t: False
     s.feed = src
     s.state = TableState(count=count, max=limit)

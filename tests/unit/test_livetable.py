@@ -257,3 +257,31 @@ def test_one_walker_reads_the_reply_tuple_for_nat():
     assert (v["sport"], v["rdst"], v["rdport"]) == (4001, socket.inet_aton("192.0.2.1"), 61000)
     # without reply=True the reply tuple is not read (the snapshot's fast path)
     assert "rdst" not in ctnetlink.walk(buf, 0, len(buf))[1]
+
+
+def test_dnat_entries_count_for_the_reply_source():
+    """A DNATed entry (published port: reply from the container's address)
+    counts for that address as the destination side; removed with it."""
+    import socket as _s
+    from tracer.core.aggregate import LiveTable, top_rows
+    a = _s.inet_aton
+    # proto, state, src, dst, dport, flags, markzone, sport, icmp, timeout, reply src
+    dn = (17, None, a("198.19.9.1"), a("198.19.9.254"), 8080, 0, (None, 0), 4000, None, 30, a("172.17.0.2"))
+    plain = (17, None, a("172.17.0.2"), a("198.19.9.1"), 53, 0, (None, 0), 4001, None, 30, a("198.19.9.1"))
+    t = LiveTable()
+    t.insert(dn)
+    t.insert(plain)
+    t.update(dn)
+    assert dict(t.dnat) == {"172.17.0.2": 1}
+    names = {"172.17.0.2": "web"}
+    rows = top_rows(t, {}, "container", "entries", 10, names.get)
+    web = next(r for r in rows if r["key"] == "web")
+    assert (web["entries"], web["entries_as_destination"]) == (1, 1)
+    t.delete(dn)
+    assert dict(t.dnat) == {}
+    t.fill([[dn, plain]])
+    assert dict(t.dnat) == {"172.17.0.2": 1}
+    t.begin()
+    t.seen(plain)
+    t.sweep()
+    assert dict(t.dnat) == {} and t.nat == {}

@@ -182,3 +182,12 @@ def test_prometheus_config_and_rules():
     if "kubernetes_sd_configs not found" in r.stdout + r.stderr:
         pytest.skip("this promtool is built without Kubernetes service discovery (Debian's is)")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="needs promtool (Debian package prometheus)")
+def test_alert_rules_unit_tests():
+    """deploy/alerts_test.yml: a pod filling the table, SNAT exhaustion and
+    the forecast, against series shaped like a real node's."""
+    r = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], capture_output=True,
+                       text=True, cwd=DEPLOY)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -71,6 +71,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
                        overwrite=force)
         except CaptureError as e:
             abort(str(e))
+        unnamed: set[str] = set()
         try:
             stats()
             if ready_file:
@@ -82,13 +83,18 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
             while not s.stopping and time.monotonic() < end and \
                     not (max_events and w.records >= max_events):
                 for d in s.pump(50):
+                    if d.container is None and len(unnamed) < 100_000:
+                        unnamed.add(d.src)
                     w.write({"k": "drop", "t": d.ts, **d.to_dict()})
                     counts["drop"] += 1
                 batch = s.events.poll(0, max_events=20_000)      # bounded: the loop keeps its schedule
                 now = time.time()
                 for kind, row in batch.events:
                     k = "delete" if kind is DELETE else "insert"
-                    w.write(row_record(k, row, now, s.names.ip))
+                    rec = row_record(k, row, now, s.names.ip)
+                    if rec["container"] is None and len(unnamed) < 100_000:
+                        unnamed.add(rec["src"])      # named at the end, if known by then
+                    w.write(rec)
                     counts[k] += 1
                 if batch.overrun:
                     w.write({"k": "lost", "t": now, "what": "netlink events (receive buffer overrun)", "n": 1})
@@ -107,8 +113,15 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
                 stats()
                 c = s.backend.counters()
                 end_state = read_live(netns, 0.1, names=s.names.names)
+                by_src = c.drops_by_src(s.inum)
+                # sources that had no name when recorded (a container that had
+                # just started), named now (exited ones are remembered a while)
+                if hasattr(s.names, "refresh"):
+                    s.names.refresh()
+                late = {a: n for a in set(by_src) | unnamed if (n := s.names.names.by_ip.get(a))}
                 w.write({"k": "end", "t": time.time(), "totals": counts,
-                         "sources": c.drops_by_src(s.inum), "lost": c.lost, "state": asdict(end_state)})
+                         "sources": by_src, "lost": c.lost, "state": asdict(end_state),
+                         "names": late})
             finally:
                 w.close()
                 say(f"{w.records:,} records written to {output} ({counts['insert']:,} inserts, "

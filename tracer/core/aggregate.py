@@ -29,7 +29,7 @@ from tracer.core.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
 from tracer.core.forecast import Schedule
 from tracer.core.forecast import _ROW_KEY as _SCHED_KEY
 
-GROUPS = ("src", "dst", "dport", "state", "container")
+GROUPS = ("src", "dst", "dport", "state", "container", "pod")
 SORTS = ("entries", "inserts", "deletes", "drops")
 DIMS = ("src", "dst", "dport", "state")
 
@@ -118,6 +118,12 @@ class LiveTable:
         self._pend: list = []                  # evented rows new to `sched`, not yet counted
         self._pend_b: list = []                # ... new to `_building`
         self.sysctls: dict = {}                # the namespace's timeouts, for the next schedule
+        # DNATed entries (published ports, Services, NodePorts): the reply's
+        # source, where the entry really goes, when it is not the original
+        # destination. Only those entries have an item here; counted by
+        # that address in `dnat` (the destination side).
+        self.nat: dict[bytes, bytes] = {}
+        self.dnat: Counter = Counter()
 
     key = staticmethod(entry_key)
 
@@ -176,6 +182,22 @@ class LiveTable:
         return (STATE_NONE if st is None else st & STATE_MASK) | (LEGACY if legacy else 0) | \
             (self._gen << GEN_SHIFT)
 
+    def _nat_add(self, k: bytes, row: tuple) -> None:
+        r = row[10] if len(row) > 10 else None
+        if r is not None and r != row[3] and k not in self.nat:
+            self.nat[k] = r
+            self.dnat[self._a(r)] += 1
+
+    def _nat_del(self, k: bytes) -> None:
+        r = self.nat.pop(k, None)
+        if r is not None:
+            c = self.dnat
+            a = self._a(r)
+            if c[a] > 1:
+                c[a] -= 1
+            else:
+                del c[a]
+
     def src_of(self, row: tuple) -> str:
         return self._a(row[2])
 
@@ -190,6 +212,7 @@ class LiveTable:
         if self.clock is not None:
             self._scheduled(old, row)
         self._set(k, self._code(row), old)
+        self._nat_add(k, row)
 
     def update(self, row: tuple) -> None:
         """An UPDATE event: a state change of an entry (never an insert). An
@@ -201,6 +224,7 @@ class LiveTable:
         if self.clock is not None:
             self._scheduled(old, row)
         self._set(k, self._code(row), old)
+        self._nat_add(k, row)
 
     def _scheduled(self, old: int | None, row: tuple) -> None:
         """An evented entry (its present code `old`) joins the schedules
@@ -230,12 +254,15 @@ class LiveTable:
             self._dead.add(k)
         if code is not None:
             self._count(k, code, -1)
+        self._nat_del(k)
         self.deletes[self._a(row[2])] += 1      # a kernel delete, known entry or not
 
     # --- dumps --------------------------------------------------------------
     def reset(self, rows) -> None:
         """Start over from a complete dump."""
         self.entries.clear()
+        self.nat.clear()
+        self.dnat.clear()
         for c in self.by.values():
             c.clear()
         self.legacy = 0
@@ -259,6 +286,8 @@ class LiveTable:
         self._building = self._raw = None
         self._pend, self._pend_b = [], []
         self.entries.clear()
+        self.nat.clear()
+        self.dnat.clear()
         for c in self.by.values():
             c.clear()
         self._gen = (self._gen + 1) & 3
@@ -270,6 +299,9 @@ class LiveTable:
     def fill_rows(self, rows: list) -> None:
         codes, src, dst, pdport, pstate, n = self._fill
         self.entries.update(zip(map(entry_key, rows), map(codes.__getitem__, map(_R_STATE, rows))))
+        if rows and len(rows[0]) > 10:          # DNATed rows only: few on most hosts
+            self.nat.update((entry_key(r), r[10]) for r in rows
+                            if len(r) > 10 and r[10] is not None and r[10] != r[3])
         src.update(map(_R_SRC, rows))
         dst.update(map(_R_DST, rows))
         pdport.update(map(_R_PDPORT, rows))
@@ -285,6 +317,9 @@ class LiveTable:
             self.sched.end(self.clock())
         n = n[0]
         entries = self.entries
+        dn = self.dnat
+        for raw in self.nat.values():
+            dn[self._a(raw)] += 1
         if n != len(entries):                    # an entry shown twice (a dump under churn)
             for k, code in entries.items():
                 self._count(k, code, +1)
@@ -323,6 +358,7 @@ class LiveTable:
             self._raw[_SCHED_KEY(row)] += 1
         legacy = old is None or bool(old & LEGACY)
         self._set(k, self._code(row, legacy), old)
+        self._nat_add(k, row)
         if legacy:
             t = row[9] if len(row) > 9 else None
             if t is not None and (self.legacy_min_timeout is None or t < self.legacy_min_timeout):
@@ -335,6 +371,7 @@ class LiveTable:
         stale = [k for k, c in self.entries.items() if c & GEN_MASK != gen]
         for k in stale:
             self._count(k, self.entries.pop(k), -1)
+            self._nat_del(k)
         self._dead = None
         if self._building is not None:
             self.sched_flush()
@@ -419,31 +456,48 @@ class Rates:
 
 
 def top_rows(live: LiveTable, rates: dict, group: str, sort: str, n: int,
-             name_of) -> list[dict]:
-    """The biggest groups: key, entries, share, rates, container name."""
+             name_of, group_of=None) -> list[dict]:
+    """The biggest groups: key, entries, share, rates, container name.
+
+    Groups of sources (container, pod: `group_of(src)`, by default name_of)
+    also count, as `entries_as_destination`, the DNATed entries whose
+    reply comes from one of their addresses (published ports, Services,
+    NodePorts): `entries` and the rates are the source side."""
     total = len(live) or 1
     members: dict = {}
-    if group == "container":
+    dest: Counter = Counter()
+    if group in ("container", "pod"):
+        group_of = group_of or name_of
         counts: Counter = Counter()
         for src, c in live.by["src"].items():
-            name = name_of(src) or src
+            name = group_of(src) or src
             counts[name] += c
             members.setdefault(name, []).append(src)
+        for addr, c in getattr(live, "dnat", {}).items():
+            name = group_of(addr)
+            if name is not None:
+                dest[name] += c
+                if name not in counts:
+                    counts[name] = 0
+                    members[name] = []
     else:
         counts = live.by[group]
     rows = []
     for key, entries in counts.items():
-        if group in ("src", "container"):
+        if group in ("src", "container", "pod"):
             srcs = [key] if group == "src" else members[key]
             ins = sum(rates.get("inserts", {}).get(s, 0.0) for s in srcs)
             dels = sum(rates.get("deletes", {}).get(s, 0.0) for s in srcs)
             drops = sum(rates.get("drops", {}).get(s, 0.0) for s in srcs)
         else:
             ins = dels = drops = None
-        rows.append({"key": key, "entries": entries, "share": entries / total,
-                     "inserts_per_s": ins, "deletes_per_s": dels, "drops_per_s": drops,
-                     "container": name_of(key) if group == "src" else None,
-                     "drops_total": rates.get("src_drops", {}).get(key, 0) if group == "src" else None})
+        row = {"key": key, "entries": entries, "share": entries / total,
+               "inserts_per_s": ins, "deletes_per_s": dels, "drops_per_s": drops,
+               "container": name_of(key) if group == "src" else None,
+               "drops_total": rates.get("src_drops", {}).get(key, 0) if group == "src" else None}
+        if group in ("container", "pod"):
+            row["entries_as_destination"] = dest.get(key, 0)
+        rows.append(row)
     # sources with drops but no live entries matter too (their flows were refused)
     if group == "src":
         for src in set(rates.get("drops", {})) | set(rates.get("src_drops", {})):
@@ -454,5 +508,6 @@ def top_rows(live: LiveTable, rates: dict, group: str, sort: str, n: int,
                              "drops_total": rates.get("src_drops", {}).get(src, 0)})
     keyf = {"entries": "entries", "inserts": "inserts_per_s", "deletes": "deletes_per_s",
             "drops": "drops_per_s"}[sort]
-    rows.sort(key=lambda r: (-(r[keyf] or 0), -r["entries"], str(r["key"])))
+    rows.sort(key=lambda r: (-(r[keyf] or 0) - r.get("entries_as_destination", 0) * (keyf == "entries"),
+                             -r["entries"], str(r["key"])))
     return rows[:n]

@@ -10,7 +10,7 @@ from collections import Counter
 from tracer.core import counters
 from tracer.core import forecast as fc
 from tracer.formats.capture import Capture, counter_deltas
-from tracer.core.doctor import SEVERITIES, by_severity, diagnose, table_forecast
+from tracer.core.doctor import SEVERITIES, diagnose, table_forecast
 from tracer.core.hoststate import HostState
 
 
@@ -91,6 +91,11 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     by_src_ins = Counter(r["src"] for r in ins)
     names = {r["src"]: r.get("container") for r in ins + drops if r.get("container")}
     end = cap.of("end")
+    late = (end[-1].get("names") if end else None) or {}
+    if isinstance(late, dict):          # names found at the end (a file from elsewhere: checked)
+        for a, n in late.items():
+            if isinstance(a, str) and isinstance(n, str):
+                names.setdefault(a, n)
     exact = (end[-1].get("sources") if end else None) or {}
     drop_src = Counter(exact) if exact else Counter(r["src"] for r in drops)
     bursts = sorted((x for x in tl if x["drops"]), key=lambda x: -x["drops"])[:5]

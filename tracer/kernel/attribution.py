@@ -1,204 +1,545 @@
-"""Who is behind an address or a network namespace: Docker containers,
-Kubernetes pods (containerd/CRI), named namespaces (ip netns), processes.
+"""Who is behind an address or a network namespace: Docker and Podman
+containers, Kubernetes pods (containerd/CRI), named namespaces (ip netns),
+processes.
 
-Sources, all read from the host's own state (no runtime API calls):
-- Docker: /var/lib/docker/containers/<id>/config.v2.json (Name, State.Pid,
-  NetworkSettings.Networks.*.IPAddress / GlobalIPv6Address);
-- containerd/CRI: /run/containerd/io.containerd.runtime.v2.task/k8s.io/<id>/
-  config.json (OCI spec: io.kubernetes.cri.* annotations, the network
-  namespace path) and init.pid;
+Sources, all read from the host's own files (no runtime API calls, no
+daemon asked anything):
+- Docker: <data root>/containers/<id>/config.v2.json (Name, State.Running,
+  State.Pid, NetworkSettings.Networks.*.IPAddress / GlobalIPv6Address) and
+  hostconfig.json beside it (NetworkMode: host, container:<id>). Data roots: /var/lib/docker, `data-root` in
+  /etc/docker/daemon.json, and each running dockerd's --data-root (or the
+  `data-root` of its --config-file);
+- containerd/CRI: <state>/io.containerd.runtime.v2.task/k8s.io/<id>/
+  config.json (OCI spec: the io.kubernetes.cri.* annotations the CRI plugin
+  writes, the network namespace path). State dirs: /run/containerd and each
+  running containerd's --state (or the `state` of its --config);
+- Podman (rootful, 4.x): <graph root>/overlay-containers/containers.json
+  (names; `podman rename` rewrites it) and <graph root>/overlay-containers/
+  <id>/userdata/config.json (OCI spec, the network namespace in /run/netns).
+  Graph roots: /var/lib/containers/storage, `graphroot` in
+  /etc/containers/storage.conf, and each running conmon's bundle (-b);
 - named namespaces: /run/netns/<name>;
-- any process: /proc/<pid>/ns/net, cgroup (docker-<id>.scope,
-  cri-containerd-<id>.scope, /docker/<id>) and comm.
-Addresses inside a namespace are listed with `ip -j addr` in it.
-Refreshed in the background (Attribution.start); look-ups never block.
+- any process: /proc/<pid>/ns/net, cgroup and comm.
+Addresses of a namespace whose runtime does not write them down (CRI pods,
+Podman, named namespaces) are listed with `ip -j addr` inside it (cached
+per namespace inode).
+
+Who may claim an address, strongest first: an address the runtime wrote
+in its own state (Docker); an address listed in a runtime's namespace
+(pod sandbox, Podman); one listed in a named namespace; one listed in a
+process's namespace. A namespace owned by a user namespace other than the
+host's (`unshare -rn`: any user can make one and give it any address)
+ranks lowest, so it never takes another container's or pod's address.
+
+Host-network containers and pods share the host's namespace: it stays
+"host". `--network container:X` containers share X's: it stays X's name.
+Every file is read on its own: a malformed one (bad JSON, wrong types,
+nesting too deep, too big) is skipped and counted, never the whole look.
+
+Refreshed in the background (Attribution.start), every `interval` seconds
+and when a look-up misses (a container that just started), at most
+every 10 times the last refresh's duration (0.25 to 2 s: at most a tenth
+of a CPU while unknown addresses keep coming); look-ups never block. Names of containers that are gone
+stay known for KEEP_S seconds (a drop or a capture record that arrives
+after its container exited keeps its name), at most KEEP_MAX addresses
+and namespaces (the oldest forgotten first).
 """
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
 import re
 import subprocess
 import threading
+import time
+import tomllib
 from dataclasses import dataclass, field
 
-DOCKER = "/var/lib/docker/containers"
-CRI = "/run/containerd/io.containerd.runtime.v2.task/k8s.io"
-_CGROUP_ID = re.compile(r"(?:docker-|cri-containerd-|crio-|/docker/|/kubepods[^ ]*/)([0-9a-f]{64})")
+DOCKER = "/var/lib/docker"
+DOCKER_CONF = "/etc/docker/daemon.json"
+CONTAINERD_STATE = "/run/containerd"
+PODMAN = "/var/lib/containers/storage"
+PODMAN_CONF = "/etc/containers/storage.conf"
+CRI_NS = "io.containerd.runtime.v2.task/k8s.io"
+MAX_STATE = 4 << 20          # bytes: a runtime state file bigger than this is skipped
+MAX_NAME = 200               # characters kept of a name
+KEEP_S = 600.0               # names of exited containers are kept this long
+KEEP_MAX = 16384             # ... for at most this many addresses (and namespaces)
+MISS_GAP_S = (0.25, 2.0)     # a look-up miss refreshes at most this often: 10 times the
+                             # last refresh's time within these bounds (<= 10 % of a CPU)
+ADDR_TTL_S = 60.0            # a namespace's listed addresses are cached this long
+# linux/nsfs.h: #define NS_GET_USERNS _IO(NSIO, 0x1), NSIO 0xb7
+NS_GET_USERNS = 0xB701
+_CGROUP_ID = re.compile(r"(?:docker-|cri-containerd-|crio-|libpod-|/docker/|/kubepods[^ ]*/)([0-9a-f]{64})")
+_CTL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ANN = "io.kubernetes.cri."
+
+# ranks of a claim on an address (see the module docstring)
+R_FOREIGN, R_PROCESS, R_NAMED, R_RUNTIME_NS, R_DECLARED = range(5)
 
 
 @dataclass
 class Names:
     by_ip: dict[str, str] = field(default_factory=dict)
     by_netns: dict[int, str] = field(default_factory=dict)
+    # name -> {runtime, namespace, pod, container} (Kubernetes-style labels)
+    meta: dict[str, dict] = field(default_factory=dict)
+    skipped: int = 0                  # state files that could not be used
 
 
-def _read_json(path: str) -> dict | None:
+def clean(s) -> str | None:
+    """A name fit for a terminal and a metric label: a str, valid UTF-8 (a
+    lone surrogate or undecodable byte becomes U+FFFD), no control
+    characters, at most MAX_NAME characters; None for anything else."""
+    if isinstance(s, bytes):
+        s = s.decode("utf-8", "replace")
+    if not isinstance(s, str) or not s:
+        return None
+    s = s.encode("utf-8", "replace").decode("utf-8", "replace")
+    s = _CTL.sub("\ufffd", s)[:MAX_NAME].strip()
+    return s or None
+
+
+def _d(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _l(x) -> list:
+    return x if isinstance(x, list) else []
+
+
+def _read_json(path: str, skipped: list | None = None):
+    """Parsed JSON of a file; None (counted in skipped) if it is missing,
+    too big, malformed or nested too deep."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            # (a read of MAX_STATE + 1 would allocate that much for every file)
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(min(size, MAX_STATE) + 1) if size else f.read(MAX_STATE + 1)
+    except OSError:
+        return None
+    try:
+        if len(raw) > MAX_STATE:
+            raise ValueError("too big")
+        return json.loads(raw)
+    except (ValueError, RecursionError, MemoryError):
+        if skipped is not None:
+            skipped.append(path)
         return None
 
 
 def _inode(path: str) -> int | None:
     try:
         return os.stat(path).st_ino
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 
-def _state_files(root: str, name: str):
-    """(id, parsed JSON) of root/<id>/<name> for every runtime state directory."""
+def userns_of(path: str) -> int | None:
+    """Inode of the user namespace owning the network namespace at path."""
     try:
-        ids = os.listdir(root)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        u = fcntl.ioctl(fd, NS_GET_USERNS)
+        try:
+            return os.fstat(u).st_ino
+        finally:
+            os.close(u)
     except OSError:
-        return
-    for cid in ids:
-        data = _read_json(os.path.join(root, cid, name))
-        if data:
-            yield cid, data
+        return None
+    finally:
+        os.close(fd)
 
 
-def docker(root: str = DOCKER, proc: str = "/proc") -> list[dict]:
-    """[{id, name, ips, netns}] of Docker containers (running ones get a netns)."""
-    out = []
-    for cid, cfg in _state_files(root, "config.v2.json"):
-        nets = (cfg.get("NetworkSettings") or {}).get("Networks") or {}
-        ips = [ip for n in nets.values() for ip in (n.get("IPAddress"), n.get("GlobalIPv6Address")) if ip]
-        pid = (cfg.get("State") or {}).get("Pid") or 0
-        out.append({"id": cid, "name": (cfg.get("Name") or cid[:12]).lstrip("/"), "ips": ips,
-                    "netns": _inode(f"{proc}/{pid}/ns/net") if pid else None})
-    return out
+def _ids(root: str) -> list[str]:
+    try:
+        return [c for c in os.listdir(root) if not c.startswith(".")]
+    except OSError:
+        return []
 
 
-def cri(root: str = CRI) -> list[dict]:
-    """[{id, name, netns_path}] of Kubernetes pod sandboxes under containerd."""
-    out = []
-    for cid, spec in _state_files(root, "config.json"):
-        ann = spec.get("annotations") or {}
-        if ann.get("io.kubernetes.cri.container-type") not in (None, "sandbox"):
+def _flag(argv: list[str], *names: str) -> str | None:
+    """The value of --name X / --name=X in a command line."""
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(n + "="):
+                return a[len(n) + 1:]
+    return None
+
+
+def _toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _d(tomllib.loads(f.read(MAX_STATE).decode("utf-8", "replace")))
+    except (OSError, ValueError, RecursionError):
+        return {}
+
+
+# --- the runtimes' state ------------------------------------------------------
+def docker_roots(daemons: list[tuple[str, list[str]]], conf: str = DOCKER_CONF) -> list[str]:
+    """Docker data roots: the default, daemon.json's, each running dockerd's."""
+    roots = [DOCKER]
+    for path in [conf] + [c for comm, argv in daemons if comm == "dockerd"
+                          for c in [_flag(argv, "--config-file")] if c]:
+        d = _d(_read_json(path))
+        r = d.get("data-root") or d.get("graph")
+        if isinstance(r, str):
+            roots.append(r)
+    roots += [r for comm, argv in daemons if comm == "dockerd" for r in [_flag(argv, "--data-root", "-g")] if r]
+    return list(dict.fromkeys(roots))
+
+
+def cri_roots(daemons: list[tuple[str, list[str]]]) -> list[str]:
+    """containerd's k8s.io task dirs: the default, each running containerd's."""
+    states = [CONTAINERD_STATE]
+    for comm, argv in daemons:
+        if comm != "containerd":
             continue
-        pod = ann.get("io.kubernetes.cri.sandbox-name")
-        ns = ann.get("io.kubernetes.cri.sandbox-namespace")
-        name = f"{ns}/{pod}" if pod and ns else pod or cid[:12]
-        path = None
-        for n in (spec.get("linux") or {}).get("namespaces") or []:
-            if n.get("type") == "network":
-                path = n.get("path")
-        out.append({"id": cid, "name": name, "netns_path": path})
+        s = _flag(argv, "--state")
+        if s is None and (c := _flag(argv, "--config", "-c")):
+            s = _toml(c).get("state")
+        if isinstance(s, str):
+            states.append(s)
+    return [os.path.join(s, CRI_NS) for s in dict.fromkeys(states)]
+
+
+def podman_roots(daemons: list[tuple[str, list[str]]], conf: str = PODMAN_CONF) -> list[str]:
+    """Podman graph roots: the default, storage.conf's, each running conmon's."""
+    roots = [PODMAN]
+    g = _d(_toml(conf).get("storage")).get("graphroot")
+    if isinstance(g, str):
+        roots.append(g)
+    for comm, argv in daemons:
+        b = _flag(argv, "-b", "--bundle") if comm == "conmon" else None
+        if b and "/overlay-containers/" in b:
+            roots.append(b.split("/overlay-containers/")[0])
+    return list(dict.fromkeys(roots))
+
+
+def docker(root: str = DOCKER, proc: str = "/proc", skipped: list | None = None) -> list[dict]:
+    """[{id, name, ips, netns, mode}] of a Docker data root's running
+    containers (mode: HostConfig.NetworkMode)."""
+    out = []
+    base = os.path.join(root, "containers")
+    for cid in _ids(base):
+        cfg = _read_json(os.path.join(base, cid, "config.v2.json"), skipped)
+        try:
+            if not isinstance(cfg, dict):
+                continue
+            state = _d(cfg.get("State"))
+            if state.get("Running") is not True:
+                continue
+            nets = _d(_d(cfg.get("NetworkSettings")).get("Networks"))
+            ips = [ip for n in nets.values() for k in ("IPAddress", "GlobalIPv6Address")
+                   for ip in [_d(n).get(k)] if isinstance(ip, str) and ip]
+            pid = state.get("Pid")
+            # HostConfig lives in hostconfig.json beside config.v2.json
+            host_cfg = _d(_read_json(os.path.join(base, cid, "hostconfig.json"), skipped))
+            mode = host_cfg.get("NetworkMode") or _d(cfg.get("HostConfig")).get("NetworkMode")
+            if not isinstance(mode, str) or not mode:
+                mode = "host" if "host" in nets else ""
+            out.append({"id": cid, "name": (clean(cfg.get("Name")) or cid[:12]).lstrip("/") or cid[:12],
+                        "ips": ips, "mode": mode,
+                        "netns": _inode(f"{proc}/{pid}/ns/net")
+                        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None})
+        except (TypeError, ValueError, AttributeError):
+            if skipped is not None:
+                skipped.append(cid)
     return out
 
 
-def processes(proc: str = "/proc") -> dict[int, dict]:
-    """{netns inode: {pid, comm, container_id}} for the first process of each namespace."""
+def _netns_path(spec: dict) -> tuple[bool, str | None]:
+    """(has its own network namespace, its path) of an OCI spec."""
+    for n in _l(_d(spec.get("linux")).get("namespaces")):
+        if _d(n).get("type") == "network":
+            p = n.get("path")
+            return True, p if isinstance(p, str) and p else None
+    return False, None
+
+
+def cri(root: str, skipped: list | None = None) -> list[dict]:
+    """[{id, kind, name, namespace, pod, container, sandbox, own_netns,
+    netns_path}] of a containerd k8s.io task dir: pod sandboxes and their
+    app containers."""
+    out = []
+    for cid in _ids(root):
+        spec = _read_json(os.path.join(root, cid, "config.json"), skipped)
+        if not isinstance(spec, dict):
+            continue
+        ann = _d(spec.get("annotations"))
+        kind = ann.get(_ANN + "container-type")
+        if kind not in ("sandbox", "container"):
+            continue
+        ns, pod = clean(ann.get(_ANN + "sandbox-namespace")), clean(ann.get(_ANN + "sandbox-name"))
+        own, path = _netns_path(spec)
+        out.append({"id": cid, "kind": kind, "namespace": ns, "pod": pod,
+                    "name": f"{ns}/{pod}" if pod and ns else pod or cid[:12],
+                    "container": clean(ann.get(_ANN + "container-name")),
+                    "sandbox": ann.get(_ANN + "sandbox-id") if kind == "container" else cid,
+                    "own_netns": own, "netns_path": path})
+    return out
+
+
+def podman(root: str, skipped: list | None = None) -> list[dict]:
+    """[{id, name, own_netns, netns_path}] of a Podman graph root."""
+    base = os.path.join(root, "overlay-containers")
+    listed = _read_json(os.path.join(base, "containers.json"), skipped)
+    out = []
+    for c in _l(listed):
+        c = _d(c)
+        cid = c.get("id")
+        if not isinstance(cid, str) or not re.fullmatch(r"[0-9a-f]{12,128}", cid):
+            continue
+        spec = _read_json(os.path.join(base, cid, "userdata", "config.json"), skipped)
+        if not isinstance(spec, dict) or _d(spec.get("annotations")).get("io.container.manager") != "libpod":
+            continue
+        names = _l(c.get("names"))
+        own, path = _netns_path(spec)
+        out.append({"id": cid, "name": clean(names[0] if names else None) or cid[:12],
+                    "own_netns": own, "netns_path": path})
+    return out
+
+
+def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "conmon")
+              ) -> tuple[dict[int, dict], list[tuple[str, list[str]]]]:
+    """({netns inode: {pid, comm, container_id}} for the first process of
+    each namespace, [(comm, argv)] of the runtime daemons)."""
     out: dict[int, dict] = {}
+    found: list[tuple[str, list[str]]] = []
     try:
         pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
     except OSError:
-        return out
+        return out, found
     for pid in pids:
-        ino = _inode(f"{proc}/{pid}/ns/net")
-        if ino is None or ino in out:
-            continue
         try:
-            with open(f"{proc}/{pid}/comm") as f:
-                comm = f.read().strip()
-            with open(f"{proc}/{pid}/cgroup") as f:
-                m = _CGROUP_ID.search(f.read())
+            with open(f"{proc}/{pid}/comm", "rb") as f:
+                comm = clean(f.read(256).strip()) or "?"
+            if comm in daemons:
+                with open(f"{proc}/{pid}/cmdline", "rb") as f:
+                    found.append((comm, [a.decode("utf-8", "replace")
+                                         for a in f.read(65536).split(b"\0")]))
+            ino = _inode(f"{proc}/{pid}/ns/net")
+            if ino is None or ino in out:
+                continue
+            with open(f"{proc}/{pid}/cgroup", "rb") as f:
+                m = _CGROUP_ID.search(f.read(65536).decode("ascii", "replace"))
         except OSError:
             continue
         out[ino] = {"pid": pid, "comm": comm, "container_id": m.group(1) if m else None}
-    return out
+    return out, found
 
 
 def addresses(netns_path: str) -> list[str]:
     """Global addresses configured in a namespace."""
     try:
         r = subprocess.run(["nsenter", f"--net={netns_path}", "ip", "-j", "addr"],
-                           capture_output=True, text=True, timeout=5)
-        data = json.loads(r.stdout or "[]")
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+                           capture_output=True, timeout=5)
+        data = json.loads(r.stdout or b"[]")
+    except (OSError, ValueError, RecursionError, subprocess.TimeoutExpired):
         return []
     out = []
-    for link in data:
-        for a in link.get("addr_info", []):
-            ip = a.get("local")
-            if ip and a.get("scope") == "global":
+    for link in _l(data):
+        for a in _l(_d(link).get("addr_info")):
+            ip = _d(a).get("local")
+            if isinstance(ip, str) and a.get("scope") == "global":
                 out.append(ip)
     return out
 
 
-def collect(docker_root: str = DOCKER, cri_root: str = CRI, proc: str = "/proc",
-            run_netns: str = "/run/netns", list_addresses=addresses) -> Names:
-    """One full look at the host (seconds on busy hosts: run it in the background)."""
-    names = Names()
-    # the host's (initial) namespace: kthreadd's, pid 2, is always there
-    host = _inode(f"{proc}/2/ns/net") or _inode(f"{proc}/1/ns/net")
-    paths: dict[int, str] = {}
-    # weakest first: processes, then named namespaces, then runtimes
-    procs = processes(proc)
-    for ino, p in procs.items():
-        if ino != host:
-            names.by_netns[ino] = f"pid {p['pid']} ({p['comm']})"
-            paths.setdefault(ino, f"{proc}/{p['pid']}/ns/net")
-    if host is not None:
-        names.by_netns[host] = "host"
-    try:
-        for n in os.listdir(run_netns):
-            ino = _inode(os.path.join(run_netns, n))
-            if ino is not None:
-                names.by_netns[ino] = n
-                paths[ino] = os.path.join(run_netns, n)
-    except OSError:
-        pass
-    for c in cri(cri_root):
-        ino = _inode(c["netns_path"]) if c["netns_path"] else None
-        if ino is not None:
-            names.by_netns[ino] = c["name"]
-            paths[ino] = c["netns_path"]
-    dockers = docker(docker_root, proc)
-    by_id = {d["id"]: d["name"] for d in dockers}
-    for ino, p in procs.items():
-        if p["container_id"] in by_id:
-            names.by_netns[ino] = by_id[p["container_id"]]
-    for ino, path in paths.items():
-        if ino == host:
-            continue
-        for ip in list_addresses(path):
-            names.by_ip.setdefault(_norm(ip), names.by_netns[ino])
-    for d in dockers:                    # Docker knows its IPs even without entering
-        for ip in d["ips"]:
-            names.by_ip[_norm(ip)] = d["name"]
-        if d["netns"]:
-            names.by_netns[d["netns"]] = d["name"]
-    return names
-
-
-def _norm(ip: str) -> str:
+def _norm(ip: str) -> str | None:
     try:
         return str(ipaddress.ip_address(ip))
     except ValueError:
-        return ip
+        return None
+
+
+class _Builder:
+    """Names being collected: claims on addresses by rank."""
+
+    def __init__(self, host: int | None, host_userns: int | None, userns) -> None:
+        self.n = Names()
+        self.host = host
+        self.host_userns = host_userns
+        self.userns = userns
+        self.rank: dict[str, int] = {}
+        self.paths: dict[int, tuple[str, int]] = {}     # netns -> (path, rank of its addresses)
+
+    def netns(self, ino: int | None, name: str, meta: dict | None = None) -> None:
+        if ino is None or ino == self.host:
+            return
+        self.n.by_netns[ino] = name
+        if meta is not None:
+            self.n.meta[name] = meta
+
+    def path(self, ino: int | None, path: str, rank: int) -> None:
+        if ino is None or ino == self.host:
+            return
+        if rank > R_FOREIGN and self.host_userns is not None:
+            u = self.userns(path)
+            if u is not None and u != self.host_userns:
+                rank = R_FOREIGN
+        if ino not in self.paths or self.paths[ino][1] < rank:
+            self.paths[ino] = (path, rank)
+
+    def claim(self, ip: str, name: str, rank: int) -> None:
+        ip = _norm(ip)
+        if ip is None:
+            return
+        if self.rank.get(ip, -1) < rank:
+            self.n.by_ip[ip] = name
+            self.rank[ip] = rank
+
+
+def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/proc",
+            run_netns: str = "/run/netns", list_addresses=addresses, cache: dict | None = None,
+            docker_conf: str = DOCKER_CONF, podman_conf: str = PODMAN_CONF,
+            userns=userns_of, now: float | None = None) -> Names:
+    """One full look at the host (seconds on busy hosts: run it in the
+    background). A root given (a path or a list) replaces the discovered
+    ones. `cache` ({netns inode: (time, addresses)}) saves listing a
+    namespace's addresses again within ADDR_TTL_S."""
+    now = time.monotonic() if now is None else now
+    skipped: list = []
+    procs, daemons = processes(proc)
+    host = _inode(f"{proc}/2/ns/net") or _inode(f"{proc}/1/ns/net")
+    # the user namespace cttrace runs in (the host's: it runs as root there)
+    b = _Builder(host, _inode(f"{proc}/self/ns/user") or _inode(f"{proc}/1/ns/user"), userns)
+    # weakest first: processes, then named namespaces, then runtimes
+    for ino, p in procs.items():
+        b.netns(ino, f"pid {p['pid']} ({p['comm']})")
+        b.path(ino, f"{proc}/{p['pid']}/ns/net", R_PROCESS)
+    if host is not None:
+        b.n.by_netns[host] = "host"
+    for n in _ids(run_netns):
+        path = os.path.join(run_netns, n)
+        ino = _inode(path)
+        name = clean(n)
+        if name:
+            b.netns(ino, name)
+            b.path(ino, path, R_NAMED)
+
+    def roots(given, found):
+        return [given] if isinstance(given, str) else list(given) if given is not None else found
+
+    # containerd/CRI: pods own their sandbox's namespace; app containers join it
+    pods: dict[str, dict] = {}
+    pod_netns: set[int] = set()
+    apps: list[dict] = []
+    for r in roots(cri_root, cri_roots(daemons)):
+        for c in cri(r, skipped):
+            (pods.__setitem__(c["id"], c) if c["kind"] == "sandbox" else apps.append(c))
+    for c in apps:
+        p = pods.get(c["sandbox"])
+        if p is not None and c["container"]:
+            p.setdefault("containers", []).append(c["container"])
+    for p in pods.values():
+        cs = sorted(p.get("containers", []))
+        meta = {"runtime": "containerd", "namespace": p["namespace"] or "", "pod": p["pod"] or "",
+                "container": cs[0] if len(cs) == 1 else ""}
+        b.n.meta[p["name"]] = meta
+        if not p["own_netns"]:              # hostNetwork: the host's namespace
+            continue
+        ino = _inode(p["netns_path"]) if p["netns_path"] else None
+        b.netns(ino, p["name"], meta)
+        if ino is not None:
+            pod_netns.add(ino)
+            b.path(ino, p["netns_path"], R_RUNTIME_NS)
+    # Podman
+    for r in roots(podman_root, podman_roots(daemons, podman_conf)):
+        for c in podman(r, skipped):
+            meta = {"runtime": "podman", "namespace": "", "pod": "", "container": c["name"]}
+            ino = _inode(c["netns_path"]) if c["netns_path"] else None
+            b.n.meta[c["name"]] = meta
+            if c["own_netns"] and ino is not None and ino not in pod_netns:
+                b.netns(ino, c["name"], meta)
+                b.path(ino, c["netns_path"], R_RUNTIME_NS)
+    # Docker: the runtime writes its addresses down
+    dockers = [d for r in roots(docker_root, docker_roots(daemons, docker_conf)) for d in docker(r, proc, skipped)]
+    by_id = {d["id"]: d for d in dockers}
+    for ino, p in procs.items():
+        d = by_id.get(p["container_id"])
+        if d is not None and not d["mode"].startswith("container:") and d["mode"] != "host":
+            b.netns(ino, d["name"])
+    for d in dockers:
+        meta = {"runtime": "docker", "namespace": "", "pod": "", "container": d["name"]}
+        b.n.meta[d["name"]] = meta
+        if d["mode"] == "host" or d["mode"].startswith("container:"):
+            continue                          # the host's, or another container's namespace
+        b.netns(d["netns"], d["name"])
+        for ip in d["ips"]:
+            b.claim(ip, d["name"], R_DECLARED)
+        if d["netns"] is not None and d["ips"]:
+            b.paths.pop(d["netns"], None)     # known: no need to list them
+    # addresses listed inside namespaces (cached per inode)
+    for ino, (path, rank) in b.paths.items():
+        hit = cache.get(ino) if cache is not None else None
+        if hit is not None and now - hit[0] < ADDR_TTL_S:
+            ips = hit[1]
+        else:
+            ips = list_addresses(path)
+            if cache is not None:
+                cache[ino] = (now, ips)
+        for ip in ips:
+            b.claim(ip, b.n.by_netns.get(ino) or path, rank)
+    if cache is not None:
+        for ino in [i for i in cache if i not in b.paths]:
+            del cache[ino]
+    b.n.skipped = len(skipped)
+    return b.n
 
 
 class Attribution:
-    """Cached names, refreshed by a background thread; look-ups never block."""
+    """Cached names, refreshed by a background thread; look-ups never block.
+    Names of what is gone are kept KEEP_S seconds (module docstring)."""
 
-    def __init__(self, interval: float = 10.0, **collect_args):
+    def __init__(self, interval: float = 10.0, keep: float = KEEP_S, **collect_args):
         self.names = Names()
         self.interval = interval
+        self.keep = keep
+        self.failures = 0                 # refreshes that raised (names kept)
+        self.last_error = ""
+        self.refreshes = 0
         self._args = collect_args
+        self._cache: dict = {}
+        self._seen: dict[str, dict] = {"ip": {}, "netns": {}, "meta": {}}
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._last = 0.0
+        self.cost = 0.0                   # seconds the last refresh took
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> None:
+        now = time.monotonic()
+        self._last = now
         try:
-            self.names = collect(**self._args)
-        except Exception:       # attribution is best effort; never break a view
-            pass
+            fresh = collect(cache=self._cache, now=now, **self._args)
+        except Exception as e:       # attribution is best effort: keep the last names
+            self.failures += 1
+            self.last_error = f"{type(e).__name__}: {e}"[:200]
+            return
+        self.refreshes += 1
+        self.cost = time.monotonic() - now
+        out = Names(skipped=fresh.skipped)
+        for kind, cur, dst in (("ip", fresh.by_ip, out.by_ip), ("netns", fresh.by_netns, out.by_netns),
+                               ("meta", fresh.meta, out.meta)):
+            seen = self._seen[kind]
+            for k, v in cur.items():
+                seen.pop(k, None)
+                seen[k] = (v, now)            # re-inserted: the dict stays oldest first
+            while len(seen) > KEEP_MAX:
+                del seen[next(iter(seen))]
+            for k in [k for k, (_, t) in seen.items() if now - t > self.keep]:
+                del seen[k]
+            dst.update({k: v for k, (v, _) in seen.items()})
+            dst.update(cur)
+        self.names = out
 
     def start(self) -> "Attribution":
         self._thread = threading.Thread(target=self._run, daemon=True, name="attribution")
@@ -208,13 +549,38 @@ class Attribution:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.refresh()
-            self._stop.wait(self.interval)
+            self._wake.clear()
+            gap = min(max(10 * self.cost, MISS_GAP_S[0]), MISS_GAP_S[1])
+            if self._stop.wait(gap):
+                break
+            self._wake.wait(max(self.interval - gap, 0.0))
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def _miss(self) -> None:
+        if self._thread is not None and not self._wake.is_set():
+            self._wake.set()
 
     def ip(self, addr: str) -> str | None:
-        return self.names.by_ip.get(addr)
+        n = self.names.by_ip.get(addr)
+        if n is None:
+            self._miss()
+        return n
 
     def netns(self, inode: int) -> str | None:
-        return self.names.by_netns.get(inode)
+        n = self.names.by_netns.get(inode)
+        if n is None:
+            self._miss()
+        return n
+
+    def meta(self, name: str | None) -> dict:
+        """Kubernetes-style labels of a name: runtime, namespace, pod, container."""
+        return self.names.meta.get(name, {}) if name else {}
+
+    def pod(self, addr: str) -> str | None:
+        """namespace/pod of an address (a pod's, or a container's own name)."""
+        n = self.ip(addr)
+        m = self.meta(n)
+        return f"{m['namespace']}/{m['pod']}" if m.get("pod") else n

@@ -77,6 +77,7 @@ class Row(NamedTuple):
     sport: int | None          # original source port
     icmp: int | None           # type << 24 | code << 16 | id (ICMP, ICMPv6)
     timeout: int | None        # seconds until the entry expires (CTA_TIMEOUT)
+    rsrc: bytes | None         # reply source address: differs from dst when DNATed
 
 # enum ctattr_stats_cpu, named as `conntrack -S` prints them
 STATS_CPU = {2: "found", 4: "invalid", 8: "insert", 9: "insert_failed", 10: "drop",
@@ -223,7 +224,7 @@ class Layout:
 class _Layout(Layout):
     """A Layout that reads a message into a Row's fields (row())."""
 
-    __slots__ = ("main", "status", "markzone", "sport", "icmp", "timeout")
+    __slots__ = ("main", "status", "markzone", "sport", "icmp", "timeout", "rsrc")
 
     def __init__(self, buf, off: int, hdr_offsets: list[int], fields: dict[str, tuple[int, str]]):
         super().__init__(buf, off, hdr_offsets, fields)
@@ -238,6 +239,7 @@ class _Layout(Layout):
         self.icmp = (ix.get("icmp_type", zero), ix.get("icmp_code", zero), ix["icmp_id"]) \
             if "icmp_id" in ix else None
         self.timeout = ix.get("timeout", none)
+        self.rsrc = ix.get("rsrc", none)
 
     def row(self, buf, off: int) -> tuple | None:
         if self.headers.unpack_from(buf, off) != self.expect:
@@ -249,7 +251,8 @@ class _Layout(Layout):
             flags = _FLAGS[status] = _flags(status)
         ic = self.icmp
         icmp = None if ic is None else v[ic[0]] << 24 | v[ic[1]] << 16 | v[ic[2]]
-        return self.main(v) + (flags, self.markzone(v), v[self.sport], icmp, v[self.timeout])
+        return self.main(v) + (flags, self.markzone(v), v[self.sport], icmp, v[self.timeout],
+                                 v[self.rsrc])
 
 
 _DEFAULTS = (None, 0)
@@ -267,12 +270,13 @@ def _fmt(specs: list[tuple[int, str]]) -> str:
     return "".join(out)
 
 
-def walk(buf, off: int, mlen: int, reply: bool = False) -> tuple[list[int], dict[str, tuple[int, str]]]:
+def walk(buf, off: int, mlen: int, reply: bool | str = False) -> tuple[list[int], dict[str, tuple[int, str]]]:
     """Read one message attribute by attribute (the one walker of
     ctnetlink messages): the offsets of the attribute headers walked, and
     {field: (offset, struct code)} of the original tuple (proto, src, dst,
     sport, dport, icmp_*, zone), with `reply` the reply tuple's (rsrc,
-    rdst, rsport, rdport), and status, state, mark, timeout."""
+    rdst, rsport, rdport; only rsrc with reply="src", the address a DNATed
+    entry really goes to), and status, state, mark, timeout."""
     hdrs: list[int] = []
     fields: dict[str, tuple[int, str]] = {}
 
@@ -286,16 +290,18 @@ def walk(buf, off: int, mlen: int, reply: bool = False) -> tuple[list[int], dict
             yield pos, alen, atype & 0x3fff
             pos += (alen + 3) & ~3
 
-    def tuple_(pos: int, alen: int, pre: str) -> None:
+    def tuple_(pos: int, alen: int, pre: str, only_src: bool = False) -> None:
         orig = not pre
         for p2, l2, t2 in attrs(pos + 4, pos + alen):
             if t2 == CTA_TUPLE_IP:
                 for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
                     if t3 in (CTA_IP_V4_SRC, CTA_IP_V6_SRC) and l3 in (8, 20):
                         fields[pre + "src"] = (p3 + 4 - off, f"{l3 - 4}s")
+                    elif only_src:
+                        continue
                     elif t3 in (CTA_IP_V4_DST, CTA_IP_V6_DST) and l3 in (8, 20):
                         fields[pre + "dst"] = (p3 + 4 - off, f"{l3 - 4}s")
-            elif t2 == CTA_TUPLE_PROTO:
+            elif t2 == CTA_TUPLE_PROTO and not only_src:
                 for p3, l3, t3 in attrs(p2 + 4, p2 + l2):
                     if t3 == CTA_PROTO_NUM and l3 >= 5 and orig:
                         fields["proto"] = (p3 + 4 - off, "B")
@@ -313,7 +319,7 @@ def walk(buf, off: int, mlen: int, reply: bool = False) -> tuple[list[int], dict
         if t == CTA_TUPLE_ORIG:
             tuple_(pos, alen, "")
         elif t == CTA_TUPLE_REPLY and reply:
-            tuple_(pos, alen, "r")
+            tuple_(pos, alen, "r", only_src=reply == "src")
         elif t == CTA_STATUS and alen >= 8:
             fields["status"] = (pos + 4 - off, "I")
         elif t == CTA_PROTOINFO:
@@ -335,7 +341,7 @@ def walk(buf, off: int, mlen: int, reply: bool = False) -> tuple[list[int], dict
 
 def _walk(buf, off: int, mlen: int) -> tuple[tuple | None, _Layout | None]:
     """Read one message attribute by attribute: (row, its layout)."""
-    hdrs, fields = walk(buf, off, mlen)
+    hdrs, fields = walk(buf, off, mlen, reply="src")     # the reply's source: DNAT
     if "src" not in fields or "dst" not in fields:
         return None, None
     layout = _Layout(buf, off, hdrs, fields)

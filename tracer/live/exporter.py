@@ -106,12 +106,26 @@ class Collector:
             c = s.backend.counters()
             lost = s.lost()
             live = dict(s.feed.entries.by["src"])
+            dn = s.feed.entries.dnat
+            dnat = sorted(dn.items(), key=lambda kv: (-kv[1], kv[0]))[:self.series.k]
+            dnat_other = sum(dn.values()) - sum(c for _, c in dnat)
             series = {m: self.series.series(m) for m in METRICS}
             sampled = s.rates.prev.t if s.rates.prev else 0
             fc = s.forecast(st)
             sched = s.feed.entries.sched
             sched_age = None if sched is None else max(s.feed.clock() - sched.t0, 0.0)
         names = s.names
+
+        def who(src: str) -> list[str]:
+            """container, namespace, pod labels of an address (Kubernetes
+            conventions: a pod's address has its pod and namespace)."""
+            if src == "other":
+                return ["", "", ""]
+            n = names.ip(src)
+            m = names.meta(n) if hasattr(names, "meta") else {}
+            if m.get("pod"):
+                return [m.get("container", ""), m["namespace"], m["pod"]]
+            return [n or "", "", ""]
         entries = GaugeMetricFamily("cttrace_conntrack_entries",
                                     "Entries in the conntrack table (as node_nf_conntrack_entries)")
         entries.add_metric([], st.count or 0)
@@ -167,21 +181,30 @@ class Collector:
                          ("drops", "Packets dropped by netfilter")):
             fam = CounterMetricFamily(f"cttrace_source_{m}", f"{help_}, by original source "
                                       "(top K by activity, the rest in source=\"other\")",
-                                      labels=["source", "container"])
+                                      labels=["source", "container", "namespace", "pod"])
             for src, v in sorted(series[m].items()):
-                fam.add_metric([src, (names.ip(src) or "") if src != "other" else ""], v)
+                fam.add_metric([src, *who(src)], v)
             yield fam
         g = GaugeMetricFamily("cttrace_source_entries", "Live entries by original source "
-                              "(labelled sources; the rest in source=\"other\")", labels=["source", "container"])
+                              "(labelled sources; the rest in source=\"other\")",
+                              labels=["source", "container", "namespace", "pod"])
         labelled = set(series["inserts"]) - {"other"}
         other = 0
         for src, n in live.items():
             if src in labelled:
-                g.add_metric([src, names.ip(src) or ""], n)
+                g.add_metric([src, *who(src)], n)
             else:
                 other += n
-        g.add_metric(["other", ""], other)
+        g.add_metric(["other", "", "", ""], other)
         yield g
+        d = GaugeMetricFamily("cttrace_destination_entries", "Live DNATed entries by the address "
+                              "their replies come from: the destination side of published ports, "
+                              "Services and NodePorts (top K; the rest in destination=\"other\")",
+                              labels=["destination", "container", "namespace", "pod"])
+        for dst, n in dnat:
+            d.add_metric([dst, *who(dst)], n)
+        d.add_metric(["other", "", "", ""], dnat_other)
+        yield d
         lf = CounterMetricFamily("cttrace_events_lost", "Events lost on their way to cttrace "
                                  "(counts stay exact)", labels=["kind"])
         lf.add_metric(["perf"], lost["events"])

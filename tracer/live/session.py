@@ -214,8 +214,15 @@ class TracingSession:
         return out
 
     def container_of(self, d: Drop) -> str | None:
-        return self.names.ip(d.src) or self.names.netns(d.netns) or \
-            self.backend.stats.name(d.netns)
+        """Who sent the dropped packet: its source address's owner. The
+        namespace where it was dropped names it only when that is not the
+        followed table's (a node or host drops packets of containers it
+        routes: its name is not theirs; an address not known yet gets its
+        name later, e.g. in a capture's end record)."""
+        n = self.names.ip(d.src)
+        if n is not None or d.netns == self.inum:
+            return n
+        return self.names.netns(d.netns) or self.backend.stats.name(d.netns)
 
     # --- samples ---------------------------------------------------------------
     def read_table(self) -> kstats.TableState:
@@ -327,7 +334,8 @@ class TracingSession:
         t = r.get("table", {})
         live = self.feed.entries
         name_of = self.names.ip
-        rows = top_rows(live, r, group, sort, n, name_of)
+        rows = top_rows(live, r, group, sort, n, name_of,
+                        self.names.pod if group == "pod" else None)
         src_rows = rows if group == "src" else top_rows(live, r, "src", "entries", n, name_of)
         tot = self.rates.totals
         reasons = {k: v for k, v in sorted(self.counters.reasons_by_netns.get(self.inum, {}).items(),
@@ -350,6 +358,11 @@ class TracingSession:
                              "drops_per_s": x["drops_per_s"], "drops_total": x["drops_total"],
                              "container": x["container"]}
                             for x in src_rows],
+            # the destination side: DNATed entries by the address their reply
+            # comes from (published ports, Services, NodePorts)
+            "top_dnat_destinations": [{"dst": a, "entries": c, "container": name_of(a), "side": "destination"}
+                                      for a, c in sorted(getattr(live, "dnat", {}).items(),
+                                                          key=lambda kv: (-kv[1], kv[0]))[:n]],
             # exact, since the session started: the kernel's counters and the probes' maps
             "totals": {"table_full": tot["table_full"], "early_drops": tot["early_drop"],
                        "insert_failed": tot["insert_failed"],

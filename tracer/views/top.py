@@ -160,8 +160,11 @@ def main_table(f: dict, rows: int | None = None, compact: bool = False) -> Table
     shown = f["top"] if rows is None else f["top"][:rows]
     more = len(f["top"]) - len(shown)
     t = _table(f"by {g} (sorted by {f['sort']})" + (f", {more} more below" if more else ""), compact)
+    sides = g in ("container", "pod")   # DNATed entries count for their destination too
     t.add_column(g, overflow="fold")
-    t.add_column("entries", justify="right")
+    t.add_column("as src" if sides else "entries", justify="right")
+    if sides:
+        t.add_column("as dst", justify="right")
     t.add_column("share", justify="right")
     t.add_column("inserts/s", justify="right")
     t.add_column("deletes/s", justify="right")
@@ -169,7 +172,9 @@ def main_table(f: dict, rows: int | None = None, compact: bool = False) -> Table
     if by_src:
         t.add_column("container", overflow="fold")
     for r in shown:
-        cells = [text(r["key"]), f"{r['entries']:,}", f"{100 * r['share']:.1f}%",
+        cells = [text(r["key"]), f"{r['entries']:,}",
+                 *([f"{r.get('entries_as_destination', 0):,}"] if sides else []),
+                 f"{100 * r['share']:.1f}%",
                  _rate(r["inserts_per_s"]), _rate(r["deletes_per_s"]),
                  Text(_rate(r["drops_per_s"]), style="bold red" if r["drops_per_s"] else "")]
         t.add_row(*cells, *([text(r.get("container"))] if by_src else []))

@@ -1,0 +1,335 @@
+"""Containers and pods of real runtimes named exactly: per container and per
+pod, cttrace's entries and drops (top, drops, serve, capture + report)
+equal that container's own generator's flows and refusals, and the
+kernel's table and counters.
+
+One node namespace runs a private dockerd, containerd and Podman
+(tests/runtimes.py). Who sends what (UDP flows, one source port each):
+
+  Docker   d-bridge (default bridge), d-side (--network container:d-bridge:
+           counts as d-bridge, the namespace's owner), d-user (a user-defined
+           network), d-host (--network host: the node itself, named as the
+           node, never as a container), d-pub (publishes 18080/udp: the
+           client's flows to it are DNATed, d-pub is their destination side)
+  containerd  shop/api-0 and shop/db-0 (sandbox + app container joining its
+           namespace), kube-system/agent-0 (hostNetwork: the node)
+  Podman   p-web (rootful, netavark)
+"""
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests import runtimes as R
+from tests.host.conftest import CTTRACE, wait_ready
+
+# flows each one sends: all different, so that a count can only match its owner
+N = {"d-bridge": 11, "d-side": 13, "d-user": 12, "d-host": 14, "d-pub": 15, "shop/api-0": 16,
+     "shop/db-0": 17, "kube-system/agent-0": 18, "p-web": 19}
+
+
+@pytest.fixture(scope="module")
+def world():
+    base = R.tmpdir()
+    before = R.host_state()
+    fresh = R.fresh_paths()
+    R.node_up()
+    fs = R.rootfs(base / "rootfs")
+    tar = base / "rootfs.tar"
+    R.sh("tar", "-C", fs, "-cf", tar, ".")
+    w = {"skip": {}, "who": {}, "base": base}
+    rts = []
+    try:
+        t0 = time.monotonic()
+        try:
+            d = R.Docker(base)
+            rts.append(d)
+            d.load(tar)
+            d.cli("network", "create", "--subnet", R.USER_SUBNET,
+                  "-o", f"com.docker.network.bridge.name={R.USER_NET}", "ctnet")
+            w["docker"] = d
+            w["who"]["d-bridge"] = d.run("d-bridge")
+            w["who"]["d-side"] = d.run("d-side", "--network", "container:d-bridge")
+            w["who"]["d-user"] = d.run("d-user", "--network", "ctnet")
+            w["who"]["d-host"] = d.run("d-host", "--network", "host")
+            w["who"]["d-pub"] = d.run("d-pub", "-p", "18080:80/udp")
+        except R.RuntimeUnavailable as e:
+            w["skip"]["docker"] = str(e)
+        try:
+            c = R.Containerd(base, fs)
+            rts.append(c)
+            w["containerd"] = c
+            w["who"]["shop/api-0"] = c.pod("shop", "api-0", "198.19.254.10", ["api"])
+            w["who"]["shop/db-0"] = c.pod("shop", "db-0", "198.19.254.11", ["db", "backup"])
+            w["who"]["kube-system/agent-0"] = c.pod("kube-system", "agent-0", None, ["agent"],
+                                                    host_network=True)
+        except R.RuntimeUnavailable as e:
+            w["skip"]["containerd"] = str(e)
+        try:
+            p = R.Podman(base)
+            rts.append(p)
+            p.load(tar)
+            w["podman"] = p
+            w["who"]["p-web"] = p.run("p-web")
+        except R.RuntimeUnavailable as e:
+            w["skip"]["podman"] = str(e)
+        w["setup_s"] = time.monotonic() - t0
+        yield w
+    finally:
+        for r in reversed(rts):
+            try:
+                r.stop()
+            except Exception as e:          # keep stopping the others
+                print(f"stopping {type(r).__name__}: {e}")
+        R.node_down()
+        R.sh("rm", "-rf", base, check=False)
+        R.remove_fresh(fresh)
+        assert R.host_state() == before, "the runtimes left something on the host"
+
+
+def need(world, runtime):
+    if runtime in world["skip"]:
+        pytest.skip(f"{runtime} cannot start here: {world['skip'][runtime]}")
+
+
+# where each one's flows come from: (netns path, source address, destination)
+def sender(world, name):
+    x = world["who"][name]
+    if name in ("d-host", "kube-system/agent-0"):
+        return f"/run/netns/{R.NODE}", R.UP_NODE, R.UP_CLIENT
+    if name == "d-pub":              # the client hits the published port
+        return f"/run/netns/{R.CLIENT}", R.UP_CLIENT, R.UP_NODE
+    if name.startswith("shop/"):
+        return x["netns"], x["ip"], R.POD_GW
+    if name == "d-side":
+        return f"/proc/{x['pid']}/ns/net", world["who"]["d-bridge"]["ips"][0], R.DOCKER_GW
+    gw = {"d-bridge": R.DOCKER_GW, "d-user": R.USER_GW, "p-web": R.PODMAN_GW}[name]
+    return f"/proc/{x['pid']}/ns/net", x["ips"][0], gw
+
+
+def send(world, name, n, first_port):
+    path, src, dst = sender(world, name)
+    if name == "d-pub":
+        return R.udp_flows(path, src, dst, n, first_port, dport=18080)
+    return R.udp_flows(path, src, dst, n, first_port)
+
+
+# the name cttrace must give each sender's flows, source side
+EXPECT = {"d-bridge": "d-bridge", "d-side": "d-bridge", "d-user": "d-user", "d-host": R.NODE,
+          "d-pub": R.CLIENT, "shop/api-0": "shop/api-0", "shop/db-0": "shop/db-0",
+          "kube-system/agent-0": R.NODE, "p-web": "p-web"}
+
+
+def run_json(*args, timeout=60):
+    r = subprocess.run([CTTRACE, *args], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+
+
+def test_entries_named_by_container_and_pod(world):
+    present = [n for n in N if n in world["who"]]
+    assert present, f"no runtime could start: {world['skip']}"
+    for i, name in enumerate(present):
+        send(world, name, N[name], 20000 + 100 * i)
+    table = R.node_entries()
+    by_src = Counter(r["src"] for r in table)
+    want: Counter = Counter()
+    for name in present:
+        want[EXPECT[name]] += N[name]
+    # the kernel's own table agrees with the generators (the ground truth)
+    for name in present:
+        src = sender(world, name)[1]
+        assert by_src[src] >= N[name], (name, src, by_src)
+    for group in ("container", "pod"):
+        f = run_json("top", "--netns", R.NODE, "--json", "--once", "-g", group, "-t", "100",
+                     "--interval", "0.5")[-1]
+        rows = {r["key"]: r for r in f["top"]}
+        for name, n in want.items():
+            assert name in rows, (group, name, sorted(rows))
+            # all of the namespace's sources count: the generators' flows and
+            # whatever else the kernel holds from them (compared below)
+            srcs = {sender(world, x)[1] for x in present if EXPECT[x] == name}
+            if name == R.NODE:       # the node's other addresses (its bridges' IGMP reports)
+                srcs |= {R.DOCKER_GW, R.USER_GW, R.POD_GW, R.PODMAN_GW}
+            assert rows[name]["entries"] == sum(by_src[s] for s in srcs), (group, name, rows[name])
+            assert rows[name]["entries"] >= n
+        if "d-pub" in world["who"]:
+            pub = rows["d-pub"]
+            assert pub["entries"] == 0 and pub["entries_as_destination"] == N["d-pub"]
+            dn = {d["dst"]: d for d in f["top_dnat_destinations"]}
+            assert dn[world["who"]["d-pub"]["ips"][0]] == {
+                "dst": world["who"]["d-pub"]["ips"][0], "entries": N["d-pub"], "container": "d-pub",
+                "side": "destination"}
+        names = set(rows)
+        for gone in ("d-side", "d-host", "kube-system/agent-0"):
+            assert gone not in names     # never named after a container sharing a namespace
+
+
+def scrape(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric(text, name, **labels):
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            out.append(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start(tmp, *args):
+    ready = tmp / f"ready-{args[0]}"
+    out = open(tmp / f"out-{args[0]}", "w+")
+    p = subprocess.Popen([CTTRACE, *args, "--ready-file", str(ready)], stdout=out,
+                         stderr=subprocess.PIPE, text=True)
+    wait_ready(p, ready)
+    return p, out
+
+
+def stop(p, out):
+    p.send_signal(signal.SIGINT)
+    p.wait(60)
+    out.seek(0)
+    return out.read()
+
+
+def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path):
+    senders = [n for n in ("d-bridge", "d-user", "shop/api-0", "shop/db-0", "p-web", "d-host")
+               if n in world["who"]]
+    assert senders, f"no runtime could start: {world['skip']}"
+    port = free_port()
+    procs = [start(tmp_path, "top", "--netns", R.NODE, "--json", "--interval", "0.5", "-t", "100"),
+             start(tmp_path, "drops", "--netns", R.NODE, "--json"),
+             start(tmp_path, "serve", "--netns", R.NODE, "--listen", f"127.0.0.1:{port}",
+                   "--interval", "0.5", "--top-k", "50"),
+             start(tmp_path, "capture", "--netns", R.NODE, "-o", str(tmp_path / "c.gz"), "-d", "120s")]
+    truth: Counter = Counter()
+    try:
+        with R.Limit(admit=0):
+            for i, name in enumerate(senders):
+                before = R.node_stats()
+                send(world, name, 30 + i, 40000 + 100 * i)
+                time.sleep(0.3)
+                after = R.node_stats()
+                truth[EXPECT[name]] += (after["drop"] - after["insert_failed"]) - \
+                    (before["drop"] - before["insert_failed"])
+        time.sleep(2.0)                      # the pump and serve's interval
+        metrics = scrape(port)
+    finally:
+        outs = [stop(p, o) for p, o in procs]
+    assert all(truth[EXPECT[n]] > 0 for n in senders), truth
+    srcs = {EXPECT[n]: sender(world, n)[1] for n in senders}
+    # top: per source, exact, named
+    last = json.loads(outs[0].splitlines()[-1])
+    tops = {s["src"]: s for s in last["top_sources"]}
+    for name, src in srcs.items():
+        assert tops[src]["drops_total"] == truth[name], (name, tops.get(src))
+        assert tops[src]["container"] == name
+    # drops: every drop of a sender's address carries its name
+    drops = [json.loads(l) for l in outs[1].splitlines() if l.strip()]
+    for name, src in srcs.items():
+        mine = [d for d in drops if d["src"] == src]
+        assert len(mine) == truth[name], (name, len(mine))
+        assert {d["container"] for d in mine} == {name}
+        assert {d["reason"] for d in mine} == {"table_full"}
+    # serve: Kubernetes-style labels, exact counts
+    for name, src in srcs.items():
+        m = world["who"].get(name, {})
+        lab = {"source": src, "namespace": m.get("namespace", ""), "pod": m.get("pod", "")}
+        if name.startswith("shop/"):
+            lab["container"] = m["containers"][0] if len(m["containers"]) == 1 else ""
+        else:
+            lab["container"] = name
+        assert metric(metrics, "cttrace_source_drops_total", **lab) == [truth[name]], (name, lab)
+    # capture + report
+    rep = run_json("report", str(tmp_path / "c.gz"), "--json")[0]
+    by = {r["src"]: r for r in rep["top_sources_by_drops"]}
+    for name, src in srcs.items():
+        assert by[src]["drops"] == truth[name] and by[src]["container"] == name
+
+
+def test_churn_every_drop_keeps_its_container_name(world, tmp_path):
+    """30 short-lived containers in a 60 s capture: each starts, sends into a
+    full table, and is removed; every drop and source in the report keeps
+    its container's name."""
+    need(world, "docker")
+    d = world["docker"]
+    p, out = start(tmp_path, "capture", "--netns", R.NODE, "-o", str(tmp_path / "churn.gz"), "-d", "60s")
+    truth: dict[str, int] = {}
+    try:
+        with R.Limit(admit=0) as lim:
+            t0 = time.monotonic()
+            for i in range(30):
+                name = f"job-{i}"
+                # a fixed address each: Docker hands a freed address to the
+                # next container, and the report is by address
+                x = d.run(name, "--network", "ctnet", "--ip", f"198.19.253.{100 + i}")
+                lim.refill()
+                before = R.node_stats()
+                R.udp_flows(f"/proc/{x['pid']}/ns/net", x["ips"][0], R.USER_GW, 5 + i % 7, 30000)
+                time.sleep(0.5)
+                after = R.node_stats()
+                truth[x["ips"][0]] = (name, (after["drop"] - after["insert_failed"]) -
+                                      (before["drop"] - before["insert_failed"]))
+                d.cli("rm", "-f", name)
+                # spread over the capture: about 1.8 s per container
+                time.sleep(max(0.0, t0 + 1.8 * (i + 1) - time.monotonic()))
+    finally:
+        p.wait(120)
+    rep = run_json("report", str(tmp_path / "churn.gz"), "--json", "-t", "100")[0]
+    by = {r["src"]: r for r in rep["top_sources_by_drops"]}
+    for ip, (name, n) in truth.items():
+        assert n > 0
+        assert by[ip]["container"] == name, (ip, by[ip])
+        assert by[ip]["drops"] == n
+    # every drop record is named
+    import gzip
+    recs = [json.loads(l) for l in gzip.open(tmp_path / "churn.gz", "rt") if l.strip()]
+    drops = [r for r in recs if r.get("k") == "drop"]
+    end = [r for r in recs if r.get("k") == "end"][-1]
+    assert len(drops) == sum(n for _, n in truth.values())
+    named = sum(1 for r in drops if r.get("container") == truth[r["src"]][0])
+    late = sum(1 for r in drops if r.get("container") is None and end["names"].get(r["src"]) == truth[r["src"]][0])
+    assert named + late == len(drops), (named, late, len(drops))
+
+
+def test_rename_and_new_address_are_followed(world):
+    """`docker rename`, `podman rename` and a container given a new address
+    (reconnected): the next refresh names the address by the new name, and
+    the new address by the container."""
+    from tracer.kernel.attribution import collect
+    n0 = collect()
+    if "docker" in world:
+        d = world["docker"]
+        ip = world["who"]["d-user"]["ips"][0]
+        assert n0.by_ip[ip] == "d-user"
+        d.cli("rename", "d-user", "d-user-2")
+        assert collect().by_ip[ip] == "d-user-2"
+        d.cli("network", "disconnect", "ctnet", "d-user-2")
+        d.cli("network", "connect", "--ip", "198.19.253.77", "ctnet", "d-user-2")
+        n = collect()
+        assert n.by_ip["198.19.253.77"] == "d-user-2" and ip not in n.by_ip
+    if "podman" in world:
+        p = world["podman"]
+        ip = world["who"]["p-web"]["ips"][0]
+        assert n0.by_ip[ip] == "p-web"
+        p.cli("rename", "p-web", "p-web-2")
+        assert collect().by_ip[ip] == "p-web-2"
+    if "docker" not in world and "podman" not in world:
+        pytest.skip(f"neither Docker nor Podman could start: {world['skip']}")

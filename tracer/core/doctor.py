@@ -10,6 +10,7 @@ import re
 import shlex
 from dataclasses import asdict, dataclass
 
+from tracer.core import command as cmd
 from tracer.core import forecast as fc
 from tracer.core import nat
 from tracer.core.hoststate import HostState
@@ -132,10 +133,35 @@ def diagnose(h: HostState) -> list[Finding]:
             add("heavy_source", WARNING if n / total >= 0.5 else INFO,
                 f"{who or src} holds {100 * n / total:.0f}% of the table",
                 f"{n:,} of {total:,} entries have original source {src}" + (f" ({who})" if who else ""),
-                f"cttrace top --src {src}/{32 if ':' not in src else 128}   # what it opens\n"
+                _top_src(src) + "   # what it opens\n"
                 "# if it is a container on a NATed bridge with heavy traffic: host networking, "
                 "connection reuse, or NOTRACK for its traffic")
     return out
+
+
+def _top_src(src) -> str:
+    """`cttrace top --src ADDR/32` for a parsed address, else why not."""
+    try:
+        a = cmd.address(src, "source")
+    except cmd.Unsafe as e:
+        return cmd.no_command(str(e), "cttrace top --src")
+    return cmd.join(["cttrace", "top", "--src", f"{a}/{a.max_prefixlen}"])
+
+
+# A conntrack sysctl's short name (udp_timeout, tcp_timeout_established, ...).
+_SYSCTL = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _sysctl_fix(name, value) -> str:
+    """`sysctl -w net.netfilter.nf_conntrack_NAME=VALUE` from a validated
+    name and a whole number, else why not."""
+    try:
+        if not isinstance(name, str) or not _SYSCTL.fullmatch(name):
+            raise cmd.Unsafe(f"the setting {cmd.comment(name)[:60]!r} is not a sysctl name")
+        v = cmd.integer(value, 0, 2**31 - 1, "value")
+    except cmd.Unsafe as e:
+        return cmd.no_command(str(e), "sysctl -w")
+    return cmd.join(["sysctl", "-w", f"net.netfilter.nf_conntrack_{name}={v}"])
 
 
 def table_forecast(h: HostState, limit: int | None, scale: float = 1.0) -> dict:
@@ -206,7 +232,7 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
                 f"idle time of {', '.join(c['kinds'])} (timeout - remaining): {idle}"
                 + (f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else "")
                 + assumed,
-                f"sysctl -w net.netfilter.nf_conntrack_{name}={c['proposed']}\n"
+                _sysctl_fix(name, c["proposed"]) + "\n"
                 f"# it cuts flows idle longer than {c['proposed']} s: the applications above must "
                 "send within that time (keep-alives) or reconnect")
     # early drop only evicts entries that are not ASSURED
@@ -494,16 +520,20 @@ def _snat_fix(rules, full) -> str:
         if rule is not None and rule not in used:
             used.append(rule)
     for r in used:
-        out.append(f"# {r.text}" if r.tool != "nft" else f"# nft: {r.text}")
+        out.append(f"# {cmd.comment(r.text)}" if r.tool != "nft" else f"# nft: {cmd.comment(r.text)}")
         out.append(nat.widened(r))
     if not used:
         out.append("# no SNAT/MASQUERADE rule found in this namespace's rules; on the rule that "
                    "translates these flows: --random-fully and --to-ports 1024-65535")
     u = full[0][0]
+    try:
+        first = str(cmd.address(u["snat"], "SNAT address"))
+    except cmd.Unsafe:
+        first = "<first address>"
     out.append(f"# more SNAT addresses: each one has its own ports per destination, e.g. "
-               f"-j SNAT --to-source {u['snat']}-<last address> --random-fully")
+               f"-j SNAT --to-source {first}-<last address> --random-fully")
     out.append(f"# fewer new flows: connection reuse / keep-alive in the clients that open "
-               f"{u['proto']} flows to {u['dst']}:{u['dport']}")
+               + cmd.comment(f"{u['proto']} flows to {u['dst']}:{u['dport']}"))
     return "\n".join(out)
 
 

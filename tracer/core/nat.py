@@ -35,9 +35,11 @@ import socket
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Annotated, NotRequired, TypedDict
 
 from tracer.core import command as cmd
 from tracer.core.conntrack import PORT_PROTOS, proto_name
+from tracer.core.schema import Max, Range
 
 # include/uapi/linux/netfilter/nfnetlink_conntrack.h
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS = 1, 2, 3
@@ -546,35 +548,36 @@ def _nft_widened(r: SnatRule, ports: tuple[int, int]) -> str:
                                              *head, stmt])])
 
 
-# --- captures ---------------------------------------------------------------------------
+# --- captures: what Usage.to_state() gives, as a capture records it (its schema) --------
 
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+Text = Annotated[str, Max(64)]
+Port = Annotated[int, Range(0, 65535)]
 
 
-def clean_state(raw) -> dict:
-    """The parts of a recorded `nat` summary (Usage.to_state) with the right
-    types; anything else is left out (a capture is untrusted input)."""
-    if not isinstance(raw, dict):
-        return {}
-    out: dict = {k: raw[k] for k in ("entries", "snat_entries", "dnat_entries", "snat_keys", "dnat_keys")
-                 if _int(raw.get(k))}
-    snat = []
-    for u in raw["snat"] if isinstance(raw.get("snat"), list) else []:
-        if isinstance(u, dict) and all(isinstance(u.get(k), str) for k in ("proto", "snat", "dst")) \
-                and all(_int(u.get(k)) for k in ("dport", "entries", "port_min", "port_max")) \
-                and u["entries"] > 0 and 0 <= u["port_min"] <= u["port_max"] <= 65535:
-            osp = u.get("orig_sport_min")
-            snat.append({k: u[k] for k in ("proto", "snat", "dst", "dport", "entries", "port_min",
-                                           "port_max")} | {"orig_sport_min": osp if _int(osp) else 1024})
-    dnat = []
-    for d in raw["dnat"] if isinstance(raw.get("dnat"), list) else []:
-        if isinstance(d, dict) and isinstance(d.get("proto"), str) and isinstance(d.get("service"), str) \
-                and _int(d.get("port")) and _int(d.get("entries")) and isinstance(d.get("backends"), dict) \
-                and all(isinstance(b, str) and _int(n) for b, n in d["backends"].items()):
-            dnat.append({k: d[k] for k in ("proto", "service", "port", "entries", "backends")})
-    if isinstance(raw.get("snat"), list):
-        out["snat"] = snat
-    if isinstance(raw.get("dnat"), list):
-        out["dnat"] = dnat
-    return out
+class SnatUse(TypedDict):
+    proto: Text
+    snat: Text
+    dst: Text
+    dport: Port
+    entries: Annotated[int, Range(1, 2**32)]
+    port_min: Port
+    port_max: Port
+    orig_sport_min: NotRequired[Port]
+
+
+class DnatUse(TypedDict):
+    proto: Text
+    service: Text
+    port: Port
+    entries: int
+    backends: dict[Text, int]
+
+
+class NatState(TypedDict, total=False):
+    entries: int
+    snat_entries: int
+    dnat_entries: int
+    snat_keys: int
+    dnat_keys: int
+    snat: list[SnatUse]
+    dnat: list[DnatUse]

@@ -104,6 +104,8 @@ def parse_timed(line: bytes) -> tuple | None:
     i += 2
     timeout = b""
     if i < len(toks) and toks[i].isdigit():      # timeout (absent when offloaded)
+        if len(toks[i]) > 10:                    # no kernel prints a longer one (forecast.MAX_TIMEOUT)
+            return None
         timeout = toks[i]
         i += 1
     state = b""
@@ -525,14 +527,14 @@ def ages_summary(ages: RawAges, dec: TextDecoder, sysctls: dict) -> dict:
     for (p, s, x1, x2, t), n in ages.raw.items():
         k, a, _ = kind_of(p, s, x1, x2)
         assured += n if a else 0
-        if t:
+        if t and int(t) <= forecast.MAX_TIMEOUT:   # longer: not a kernel's (left out)
             d = remaining.setdefault(k, {})
             d[int(t)] = d.get(int(t), 0) + n
     apps = None
     if ages.apps_complete:
         apps = []
         for (p, s, x1, x2, t, src, dport), n in ages.apps.items():
-            if t:
+            if t and int(t) <= forecast.MAX_TIMEOUT:
                 k, _, proto = kind_of(p, s, x1, x2)
                 port = dec.dport(dport)
                 apps.append((k, int(t), dec.addr(src)[1],

@@ -3,7 +3,6 @@ counters, with the host's settings and rules, for `cttrace report`."""
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 import time
@@ -35,7 +34,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
     \b
     Example:  sudo cttrace capture --duration 30s -o incident.ctcap
     """
-    from tracer.formats.capture import CaptureError, Writer, row_record
+    from tracer.formats.capture import CaptureError, Writer, row_record, write_ready_file
     from tracer.kernel.ctevents import DELETE
     from tracer.kernel.host import read_live
     from tracer.live.session import Options
@@ -60,8 +59,10 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
         try:
             stats()
             if ready_file:
-                with open(ready_file, "w") as f:
-                    f.write(f"{os.getpid()}\n")
+                try:
+                    write_ready_file(ready_file)
+                except CaptureError as e:
+                    abort(str(e))
             end = time.monotonic() + length
             next_stats = time.monotonic() + interval
             progress = _progress(length)

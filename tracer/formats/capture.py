@@ -137,11 +137,96 @@ def _replace(path: str, mode: int) -> int:
     return fd
 
 
-def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o644) -> None:
-    """Write a whole text file (an HTML report) with the same refusals as
-    a capture: no symbolic link followed, no file replaced unless asked."""
-    with os.fdopen(create_private(path, overwrite, mode), "w", encoding="utf-8") as f:
-        f.write(text)
+def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) -> None:
+    """Write a whole text file (an HTML report: the capture's addresses,
+    names and rules, so mode 0600 like the capture) with the same refusals
+    as a capture: no symbolic link followed, no file replaced unless asked.
+    The text goes to a temporary file in the same directory, made with
+    O_CREAT|O_EXCL|O_NOFOLLOW and synced; only a complete file takes the
+    name (rename when replacing, link when not: never over a file made
+    meanwhile), so a full disk leaves the old file as it was."""
+    _refuse_existing(path, overwrite)
+    data = text.encode("utf-8")
+    tmp, fd = _temp_next_to(path, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.rename(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise CaptureError(f"{path} already exists: not overwriting it; choose another "
+                                   "name or use --force to replace it") from None
+            os.unlink(tmp)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise CaptureError(f"{path}: cannot write: {e.strerror}; nothing was changed") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _refuse_existing(path: str, overwrite: bool) -> None:
+    what = _existing(path)
+    if what == "directory":
+        raise CaptureError(f"{path} is a directory; give a file name")
+    if what and not overwrite:
+        raise CaptureError(f"{path} already exists ({what}): not overwriting it; choose another "
+                           "name or use --force to replace it")
+
+
+def _temp_next_to(path: str, mode: int) -> tuple[str, int]:
+    """(name, fd) of a new private file beside `path` (O_EXCL|O_NOFOLLOW)."""
+    d, base = os.path.split(path)
+    for _ in range(100):
+        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, _NEW, mode)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise CaptureError(f"{path}: cannot create a file in {d or '.'}: {e.strerror}") from None
+    raise CaptureError(f"{path}: cannot make a temporary file next to it")
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def check_ready_file(path: str) -> None:
+    """Fail now (before probes attach) if the ready-file cannot be written:
+    a directory, or a directory we cannot create files in."""
+    if _existing(path) == "directory":
+        raise CaptureError(f"--ready-file {path} is a directory; give a file name")
+    tmp, fd = _temp_next_to(path, 0o644)
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def write_ready_file(path: str) -> None:
+    """Our PID in `path`, written to a temporary file beside it and renamed
+    over it: never through a symbolic link, never truncating the file
+    that was there (another user's file in a sticky directory cannot be
+    replaced: that is an error)."""
+    tmp, fd = _temp_next_to(path, 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.rename(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise CaptureError(f"--ready-file {path}: cannot write: {e.strerror}") from None
 
 
 @dataclass

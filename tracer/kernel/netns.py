@@ -35,8 +35,11 @@ def resolve(spec: str) -> str:
         path = f"/run/netns/{spec}"
     if not os.path.exists(path):
         known = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
-        hint = f" (named namespaces: {', '.join(known)})" if known else " (see 'ip netns list')"
-        raise NetnsError(f"--netns {spec}: no such network namespace{hint}")
+        # names under /run/netns are anyone's with access to it: shown as repr (escaped)
+        hint = (f" (named namespaces: {', '.join(repr(n) for n in known[:20])}"
+                + (f" and {len(known) - 20} more" if len(known) > 20 else "") + ")"
+                if known else " (see 'ip netns list')")
+        raise NetnsError(f"--netns {spec!r}: no such network namespace{hint}")
     return path
 
 

@@ -133,8 +133,12 @@ class TracingSession:
         self.names.start()
         self.sample()
         if o.ready_file:
-            with open(o.ready_file, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            from tracer.formats.capture import CaptureError, write_ready_file
+            try:
+                write_ready_file(o.ready_file)
+            except CaptureError as e:
+                self.close()
+                raise SessionError(str(e)) from None
         return self
 
     def choose(self) -> tuple[str, str]:

@@ -36,7 +36,6 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
     """
     from tracer.formats.capture import CaptureError, Writer, row_record, write_ready_file
     from tracer.kernel.ctevents import DELETE
-    from tracer.kernel.host import read_live
     from tracer.live.session import Options
 
     opts = Options(backend=backend, rate=100000, netns=netns, table_events=True, only_table_netns=True)
@@ -48,7 +47,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
                      "kernel": st.totals})
 
         try:
-            start_state = read_live(netns, 0.1, names=s.names.names)
+            start_state = _state(s, netns)
             w = Writer(output, {"created": time.time(), "host": platform.node(),
                                 "kernel": platform.release(), "backend": s.backend.name,
                                 "netns": netns or "host", "netns_inode": s.inum,
@@ -93,7 +92,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
             try:
                 stats()
                 c = s.backend.counters()
-                end_state = read_live(netns, 0.1, names=s.names.names)
+                end_state = _state(s, netns)
                 w.write({"k": "end", "t": time.time(), "totals": counts,
                          "sources": c.drops_by_src(s.inum), "lost": c.lost, "state": asdict(end_state)})
             finally:
@@ -117,3 +116,12 @@ def _progress(total: float):
         else:
             p.update(task, completed=done, description=text)
     return update
+
+
+def _state(s, netns):
+    """The followed namespace's HostState, read through the session's pinned
+    reference (it survives `ip netns del` while recording), named as given."""
+    from tracer.kernel.host import read_live
+    h = read_live(s.netns_ref, 0.1, names=s.names.names)
+    h.netns = netns or "host"
+    return h

@@ -80,6 +80,19 @@ def _setns(fd: int) -> None:
         raise NetnsError(f"setns failed: {os.strerror(err)}")
 
 
+def pin(spec: str) -> int:
+    """An open descriptor on namespace `spec` (name, PID or path): entering
+    /proc/self/fd/N keeps following that namespace, and keeps it alive, if
+    its name is deleted (ip netns del) or its process exits."""
+    path = resolve(spec)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        raise NetnsError(f"--netns {spec}: permission denied: run with sudo") from None
+    except OSError as e:
+        raise NetnsError(f"--netns {spec}: cannot open {path}: {e.strerror}") from None
+
+
 @contextmanager
 def entered(spec: str | None):
     """Run the body inside namespace `spec` (None: stay where we are)."""

@@ -68,6 +68,8 @@ class TracingSession:
         self.live = None                    # LiveSource when opts.table
         self.events = None                  # CtEvents when opts.table_events
         self.inum: int | None = None        # inode of the followed namespace
+        self._ns_fd: int | None = None      # the followed namespace, held open (ns.pin)
+        self.netns_ref: str | None = None   # how the edges enter it: /proc/self/fd/N
         self.drop_inodes: set[int] = set()
         self.rates = Rates()
         self.recent: deque = deque(maxlen=opts.recent)
@@ -103,7 +105,10 @@ class TracingSession:
                                "run with sudo")
         try:
             if o.netns is not None:
-                ns.resolve(o.netns)
+                # Pinned: the namespace stays the one we started with (and
+                # alive) if its name is deleted or reused while we trace.
+                self._ns_fd = ns.pin(o.netns)
+                self.netns_ref = f"/proc/self/fd/{self._ns_fd}"
             self.drop_inodes = {os.stat(ns.resolve(n)).st_ino for n in o.drop_netns}
         except ns.NetnsError as e:
             raise SessionError(str(e)) from None
@@ -119,15 +124,15 @@ class TracingSession:
         try:
             if o.table:      # the first dump is read while the probes compile
                 from tracer.live.source import LiveSource
-                self.live = LiveSource(o.netns, o.flt.row).start(background=True)
+                self.live = LiveSource(self.netns_ref, o.flt.row).start(background=True)
             self.backend.start()
-            with ns.entered(o.netns):
+            with ns.entered(self.netns_ref):
                 self.inum = ns.inode()
             if self.live is not None:
                 self.live.wait()
             if o.table_events:
                 from tracer.kernel.ctevents import CtEvents
-                self.events = CtEvents(o.netns)
+                self.events = CtEvents(self.netns_ref)
         except (BackendError, ctnetlink.NetlinkError, ns.NetnsError) as e:
             raise SessionError(str(e)) from None
         self.names.start()
@@ -166,6 +171,9 @@ class TracingSession:
         if self.names is not None:
             self.names.stop()
             self.names = None
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+            self._ns_fd = None
 
     # --- signals ---------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -225,7 +233,7 @@ class TracingSession:
 
     # --- samples ---------------------------------------------------------------
     def read_table(self) -> table.TableState:
-        with ns.entered(self.opts.netns):
+        with ns.entered(self.netns_ref):
             return table.read()
 
     def kernel_totals(self, st: table.TableState) -> dict[str, int]:

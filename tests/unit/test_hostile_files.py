@@ -15,22 +15,11 @@ from tracer.cli import main
 from tracer.core.events import Counters, SourceCounts
 from tracer.formats import capture as capmod
 from tracer.formats import export
-from tracer.formats.capture import CaptureError, Writer, check_ready_file, write_ready_file
+from tracer.formats.capture import CaptureError, check_ready_file, write_ready_file
 from tracer.kernel import netns as ns
 from tracer.views.drops import summary
 
-HDR = {"host": "h", "kernel": "6.1", "backend": "tracepoint", "netns": "node", "interval": 1.0,
-       "state": {"count": 1, "max": 10}}
-
-
-def _capture(p):
-    w = Writer(str(p), HDR)
-    for i in range(2):
-        w.write({"k": "stats", "t": 1000.0 + i, "count": 1, "max": 10, "kernel": {"drop": 0}})
-    w.write({"k": "end", "t": 1001.0, "state": HDR["state"]})
-    w.close()
-    return p
-
+from tests.unit.test_hostile_inputs import _capture
 
 def _run(*args):
     r = CliRunner().invoke(main, list(args))

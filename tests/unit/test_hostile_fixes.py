@@ -168,3 +168,26 @@ def test_masquerade_followed_by_spaces_is_linear():
                                         + "--x\nCOMMIT\n")[0])
     assert shlex.split(short)[-3:] == ["MASQUERADE", "--x", "--random-fully"]
     assert used < 5       # a bound far above linear (~0.05 s), far below quadratic (minutes)
+
+
+def test_namespace_and_export_names_never_run():
+    """A namespace name (from a capture or /run/netns) is never part of a
+    command; an export's name is one quoted word."""
+    name = "x'; id; echo '\n$(id)"
+    h = HostState(netns=name, count=950, max=1000, total=200, max_scope="global",
+                  by_src={"10.0.0.1": 150, "10.0.0.2": 50})
+    for f in diagnose(h):
+        assert name not in f.fix and "$(id)" not in f.fix
+        _no_injection(f.fix)
+    from tracer.core import forecast as fc
+    e = HostState(netns="", count=200, total=200, export=name, assumed=["udp_timeout"],
+                  sysctls={"udp_timeout": 30},
+                  ages=fc.summarize({"udp/UNREPLIED": {40000: 200}}, {"udp_timeout": 30}))
+    fixes = [f.fix for f in diagnose(e) if f.id == "export_timeouts"]
+    assert fixes
+    for fix in fixes:
+        words = shlex.split(fix.splitlines()[-1], comments=True)
+        assert words[:4] == ["cttrace", "doctor", "--file", "EXPORT"]    # a newline in it: a placeholder
+    e.export = "t'; id #.txt"
+    (fix,) = [f.fix for f in diagnose(e) if f.id == "export_timeouts"]
+    assert shlex.split(fix.splitlines()[-1])[:4] == ["cttrace", "doctor", "--file", e.export]

@@ -73,6 +73,10 @@ def printable(value: str, what: str = "rule") -> str:
     return value
 
 
+def has_control(value: str) -> bool:
+    return bool(_CTRL.search(value))
+
+
 def join(argv) -> str:
     """One command line: every argument shell-quoted (shlex.quote)."""
     return " ".join(shlex.quote(str(a)) for a in argv)

@@ -7,7 +7,6 @@ system.
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import asdict, dataclass
 
 from tracer.core import command as cmd
@@ -350,8 +349,15 @@ def _export(h: HostState, add, new_max: int) -> None:
             "; ".join(wrong) + " (also seen where entries have a timeout policy of their own, "
             "iptables CT --timeout / nft ct timeout, or the sysctl changed after their last packet)",
             "sysctl net.netfilter > sysctls.txt     # on the exporting host\n"
-            f"cttrace doctor --file {shlex.quote(h.export) if h.export != 'standard input' else 'EXPORT'} "
-            "--sysctls sysctls.txt")
+            + cmd.join(["cttrace", "doctor", "--file", _export_arg(h.export), "--sysctls", "sysctls.txt"]))
+
+
+def _export_arg(name: str) -> str:
+    """The export's file name as one argument; EXPORT where it is standard
+    input or holds a control character (a newline would split the line)."""
+    if name == "standard input" or cmd.has_control(name):
+        return "EXPORT"
+    return name
 
 
 def _scope(h: HostState) -> str:

@@ -81,12 +81,7 @@ def create_private(path: str, overwrite: bool = False, mode: int = 0o600) -> int
     never over an existing file. With overwrite=True an existing file (or
     link) at `path` is replaced by rename, never written through; a
     directory is still refused. Errors are one-line CaptureErrors."""
-    what = _existing(path)
-    if what == "directory":
-        raise CaptureError(f"{path} is a directory; give a file name")
-    if what and not overwrite:
-        raise CaptureError(f"{path} already exists ({what}): not overwriting it; choose another "
-                           "name or use --force to replace it")
+    what = _refuse_existing(path, overwrite)
     try:
         if not what:
             try:
@@ -118,16 +113,7 @@ def _existing(path: str) -> str | None:
 
 def _replace(path: str, mode: int) -> int:
     """A new file under a random name next to `path`, renamed over it."""
-    d, base = os.path.split(path)
-    for _ in range(100):
-        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, _NEW, mode)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise CaptureError(f"{path}: cannot make a temporary file next to it")
+    tmp, fd = _temp_next_to(path, mode)
     try:
         os.rename(tmp, path)
     except OSError:
@@ -174,13 +160,16 @@ def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) 
         raise
 
 
-def _refuse_existing(path: str, overwrite: bool) -> None:
+def _refuse_existing(path: str, overwrite: bool) -> str | None:
+    """What is at `path` (None: nothing), after refusing a directory, or
+    an existing file unless overwrite."""
     what = _existing(path)
     if what == "directory":
         raise CaptureError(f"{path} is a directory; give a file name")
     if what and not overwrite:
         raise CaptureError(f"{path} already exists ({what}): not overwriting it; choose another "
                            "name or use --force to replace it")
+    return what
 
 
 def _temp_next_to(path: str, mode: int) -> tuple[str, int]:

@@ -136,6 +136,6 @@ def test_report_on_a_bomb_with_default_limits_stays_small():
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cttrace: error:")
-    assert "decompresses to more than 256 MiB" in lines[0]
+    assert "decompresses to more than 64 MiB" in lines[0]
     if peak_kib > before:                    # the high-water mark of this child
         assert peak_kib < 150 * 1024, peak_kib

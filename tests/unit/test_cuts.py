@@ -6,11 +6,13 @@ import ipaddress
 import json
 import random
 
+import pytest
+
 from click.testing import CliRunner
 
 from tests.unit.test_doctor_export import tcp
 from tracer.cli import main as cli
-from tracer.core import cuts
+from tracer.core import cuts, schema
 from tracer.core.doctor import SEVERITIES
 
 
@@ -38,8 +40,11 @@ def test_group_orders_applications_then_sources():
     assert g[0] == {"app": "udp/53", "entries": 7, "sources": 2, "prefixes": ["10.0.0.0/30"],
                     "top_sources": [{"src": "10.0.0.1", "entries": 6}, {"src": "10.0.0.2", "entries": 1}],
                     "other_sources": 0}
-    assert cuts.clean(json.loads(json.dumps(g))) == g
-    assert cuts.clean([{"app": 1}, "x", {"app": "a", "entries": -1, "sources": 0}]) == []
+    # as a capture records it: read back through the schema (tracer/core/schema.py)
+    assert schema.check(json.loads(json.dumps(g)), cuts.Cuts) == g
+    for bad in ([{"app": 1}], ["x"], [{**g[0], "entries": -1}]):
+        with pytest.raises(schema.Invalid):
+            schema.check(bad, cuts.Cuts)
 
 
 def test_postgres_clients_export(tmp_path):

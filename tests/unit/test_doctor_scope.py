@@ -112,7 +112,7 @@ def test_view_header_names_the_scope():
 
 
 def test_a_capture_keeps_the_namespaces_own_setting():
-    from tracer.formats.capture import _clean_state
+    from tracer.formats.capture import state_fields as _clean_state
     st = _clean_state({"netns": "4242", "count": 10, "max": 1000, "max_scope": "netns",
                        "max_global": 1000, "max_own": 5000})
     assert st["max_own"] == 5000 and st["max"] == 1000

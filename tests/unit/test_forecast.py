@@ -188,14 +188,14 @@ def test_doctor_without_kernel_insert_counter_uses_growth():
 
 
 def test_capture_state_keeps_a_clean_summary():
-    from tracer.formats.capture import _clean_state
+    from tracer.formats.capture import state_fields as _clean_state
     s = F.summarize({"udp/UNREPLIED": {110: 900, 20: 100}}, {"udp_timeout": 120})
     s = __import__("json").loads(__import__("json").dumps(s))       # as a capture holds it
     got = _clean_state({"ages": s, "entry_bytes": 256, "entry_bytes_how": "slab"})
     assert got["ages"]["remaining"] == s["remaining"] and got["entry_bytes"] == 256
     assert got["ages"]["candidates"] == s["candidates"]
-    assert _clean_state({"ages": {"remaining": {"udp": {"x": 1}}}})["ages"] == {}
-    assert _clean_state({"ages": [1, 2]})["ages"] == {}
+    assert "ages" not in _clean_state({"ages": {"remaining": {"udp": {"x": 1}}}})
+    assert "ages" not in _clean_state({"ages": [1, 2]})
 
 
 def test_from_net():

@@ -3,7 +3,6 @@ counters, with the host's settings and rules, for `cttrace report`."""
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 import time
@@ -38,10 +37,9 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
       sudo cttrace capture --duration 30s -o incident.ctcap
       sudo cttrace capture --netns 4242 --max-events 100000 -o ns.ctcap
     """
-    from tracer.formats.capture import CaptureError, Writer, row_record
+    from tracer.formats.capture import CaptureError, Writer, row_record, write_ready_file
     from tracer.kernel.ctnetlink import NetlinkError
     from tracer.kernel.ctevents import DELETE
-    from tracer.kernel.host import read_live
     from tracer.live.session import Options
 
     opts = Options(backend=backend, rate=100000, netns=netns, entry_events=True, only_followed_netns=True)
@@ -63,7 +61,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
                 mix_due[0] = t0 + max(interval, 20 * (time.monotonic() - t0))
 
         try:
-            start_state = read_live(netns, 0.1, names=s.names.names)
+            start_state = _state(s, netns)
             w = Writer(output, {"created": time.time(), "host": platform.node(),
                                 "kernel": platform.release(), "backend": s.backend.name,
                                 "netns": netns or "host", "netns_inode": s.inum,
@@ -75,8 +73,10 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
         try:
             stats()
             if ready_file:
-                with open(ready_file, "w") as f:
-                    f.write(f"{os.getpid()}\n")
+                try:
+                    write_ready_file(ready_file)
+                except CaptureError as e:
+                    abort(str(e))
             end = time.monotonic() + length
             next_stats = time.monotonic() + interval
             progress = _progress(length)
@@ -112,7 +112,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
             try:
                 stats()
                 c = s.backend.counters()
-                end_state = read_live(netns, 0.1, names=s.names.names)
+                end_state = _state(s, netns)
                 by_src = c.drops_by_src(s.inum)
                 # sources that had no name when recorded (a container that had
                 # just started), named now (exited ones are remembered a while)
@@ -162,3 +162,12 @@ def _progress(total: float):
         else:
             p.update(task, completed=done, description=text)
     return update
+
+
+def _state(s, netns):
+    """The followed namespace's HostState, read through the session's pinned
+    reference (it survives `ip netns del` while recording), named as given."""
+    from tracer.kernel.host import read_live
+    h = read_live(s.netns_ref, 0.1, names=s.names.names)
+    h.netns = netns or "host"
+    return h

@@ -9,6 +9,7 @@ import os
 import click
 
 from tracer.cli import abort
+from tracer.cli.options import MAX_JOBS
 
 
 @click.command()
@@ -24,7 +25,7 @@ from tracer.cli import abort
                    "timeouts not given are taken as the kernel's defaults.")
 @click.option("--sysctl", "sysctl_values", multiple=True, metavar="NAME=VALUE",
               help="With --file: one setting, e.g. udp_timeout=60 or nf_conntrack_max=262144; repeatable.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), help="With --file: processes for big files.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1, max=MAX_JOBS), help=f"With --file: processes for big files, at most {MAX_JOBS}.")
 @click.option("--json", "as_json", is_flag=True, help="Print {findings: [...], state: {...}} as JSON.")
 def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values, jobs, as_json):
     """Check the conntrack table and its settings, and say exactly how to
@@ -73,15 +74,24 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
             state = read_live(netns, window, names=collect())
         except (ns.NetnsError, ctnetlink.NetlinkError) as e:
             abort(str(e))
-    findings = diagnose(state)
+    try:
+        findings = diagnose(state)
+        if as_json:
+            st = asdict(state)
+            st.pop("rules", None)
+            out = json.dumps({"findings": [f.to_dict() for f in findings], "state": st})
+        else:
+            from tracer.views.doctor import render
+            out = render(findings, state)
+    except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError, MemoryError) as e:
+        # states are validated (tracer/core/schema.py); this is the last net
+        where = capture_path or export_path or "this host's state"
+        abort(f"{where}: cannot diagnose this state ({type(e).__name__}: {e})")
     if as_json:
-        st = asdict(state)
-        st.pop("rules", None)
-        click.echo(json.dumps({"findings": [f.to_dict() for f in findings], "state": st}))
+        click.echo(out)
         return
     from rich.console import Console
-    from tracer.views.doctor import render
-    Console().print(render(findings, state))
+    Console().print(out)
 
 
 def _export(path: str, sysctls_path, values, jobs):

@@ -93,15 +93,36 @@ def backend_option(f):
                         help="Force a backend (auto: the best this kernel allows).")(f)
 
 
+# --jobs: processes that split a big export. Each reads its share in 8 MiB
+# blocks and holds its own counts; more than 64 never helped (the split is
+# bound by the disk and by merging the parts), and each costs memory.
+MAX_JOBS = 64
+
+
 def rate_option(f):
     return click.option("--rate", type=click.IntRange(min=1), default=2000, show_default=True,
                         help="Most drop events per second and CPU sent to user space "
                              "(counts stay exact).")(f)
 
 
+def ready_file(ctx, param, value):
+    """A --ready-file that can be written, checked before any probe attaches."""
+    if value is None:
+        return None
+    if not value:
+        raise click.BadParameter("give a file name")
+    from tracer.formats.capture import CaptureError, check_ready_file
+    try:
+        check_ready_file(value)
+    except CaptureError as e:
+        raise click.BadParameter(str(e).removeprefix(f"--ready-file {value} ")) from None
+    return value
+
+
 def ready_file_option(hidden: bool = False):
-    return click.option("--ready-file", type=click.Path(dir_okay=False), metavar="PATH", hidden=hidden,
-                        help="Write this file (our PID) once tracing has started.")
+    return click.option("--ready-file", callback=ready_file, metavar="PATH", hidden=hidden,
+                        help="Write this file (our PID) once tracing has started (a new file renamed "
+                             "over PATH: never through a symbolic link).")
 
 
 def netns_option(help_: str = "The table of another network namespace (ip netns name, or a PID in it)."):

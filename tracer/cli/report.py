@@ -27,6 +27,8 @@ def report(path, as_json, html_path, force, top):
       cttrace report incident.ctcap --html incident.html
       cttrace report table-export.txt.gz     # a /proc or conntrack -L export
     """
+    if html_path is not None and not html_path:
+        abort("--html needs a file name", 2)
     from tracer.formats.capture import CaptureError, read_capture, write_new
     from tracer.core.report import analyse
     from tracer.views.report import render, to_html

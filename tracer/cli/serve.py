@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 
 import click
@@ -32,6 +31,7 @@ def serve(listen, netns, top_k, interval, ready_file, backend, rate):
       sudo cttrace serve                               # 127.0.0.1:9466
       sudo cttrace serve --listen 0.0.0.0:9466 --top-k 50
     """
+    from tracer.formats.capture import CaptureError, write_ready_file
     from tracer.live.exporter import run
     from tracer.live.session import Options
 
@@ -40,8 +40,10 @@ def serve(listen, netns, top_k, interval, ready_file, backend, rate):
         def ready():
             say(f"serving http://{listen[0]}:{listen[1]}/metrics (backend {s.backend.name})")
             if ready_file:
-                with open(ready_file, "w") as f:
-                    f.write(f"{os.getpid()}\n")
+                try:
+                    write_ready_file(ready_file)
+                except CaptureError as e:
+                    abort(str(e))
         try:
             run(s, listen, top_k, interval, on_ready=ready, kernel=platform.release())
         except OSError as e:

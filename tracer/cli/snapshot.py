@@ -9,7 +9,7 @@ import os
 import click
 
 from tracer.cli import abort, warn
-from tracer.cli.options import cidrs, port_numbers, protos, states
+from tracer.cli.options import MAX_JOBS, cidrs, port_numbers, protos, states
 
 
 @click.command()
@@ -28,7 +28,7 @@ from tracer.cli.options import cidrs, port_numbers, protos, states
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--source", type=click.Choice(["auto", "netlink", "proc"]), default="auto",
               show_default=True, help="Live table reader: ctnetlink dump, or /proc/net/nf_conntrack.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Processes for big files (default: the CPUs that are free).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1, max=MAX_JOBS), help=f"Processes for big files, at most {MAX_JOBS} (default: the CPUs that are free).")
 def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, jobs):
     """Break the conntrack table down by protocol, state, source, destination,
     port, zone, mark and flags, in one pass.

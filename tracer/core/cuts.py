@@ -14,6 +14,9 @@ from __future__ import annotations
 import ipaddress
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
+from typing import Annotated, TypedDict
+
+from tracer.core.schema import Max
 
 MAX_APPS = 5            # applications listed per finding
 MAX_SOURCES = 3         # top sources listed per application
@@ -21,6 +24,27 @@ MAX_PREFIXES = 4        # covering prefixes listed per application and address f
 EXACT = 4096           # up to this many sources per family are collapsed exactly
 COARSE = 64            # more exact prefixes than this are widened first
 DENSE = 0.5             # two prefixes merge into their common supernet when it is this full
+
+
+# --- the shape of group()'s result, as a capture records it (its schema) -------
+Address = Annotated[str, Max(64)]
+
+
+class TopSource(TypedDict):
+    src: Address
+    entries: int
+
+
+class Group(TypedDict):
+    app: Annotated[str, Max(64)]          # "tcp/5432"
+    entries: int
+    sources: int
+    prefixes: Annotated[list[Address], Max(4 * MAX_PREFIXES)]
+    top_sources: Annotated[list[TopSource], Max(4 * MAX_SOURCES)]
+    other_sources: int
+
+
+Cuts = Annotated[list[Group], Max(64)]
 
 
 def group(pairs, apps: int = MAX_APPS, sources: int = MAX_SOURCES) -> list[dict]:
@@ -131,24 +155,4 @@ def line(g: dict, sources: bool = True) -> str:
         out += " (most: " + ", ".join(f"{t['src']} {t['entries']:,}" for t in top) + ")"
     elif top:
         out += f" ({top[0]['src']})"
-    return out
-
-
-def clean(raw) -> list[dict]:
-    """A recorded list of groups (a capture's) with the right shapes, else []."""
-    def num(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-    if not isinstance(raw, list):
-        return []
-    out = []
-    for g in raw[:MAX_APPS * 4]:
-        if not (isinstance(g, dict) and isinstance(g.get("app"), str) and num(g.get("entries"))
-                and num(g.get("sources"))):
-            continue
-        pre = [p for p in g.get("prefixes") or [] if isinstance(p, str)][:MAX_PREFIXES * 2]
-        top = [{"src": t["src"], "entries": t["entries"]} for t in g.get("top_sources") or []
-               if isinstance(t, dict) and isinstance(t.get("src"), str) and num(t.get("entries"))]
-        out.append({"app": g["app"], "entries": g["entries"], "sources": g["sources"], "prefixes": pre,
-                    "top_sources": top[:MAX_SOURCES * 2],
-                    "other_sources": g["other_sources"] if num(g.get("other_sources")) else 0})
     return out

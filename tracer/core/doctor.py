@@ -6,9 +6,10 @@ system.
 
 from __future__ import annotations
 
-import shlex
+import re
 from dataclasses import asdict, dataclass, field
 
+from tracer.core import command as cmd
 from tracer.core import cuts as who
 from tracer.core import forecast as fc
 from tracer.core import kversion
@@ -156,10 +157,35 @@ def _rules(h: HostState) -> list[Finding]:
                 f"{name or src} holds {100 * n / total:.0f}% of the table",
                 f"{n:,} of {total:,} entries have original source {src}" + (f" ({name})" if name else "")
                 + ("; its applications: below" if cut else ""),
-                f"cttrace top --src {src}/{32 if ':' not in src else 128}   # what it opens\n"
+                _top_src(src) + "   # what it opens\n"
                 "# if it is a container on a NATed bridge with heavy traffic: host networking, "
                 "connection reuse, or NOTRACK for its traffic", cut)
     return out
+
+
+def _top_src(src) -> str:
+    """`cttrace top --src ADDR/32` for a parsed address, else why not."""
+    try:
+        a = cmd.address(src, "source")
+    except cmd.Unsafe as e:
+        return cmd.no_command(str(e), "cttrace top --src")
+    return cmd.join(["cttrace", "top", "--src", f"{a}/{a.max_prefixlen}"])
+
+
+# A conntrack sysctl's short name (udp_timeout, tcp_timeout_established, ...).
+_SYSCTL = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _sysctl_fix(name, value) -> str:
+    """`sysctl -w net.netfilter.nf_conntrack_NAME=VALUE` from a validated
+    name and a whole number, else why not."""
+    try:
+        if not isinstance(name, str) or not _SYSCTL.fullmatch(name):
+            raise cmd.Unsafe(f"the setting {cmd.comment(name)[:60]!r} is not a sysctl name")
+        v = cmd.integer(value, 0, 2**31 - 1, "value")
+    except cmd.Unsafe as e:
+        return cmd.no_command(str(e), "sysctl -w")
+    return cmd.join(["sysctl", "-w", f"net.netfilter.nf_conntrack_{name}={v}"])
 
 
 def table_forecast(h: HostState, limit: int | None, scale: float = 1.0) -> dict:
@@ -232,7 +258,7 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
                 + (f"; idle {c['proposed']:,} s or more: {who.summary(cut)} (who it cuts: below)" if cut else
                    f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else "")
                 + assumed,
-                f"sysctl -w net.netfilter.nf_conntrack_{name}={c['proposed']}\n"
+                _sysctl_fix(name, c["proposed"]) + "\n"
                 f"# it cuts flows idle longer than {c['proposed']} s: the applications above must "
                 "send within that time (keep-alives) or reconnect", cut)
     # early drop only evicts entries that are not ASSURED
@@ -350,8 +376,15 @@ def _export(h: HostState, add, new_max: int) -> None:
             "; ".join(wrong) + " (also seen where entries have a timeout policy of their own, "
             "iptables CT --timeout / nft ct timeout, or the sysctl changed after their last packet)",
             "sysctl net.netfilter > sysctls.txt     # on the exporting host\n"
-            f"cttrace doctor --file {shlex.quote(h.export) if h.export != 'standard input' else 'EXPORT'} "
-            "--sysctls sysctls.txt")
+            + cmd.join(["cttrace", "doctor", "--file", _export_arg(h.export), "--sysctls", "sysctls.txt"]))
+
+
+def _export_arg(name: str) -> str:
+    """The export's file name as one argument; EXPORT where it is standard
+    input or holds a control character (a newline would split the line)."""
+    if name == "standard input" or cmd.has_control(name):
+        return "EXPORT"
+    return name
 
 
 def _scope(h: HostState) -> str:
@@ -502,16 +535,20 @@ def _snat_fix(rules, full) -> str:
         if rule is not None and rule not in used:
             used.append(rule)
     for r in used:
-        out.append(f"# {r.text}" if r.tool != "nft" else f"# nft: {r.text}")
+        out.append(f"# {cmd.comment(r.text)}" if r.tool != "nft" else f"# nft: {cmd.comment(r.text)}")
         out.append(nat.widened(r))
     if not used:
         out.append("# no SNAT/MASQUERADE rule found in this namespace's rules; on the rule that "
                    "translates these flows: --random-fully and --to-ports 1024-65535")
     u = full[0][0]
+    try:
+        first = str(cmd.address(u["snat"], "SNAT address"))
+    except cmd.Unsafe:
+        first = "<first address>"
     out.append(f"# more SNAT addresses: each one has its own ports per destination, e.g. "
-               f"-j SNAT --to-source {u['snat']}-<last address> --random-fully")
-    out.append(f"# fewer new flows: connection reuse / keep-alive in the clients that open "
-               f"{u['proto']} flows to {u['dst']}:{u['dport']}")
+               f"-j SNAT --to-source {first}-<last address> --random-fully")
+    out.append("# fewer new flows: connection reuse / keep-alive in the clients that open "
+               + cmd.comment(f"{u['proto']} flows to {u['dst']}:{u['dport']}"))
     return "\n".join(out)
 
 

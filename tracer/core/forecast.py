@@ -30,9 +30,52 @@ from __future__ import annotations
 import math
 from collections import Counter
 from operator import itemgetter
+from typing import Annotated, NotRequired, TypedDict
 
 from tracer.core.conntrack import F_ASSURED, F_UNREPLIED, STATE_NAMES, proto_name
 from tracer.core import cuts
+from tracer.core.schema import Digits, Max
+
+
+# --- what summarize() returns, as a capture records it (its schema) ----------
+Kind = Annotated[str, Max(64)]                 # "udp/UNREPLIED", "tcp/ESTABLISHED", ...
+
+
+class Idle(TypedDict):
+    timeout: int
+    sysctl: Kind
+    buckets: dict[Kind, int]
+
+
+class ByApp(TypedDict):
+    src: Annotated[str, Max(64)]
+    dport: Kind
+    entries: int
+
+
+class Candidate(TypedDict):
+    sysctl: Kind
+    kinds: list[Kind]
+    current: int
+    proposed: int
+    freed: int
+    of: int
+    by_app: NotRequired[list[ByApp]]
+    cuts: NotRequired[cuts.Cuts]
+
+
+class AgesSummary(TypedDict, total=False):
+    schedule: dict[Kind, dict[Kind, int]]
+    remaining: dict[Kind, dict[Digits, int]]    # kind -> {seconds left: entries}
+    idle: dict[Kind, Idle]
+    candidates: list[Candidate]
+    assured: int
+    total: int
+    new_kind: Kind | None
+    life: int | None
+    apps: cuts.Cuts
+    source_apps: Annotated[dict[Annotated[str, Max(64)], cuts.Cuts], Max(64)]
+
 
 TCP_SYSCTL = {"SYN_SENT": "tcp_timeout_syn_sent", "SYN_RECV": "tcp_timeout_syn_recv",
               "ESTABLISHED": "tcp_timeout_established", "FIN_WAIT": "tcp_timeout_fin_wait",
@@ -40,6 +83,12 @@ TCP_SYSCTL = {"SYN_SENT": "tcp_timeout_syn_sent", "SYN_RECV": "tcp_timeout_syn_r
               "TIME_WAIT": "tcp_timeout_time_wait", "CLOSE": "tcp_timeout_close",
               "SYN_SENT2": "tcp_timeout_syn_sent"}
 HORIZONS = (("10s", 10), ("1m", 60), ("10m", 600))
+# The longest timeout a kernel can hold, in seconds: the nf_conntrack_*timeout*
+# sysctls go through proc_dointvec_jiffies, which refuses a value above
+# INT_MAX / HZ (kernel/sysctl.c, do_proc_dointvec_jiffies_conv), and HZ is at
+# least 100: 21,474,836 s (248 days). A remaining timeout in a dump or an
+# export is never longer.
+MAX_TIMEOUT = (2**31 - 1) // 100
 IDLE_BUCKETS = ((0, 10), (10, 60), (60, 300), (300, 3600), (3600, 86400), (86400, None))
 # Shorter timeouts worth a look, per sysctl (only those below the current value are offered).
 CANDIDATES = {"tcp_timeout_established": (86400, 3600), "tcp_timeout_time_wait": (30,),
@@ -315,56 +364,6 @@ def entry_size(btf_size: int | None, slab_objsize: int | None = None) -> tuple[i
     if btf_size:
         return -(-btf_size // 64) * 64, f"sizeof(struct nf_conn) = {btf_size} (BTF), rounded to 64"
     return None, "unknown"
-
-
-def clean(raw) -> dict:
-    """A recorded summary (a capture's) with the right shapes, else {}: the
-    doctor reads it as it reads a live one."""
-    def counts(d):
-        return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
-                                           and not isinstance(v, bool) for k, v in d.items())
-    if not isinstance(raw, dict):
-        return {}
-    rem = raw.get("remaining")
-    if not isinstance(rem, dict) or not all(isinstance(k, str) and counts(d) for k, d in rem.items()):
-        return {}
-    try:
-        for d in rem.values():
-            for t in d:
-                float(t)
-    except ValueError:
-        return {}
-    out = {"remaining": rem}
-    for key in ("schedule", "idle"):
-        v = raw.get(key)
-        if isinstance(v, dict) and all(isinstance(k, str) and isinstance(d, dict) for k, d in v.items()):
-            out[key] = v
-    idle = out.get("idle", {})
-    if not all(isinstance(d.get("timeout"), int) and isinstance(d.get("sysctl"), str)
-               and counts(d.get("buckets")) for d in idle.values()):
-        out["idle"] = {}
-    c = raw.get("candidates")
-    if isinstance(c, list) and all(isinstance(x, dict) and isinstance(x.get("sysctl"), str)
-                                   and isinstance(x.get("kinds"), list)
-                                   and all(isinstance(x.get(k), int) for k in ("current", "proposed",
-                                                                               "freed", "of"))
-                                   for x in c):
-        out["candidates"] = c
-    for key in ("assured", "total", "life"):
-        if isinstance(raw.get(key), int) and not isinstance(raw.get(key), bool):
-            out[key] = raw[key]
-    if isinstance(raw.get("new_kind"), str):
-        out["new_kind"] = raw["new_kind"]
-    if "candidates" in out:
-        out["candidates"] = [{**x, "cuts": cuts.clean(x["cuts"])} if "cuts" in x else x
-                             for x in out["candidates"]]
-    if raw.get("apps") is not None:
-        out["apps"] = cuts.clean(raw["apps"])
-    sa = raw.get("source_apps")
-    if isinstance(sa, dict):
-        out["source_apps"] = {k: cuts.clean(v) for k, v in list(sa.items())[:WHO_SOURCES * 4]
-                              if isinstance(k, str)}
-    return out
 
 
 def from_net(count: int | None, limit: int | None, net: list[float]) -> dict:

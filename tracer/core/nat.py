@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Annotated, NotRequired, TypedDict
 
+from tracer.core import command as cmd
 from tracer.core.conntrack import PORT_PROTOS, proto_name
+from tracer.core.schema import Max, Range
 
 
 DEFAULT_RANGE = (1024, 65535)      # nf_nat_l4proto_unique_tuple, original port >= 1024
@@ -323,73 +327,157 @@ _IPT_CMD = {"iptables": "iptables", "iptables-legacy": "iptables-legacy", "ip6ta
 def widened(r: SnatRule, ports: tuple[int, int] = WIDE) -> str:
     """The exact command that replaces rule `r` in place with the port range
     `ports` (only where the rule matches a port protocol, as the kernel
-    requires) and fully random port selection (--random-fully / fully-random)."""
-    flags = ["fully-random"] + (["persistent"] if r.persistent else [])
-    with_ports = bool(r.proto) and r.proto not in ("all", "icmp", "icmpv6")
-    if r.tool != "nft":
-        cmd = _IPT_CMD.get(r.tool, "iptables")
-        spec = r.text.split(None, 2)[2] if r.text.startswith("-A ") else r.text
-        head, _, opts = spec.partition("-j " + r.kind)
-        opts = re.sub(r"\s*--(?:to-ports|to-source) \S+|\s*--random-fully|\s*--random\b|\s*--persistent",
-                      "", opts).strip()
-        new = head.rstrip() + " -j " + r.kind
-        if r.kind == "SNAT" and r.addrs:
-            a = r.addrs[0] if r.addrs[0] == r.addrs[1] else f"{r.addrs[0]}-{r.addrs[1]}"
-            if ":" in a:
-                a = f"[{r.addrs[0]}]" + ("" if r.addrs[0] == r.addrs[1] else f"-[{r.addrs[1]}]")
-            new += f" --to-source {a}" + (f":{ports[0]}-{ports[1]}" if with_ports else "")
-        elif with_ports:
-            new += f" --to-ports {ports[0]}-{ports[1]}"
-        new += (" " + opts if opts else "") + " --random-fully" + (" --persistent" if r.persistent else "")
-        where = f"{r.chain} {r.num}" if r.num else f"{r.chain} RULE_NUMBER"
-        return f"{cmd} -t nat -R {where} {new}"
-    body = re.sub(r"counter packets \d+ bytes \d+", "counter", r.text)
-    m = re.search(r"\b(masquerade|snat)\b.*$", body)
-    head = body[:m.start()] if m else body + " "
+    requires) and fully random port selection (--random-fully / fully-random).
+    Built from the rule's parsed words, each validated and shell-quoted
+    (tracer/core/command.py); a rule that does not validate gives a comment
+    saying why instead of a command."""
+    try:
+        if len(r.text) > MAX_RULE:
+            raise cmd.Unsafe(f"the rule is longer than {MAX_RULE:,} characters")
+        cmd.integer(ports[0], 1, 65535, "port")
+        cmd.integer(ports[1], ports[0], 65535, "port")
+        return _ipt_widened(r, ports) if r.tool != "nft" else _nft_widened(r, ports)
+    except cmd.Unsafe as e:
+        return cmd.no_command(str(e), f"the rule {r.text[:120]}")
+
+
+# The longest rule a fix is written for: iptables-save and nft print rules
+# of a few hundred characters (kube-proxy's longest are under 1 KiB).
+MAX_RULE = 8192
+_OUT_IN = ("-o", "--out-interface", "-i", "--in-interface")
+_DROP_VALUE = ("--to-ports", "--to-source")
+_DROP_FLAG = ("--random-fully", "--random", "--persistent")
+
+
+def _with_ports(r: SnatRule) -> bool:
+    return bool(r.proto) and r.proto not in ("all", "icmp", "icmpv6")
+
+
+def _addr_range(r: SnatRule) -> str:
+    lo, hi = (cmd.address(a, "SNAT address") for a in r.addrs)
+    if lo.version == 6:
+        return f"[{lo}]" + ("" if lo == hi else f"-[{hi}]")
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _ipt_widened(r: SnatRule, ports: tuple[int, int]) -> str:
+    try:
+        words = shlex.split(r.text)                 # iptables-save quotes as "..." with \" inside
+    except ValueError:
+        raise cmd.Unsafe("its quoting is unbalanced") from None
+    for w in words:
+        cmd.printable(w)
+    if words[:1] == ["-A"]:
+        words = words[2:]
+    chain = cmd.name(r.chain, "chain")
+    for i, w in enumerate(words):
+        if w in _OUT_IN and i + 1 < len(words):
+            cmd.ifname(words[i + 1])
+    j = next((i for i in range(len(words) - 1) if words[i] in ("-j", "--jump") and words[i + 1] == r.kind),
+             None)
+    if j is None:
+        raise cmd.Unsafe(f"no -j {r.kind} in it")
+    head, opts, rest = words[:j], words[j + 2:], []
+    i = 0
+    while i < len(opts):                              # drop the options the new rule sets
+        if opts[i] in _DROP_VALUE:
+            i += 2
+            continue
+        if opts[i] not in _DROP_FLAG:
+            rest.append(opts[i])
+        i += 1
+    new = [*head, "-j", r.kind]
+    if r.kind == "SNAT" and r.addrs:
+        new += ["--to-source", _addr_range(r) + (f":{ports[0]}-{ports[1]}" if _with_ports(r) else "")]
+    elif _with_ports(r):
+        new += ["--to-ports", f"{ports[0]}-{ports[1]}"]
+    new += rest + ["--random-fully"] + (["--persistent"] if r.persistent else [])
+    num = cmd.integer(r.num, 1, 1 << 31, "rule number") if r.num else "RULE_NUMBER"
+    return cmd.join([_IPT_CMD.get(r.tool, "iptables"), "-t", "nat", "-R", chain, num, *new])
+
+
+# An nft word as `nft list ruleset` prints it: names, numbers, addresses,
+# operators (!= & | ^ < >), sets ({ , }), set references (@name); a quoted
+# string ("eth0", comments) holds no '"' and no control character. ';' (a
+# new nft command) and '#' (a comment) are refused.
+_NFT_TOKENS = re.compile(r'"[^"]*"|[^\s"]+|"')
+_NFT_WORD = re.compile(r"[\w.:/,!=<>{}\[\]*@+&|^-]+", re.A)
+
+
+def _nft_widened(r: SnatRule, ports: tuple[int, int]) -> str:
+    fam, _, tname = r.table.partition(" ")
+    if fam not in cmd.NFT_FAMILIES:
+        raise cmd.Unsafe(f"the table family {cmd.comment(fam)[:20]!r} is not an nft family")
+    table = [fam, cmd.name(tname, "table")]
+    chain = cmd.name(r.chain, "chain")
+    words = _NFT_TOKENS.findall(r.text)
+    for i, w in enumerate(words):
+        if w == '"':
+            raise cmd.Unsafe("its quoting is unbalanced")
+        if w.startswith('"'):
+            cmd.printable(w)
+            if i and words[i - 1] in ("oifname", "iifname"):
+                cmd.ifname(w[1:-1])
+        elif not _NFT_WORD.fullmatch(w):
+            raise cmd.Unsafe(f"the word {cmd.comment(w)[:40]!r} is not one nft prints")
+    s = next((i for i, w in enumerate(words) if w in ("masquerade", "snat")), None)
+    if s is None:
+        raise cmd.Unsafe("no masquerade or snat statement in it")
+    head, i = [], 0
+    while i < s:                                       # counters restart at zero
+        if words[i] == "counter" and words[i + 1:i + 2] == ["packets"] and i + 4 <= s:
+            head.append("counter")
+            i += 5 if words[i + 3:i + 4] == ["bytes"] else 3
+            continue
+        head.append(words[i])
+        i += 1
+    p = f":{ports[0]}-{ports[1]}" if _with_ports(r) else ""
     if r.kind == "MASQUERADE":
-        stmt = "masquerade" + (f" to :{ports[0]}-{ports[1]}" if with_ports else "")
+        stmt = "masquerade" + (f" to {p}" if p else "")
     else:
-        fam = re.match(r"snat (ip6?) ", m.group(0)) if m else None
-        a = "" if not r.addrs else (r.addrs[0] if r.addrs[0] == r.addrs[1] else f"{r.addrs[0]}-{r.addrs[1]}")
-        if ":" in a:
-            a = f"[{a}]"
-        stmt = "snat " + (fam.group(1) + " " if fam else "") + "to " + a \
-            + (f":{ports[0]}-{ports[1]}" if with_ports else "")
-    stmt += " " + ",".join(flags)
-    handle = r.handle if r.handle is not None else "HANDLE"
-    pre = "" if r.handle is not None else f"nft -a list chain {r.table} {r.chain}   # the rule's handle\n"
-    return pre + f"nft 'replace rule {r.table} {r.chain} handle {handle} {head}{stmt}'"
+        fam_word = words[s + 1] if words[s + 1:s + 2] in (["ip"], ["ip6"]) else ""
+        stmt = "snat " + (fam_word + " " if fam_word else "") + "to " + \
+            (_addr_range(r) if r.addrs else "") + p
+    stmt += " " + ",".join(["fully-random"] + (["persistent"] if r.persistent else []))
+    if r.handle is not None:
+        handle, pre = cmd.integer(r.handle, 0, 1 << 63, "rule handle"), ""
+    else:
+        handle = "HANDLE"
+        pre = cmd.join(["nft", "-a", "list", "chain", *table, chain]) + "   # the rule's handle\n"
+    return pre + cmd.join(["nft", " ".join(["replace", "rule", *table, chain, "handle", str(handle),
+                                             *head, stmt])])
 
 
-# --- captures ---------------------------------------------------------------------------
+# --- captures: what Usage.to_state() gives, as a capture records it (its schema) --------
 
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+Text = Annotated[str, Max(64)]
+Port = Annotated[int, Range(0, 65535)]
 
 
-def clean_state(raw) -> dict:
-    """The parts of a recorded `nat` summary (Usage.to_state) with the right
-    types; anything else is left out (a capture is untrusted input)."""
-    if not isinstance(raw, dict):
-        return {}
-    out: dict = {k: raw[k] for k in ("entries", "snat_entries", "dnat_entries", "snat_keys", "dnat_keys")
-                 if _int(raw.get(k))}
-    snat = []
-    for u in raw["snat"] if isinstance(raw.get("snat"), list) else []:
-        if isinstance(u, dict) and all(isinstance(u.get(k), str) for k in ("proto", "snat", "dst")) \
-                and all(_int(u.get(k)) for k in ("dport", "entries", "port_min", "port_max")) \
-                and u["entries"] > 0 and 0 <= u["port_min"] <= u["port_max"] <= 65535:
-            osp = u.get("orig_sport_min")
-            snat.append({k: u[k] for k in ("proto", "snat", "dst", "dport", "entries", "port_min",
-                                           "port_max")} | {"orig_sport_min": osp if _int(osp) else 1024})
-    dnat = []
-    for d in raw["dnat"] if isinstance(raw.get("dnat"), list) else []:
-        if isinstance(d, dict) and isinstance(d.get("proto"), str) and isinstance(d.get("service"), str) \
-                and _int(d.get("port")) and _int(d.get("entries")) and isinstance(d.get("backends"), dict) \
-                and all(isinstance(b, str) and _int(n) for b, n in d["backends"].items()):
-            dnat.append({k: d[k] for k in ("proto", "service", "port", "entries", "backends")})
-    if isinstance(raw.get("snat"), list):
-        out["snat"] = snat
-    if isinstance(raw.get("dnat"), list):
-        out["dnat"] = dnat
-    return out
+class SnatUse(TypedDict):
+    proto: Text
+    snat: Text
+    dst: Text
+    dport: Port
+    entries: Annotated[int, Range(1, 2**32)]
+    port_min: Port
+    port_max: Port
+    orig_sport_min: NotRequired[Port]
+
+
+class DnatUse(TypedDict):
+    proto: Text
+    service: Text
+    port: Port
+    entries: int
+    backends: dict[Text, int]
+
+
+class NatState(TypedDict, total=False):
+    entries: int
+    snat_entries: int
+    dnat_entries: int
+    snat_keys: int
+    dnat_keys: int
+    snat: list[SnatUse]
+    dnat: list[DnatUse]

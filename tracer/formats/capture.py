@@ -21,24 +21,29 @@ symbolic link and never over an existing file unless asked (overwrite=True:
 a new file renamed over the old name). The reader accepts a truncated last
 record (a capture cut short) and says so; it reads files from other hosts,
 so it bounds what it decompresses (limit_for: 100 times the compressed size,
-at least 256 MiB, at most 2 GiB), the length of one record (64 MiB) and the
-corrupted records it skips.
+at least 64 MiB, at most 2 GiB), the length of one record (32 MiB for the
+header and end records, which carry the host's state; 64 KiB for events),
+the objects in one record before parsing it, the records it keeps (4
+million) and the corrupted records it skips. Each record is read with the
+schema of its kind (KINDS; the state with HostState's annotations): fields
+of the wrong type are refused, unknown fields are left out.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import re
 import secrets
 import stat
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Annotated, NotRequired, TypedDict
 
-from tracer.core import counters
+from tracer.core import counters, schema
 from tracer.core.hoststate import HostState
+from tracer.core.schema import Max, Range
 
 FORMAT = "cttrace-capture"
 VERSION = 1
@@ -85,12 +90,7 @@ def create_private(path: str, overwrite: bool = False, mode: int = 0o600) -> int
     never over an existing file. With overwrite=True an existing file (or
     link) at `path` is replaced by rename, never written through; a
     directory is still refused. Errors are one-line CaptureErrors."""
-    what = _existing(path)
-    if what == "directory":
-        raise CaptureError(f"{path} is a directory; give a file name")
-    if what and not overwrite:
-        raise CaptureError(f"{path} already exists ({what}): not overwriting it; choose another "
-                           "name or use --force to replace it")
+    what = _refuse_existing(path, overwrite)
     try:
         if not what:
             try:
@@ -122,16 +122,7 @@ def _existing(path: str) -> str | None:
 
 def _replace(path: str, mode: int) -> int:
     """A new file under a random name next to `path`, renamed over it."""
-    d, base = os.path.split(path)
-    for _ in range(100):
-        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, _NEW, mode)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise CaptureError(f"{path}: cannot make a temporary file next to it")
+    tmp, fd = _temp_next_to(path, mode)
     try:
         os.rename(tmp, path)
     except OSError:
@@ -141,11 +132,99 @@ def _replace(path: str, mode: int) -> int:
     return fd
 
 
-def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o644) -> None:
-    """Write a whole text file (an HTML report) with the same refusals as
-    a capture: no symbolic link followed, no file replaced unless asked."""
-    with os.fdopen(create_private(path, overwrite, mode), "w", encoding="utf-8") as f:
-        f.write(text)
+def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) -> None:
+    """Write a whole text file (an HTML report: the capture's addresses,
+    names and rules, so mode 0600 like the capture) with the same refusals
+    as a capture: no symbolic link followed, no file replaced unless asked.
+    The text goes to a temporary file in the same directory, made with
+    O_CREAT|O_EXCL|O_NOFOLLOW and synced; only a complete file takes the
+    name (rename when replacing, link when not: never over a file made
+    meanwhile), so a full disk leaves the old file as it was."""
+    _refuse_existing(path, overwrite)
+    data = text.encode("utf-8")
+    tmp, fd = _temp_next_to(path, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.rename(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise CaptureError(f"{path} already exists: not overwriting it; choose another "
+                                   "name or use --force to replace it") from None
+            os.unlink(tmp)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise CaptureError(f"{path}: cannot write: {e.strerror}; nothing was changed") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _refuse_existing(path: str, overwrite: bool) -> str | None:
+    """What is at `path` (None: nothing), after refusing a directory, or
+    an existing file unless overwrite."""
+    what = _existing(path)
+    if what == "directory":
+        raise CaptureError(f"{path} is a directory; give a file name")
+    if what and not overwrite:
+        raise CaptureError(f"{path} already exists ({what}): not overwriting it; choose another "
+                           "name or use --force to replace it")
+    return what
+
+
+def _temp_next_to(path: str, mode: int) -> tuple[str, int]:
+    """(name, fd) of a new private file beside `path` (O_EXCL|O_NOFOLLOW)."""
+    d, base = os.path.split(path)
+    for _ in range(100):
+        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, _NEW, mode)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise CaptureError(f"{path}: cannot create a file in {d or '.'}: {e.strerror}") from None
+    raise CaptureError(f"{path}: cannot make a temporary file next to it")
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def check_ready_file(path: str) -> None:
+    """Fail now (before probes attach) if the ready-file cannot be written:
+    a directory, or a directory we cannot create files in."""
+    if _existing(path) == "directory":
+        raise CaptureError(f"--ready-file {path} is a directory; give a file name")
+    tmp, fd = _temp_next_to(path, 0o644)
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def write_ready_file(path: str) -> None:
+    """Our PID in `path`, written to a temporary file beside it and renamed
+    over it: never through a symbolic link, never truncating the file
+    that was there (another user's file in a sticky directory cannot be
+    replaced: that is an error)."""
+    tmp, fd = _temp_next_to(path, 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.rename(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise CaptureError(f"--ready-file {path}: cannot write: {e.strerror}") from None
 
 
 @dataclass
@@ -163,8 +242,7 @@ class Capture:
         with the kernel's counter rates over the capture."""
         end = self.of("end")
         raw = (end[-1].get("state") if end else None) or self.header.get("state") or {}
-        known = {f.name for f in fields(HostState)}
-        h = HostState(**{k: v for k, v in raw.items() if k in known})
+        h = HostState(**state_fields(raw))
         stats = self.of("stats")
         if len(stats) >= 2:
             a, b = stats[0], stats[-1]
@@ -198,10 +276,11 @@ def counter_deltas(stats: list) -> dict:
 # record (the header and end records carry the host's rules) at most
 # MAX_LINE. Beyond: a one-line CaptureError, nothing more is decompressed.
 RATIO = 100
-FLOOR = 256 << 20
+FLOOR = 64 << 20
 HARD_CAP = 2 << 30
-MAX_LINE = 64 << 20
-MAX_BAD = 10_000      # corrupted records, when they outnumber the good ones
+MAX_LINE = 32 << 20
+MAX_BAD = 10_000
+MAX_RECORDS = 4_000_000   # about 2 GiB of parsed records (~500 bytes each)      # corrupted records, when they outnumber the good ones
 CHUNK = 1 << 20
 
 
@@ -232,6 +311,11 @@ def read_capture(path: str, max_bytes: int | None = None, max_line: int = MAX_LI
                                    "exports use: cttrace snapshot --file")
             f.seek(0)
             return _parse(path, _Lines(f, path, max_bytes or limit_for(size), max_line))
+        except MemoryError:
+            raise CaptureError(f"{path}: not enough memory to read this capture (it decompresses to "
+                               f"more than this process may hold); read it on a bigger machine") from None
+        except RecursionError:
+            raise CaptureError(f"{path}: a record nested too deeply: not a capture cttrace wrote") from None
         except IsADirectoryError:
             raise CaptureError(f"{path} is a directory; give a capture file") from None
         except OSError as e:
@@ -297,7 +381,7 @@ def _parse(path: str, lines: _Lines) -> Capture:
     it = iter(lines)
     first, _ = next(it)
     try:
-        header = json.loads(first)
+        header = _load(first, state=True)
     except (ValueError, RecursionError):
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
@@ -308,13 +392,14 @@ def _parse(path: str, lines: _Lines) -> Capture:
     if not isinstance(v, int) or v > VERSION:
         raise CaptureError(f"{path} was written by a newer cttrace (capture format {v}; this one "
                            f"reads up to {VERSION}): upgrade cttrace to analyse it")
-    header["state"] = _clean_state(header.get("state"))
+    header = _header(header)
     cap = Capture(header=header)
+    last_end = None
     for line, last in it:
         if not line:
             continue
         try:
-            rec = _valid(json.loads(line))
+            rec = _valid(_load(line, state=line.startswith(_END)))
         except (ValueError, RecursionError):
             if last:                        # a cut-short last record
                 cap.truncated = True
@@ -324,7 +409,17 @@ def _parse(path: str, lines: _Lines) -> Capture:
                     raise CaptureError(f"{path}: more than {MAX_BAD:,} corrupted records and fewer good "
                                        "ones: not a capture cttrace wrote; not reading further")
             continue
+        if rec is None:                     # a kind this version does not know
+            continue
+        if rec["k"] == "end":               # only the last end record's state is read
+            if last_end is not None:
+                last_end.pop("state", None)
+            last_end = rec
         cap.records.append(rec)
+        if len(cap.records) > MAX_RECORDS:
+            raise CaptureError(f"{path}: more than {MAX_RECORDS:,} records: more than cttrace reads in "
+                               "one go (a capture of a few minutes holds far fewer); record a shorter "
+                               "capture")
     cap.truncated = cap.truncated or lines.truncated
     # wall-clock time can step back while recording: analyse in time order
     cap.records.sort(key=lambda r: r["t"])
@@ -333,73 +428,126 @@ def _parse(path: str, lines: _Lines) -> Capture:
     return cap
 
 
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+class Header(TypedDict, total=False):
+    format: Annotated[str, Max(32)]
+    version: int
+    revision: int
+    created: Time
+    host: Label
+    kernel: Label
+    backend: Label
+    netns: Label
+    netns_inode: int | None
+    interval: Annotated[float, Range(0, 86400)]
 
 
-def _counts(d) -> bool:
-    return isinstance(d, dict) and all(isinstance(k, str) and _num(v) for k, v in d.items())
+def _header(raw: dict) -> dict:
+    """The header's typed fields (a field of the wrong type is left out)."""
+    return schema.fields_of(Header, raw) | {"state": state_fields(raw.get("state"))}
 
 
-_TUPLE = {"src": str}
+# --- the records' schema (tracer/core/schema.py reads these annotations) ----------------
+Addr = Annotated[str, Max(64)]
+Label = Annotated[str, Max(256)]
+Time = Annotated[float, Range(0, 1e11)]
+PortNum = Annotated[int, Range(0, 65535)]
 
 
-def _valid(rec) -> dict:
-    """The record if its fields have the types the analysis relies on."""
-    if not isinstance(rec, dict) or not isinstance(rec.get("k"), str) or not _num(rec.get("t")) \
-            or not 0 <= rec["t"] < 1e11:
+class Record(TypedDict):
+    k: Annotated[str, Max(16)]
+    t: Time
+
+
+class Stats(Record):
+    kernel: dict[Label, int]
+    count: NotRequired[int | None]
+    max: NotRequired[int | None]
+
+
+class Flow(Record):
+    """insert, delete (ctnetlink rows)."""
+    src: Addr
+    proto: NotRequired[Label | None]
+    sport: NotRequired[PortNum | None]
+    dst: NotRequired[Addr | None]
+    dport: NotRequired[PortNum | None]
+    container: NotRequired[Label | None]
+
+
+class Drop(Flow):
+    """A Drop (cttrace drops --json fields the analysis reads)."""
+    reason: NotRequired[Label | None]
+    netns: NotRequired[int | None]
+
+
+class Lost(Record):
+    what: NotRequired[Label | None]
+    n: NotRequired[int]
+
+
+class Entries(Record):
+    """The table's entries by container or source (entries_record)."""
+    by: Annotated[dict[Label, int], Max(4096)]
+    total: NotRequired[int]
+
+
+class End(Record):
+    names: NotRequired[dict[Addr, Label]]       # sources named at the end (started late)
+    totals: NotRequired[dict[Label, int]]
+    sources: NotRequired[dict[Addr, int] | None]
+    lost: NotRequired[int | dict[Label, int] | None]
+    # and "state": read with HostState's own schema (state_fields)
+
+
+KINDS = {"stats": Stats, "insert": Flow, "delete": Flow, "drop": Drop, "lost": Lost, "entries": Entries,
+         "end": End}
+
+# Bounds before a record is parsed: json.loads makes ~64 bytes per {} or []
+# and ~50 per string, so a line's length and its count of brackets bound
+# what parsing it can take. Event records (insert, delete, drop, stats,
+# lost) are a few hundred bytes with one or two objects; the header and the
+# end record carry the host's state (rules, per-source counts, the timeout
+# histogram: a few thousand objects at most).
+MAX_EVENT_LINE = 64 << 10
+MAX_EVENT_NODES = 64
+MAX_STATE_NODES = 200_000
+_END = b'{"k":"end"'
+
+
+def _nodes(line: bytes) -> int:
+    return line.count(b"{") + line.count(b"[")
+
+
+def _load(line: bytes, state: bool):
+    """json.loads within the bounds above, else ValueError."""
+    if not state and len(line) > MAX_EVENT_LINE:
+        raise ValueError("record too long")
+    if _nodes(line) > (MAX_STATE_NODES if state else MAX_EVENT_NODES):
+        raise ValueError("too many objects")
+    return json.loads(line)
+
+
+def _valid(rec) -> dict | None:
+    """The record's typed fields (KINDS), None for a kind this reader does
+    not know, ValueError when a field has the wrong type."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("k"), str):
         raise ValueError("bad record")
-    k = rec["k"]
-    if k == "stats":
-        if not _counts(rec.get("kernel")):
-            raise ValueError("bad stats")
-        for f in ("count", "max"):
-            if rec.get(f) is not None and not _num(rec[f]):
-                raise ValueError("bad stats")
-    elif k in ("insert", "delete", "drop"):
-        if not isinstance(rec.get("src"), str) or not (rec.get("container") is None or
-                                                       isinstance(rec.get("container"), str)):
-            raise ValueError("bad tuple")
-    elif k == "entries":
-        if not _counts(rec.get("by")) or not _num(rec.get("total", 0)):
-            raise ValueError("bad entries")
-    elif k == "lost":
-        if not _num(rec.get("n", 1)):
-            raise ValueError("bad lost")
-    elif k == "end":
-        if rec.get("sources") is not None and not _counts(rec["sources"]):
-            raise ValueError("bad end")
-        rec["state"] = _clean_state(rec.get("state"))
-    return rec
-
-
-def _clean_state(raw) -> dict:
-    """Keep the fields of a recorded HostState that have the right types."""
-    if not isinstance(raw, dict):
-        return {}
-    out = {}
-    for f in fields(HostState):
-        v = raw.get(f.name)
-        if v is None:
-            continue
-        if f.name in ("count", "max", "buckets", "total", "window", "max_global", "max_own",
-                      "entry_bytes") and _num(v):
-            out[f.name] = v
-        elif f.name in ("sysctls", "stats", "rates", "by_state", "by_proto_dport", "by_src",
-                        "deltas", "insert_failed_by_dst") and _counts(v):
-            out[f.name] = v
-        elif f.name == "containers" and isinstance(v, dict) and all(
-                isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
-            out[f.name] = v
-        elif f.name in ("rules", "netns", "kernel", "max_scope", "entry_bytes_how") and isinstance(v, str):
-            out[f.name] = v
-        elif f.name == "ages":
-            from tracer.core.forecast import clean
-            out[f.name] = clean(v)
-        elif f.name == "nat":
-            from tracer.core.nat import clean_state
-            out[f.name] = clean_state(v)
+    kind = KINDS.get(rec["k"])
+    if kind is None:
+        return None
+    try:
+        out = schema.check(rec, kind)
+    except schema.Invalid as e:
+        raise ValueError(str(e)) from None
+    if kind is End:
+        out["state"] = state_fields(rec.get("state"))
     return out
+
+
+def state_fields(raw) -> dict:
+    """The fields of a recorded HostState that have their annotated types
+    (HostState's annotations are the schema; nothing is listed here)."""
+    return schema.fields_of(HostState, raw)
 
 
 def entries_record(t: float, counts: dict, total: int) -> dict:

@@ -58,8 +58,12 @@ class CtEvents:
     def __init__(self, netns: str | None = None, rcvbuf: int = 32 << 20, updates: bool = False):
         """`updates`: also state changes (UPDATE group, UPDATE events)."""
         with ns.entered(netns):
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                              | socket.SOCK_CLOEXEC, ctnetlink.NETLINK_NETFILTER)
+            try:
+                s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                                  | socket.SOCK_CLOEXEC, ctnetlink.NETLINK_NETFILTER)
+            except OSError as e:
+                raise ctnetlink.NetlinkError(f"cannot subscribe to conntrack events: {e.strerror} "
+                                             "(needs root; modprobe nf_conntrack_netlink)") from None
         try:
             try:
                 s.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)          # SO_RCVBUFFORCE

@@ -140,6 +140,9 @@ def _open() -> socket.socket:
     try:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     except OSError as e:
+        if e.errno == errno.EPROTONOSUPPORT:          # nfnetlink not in this kernel
+            raise NetlinkError("this kernel has no netfilter netlink (nfnetlink): load it with "
+                               "modprobe nf_conntrack_netlink") from None
         raise NetlinkError(f"cannot open a netfilter netlink socket: {e.strerror}") from None
     try:
         s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)      # SO_RCVBUFFORCE (root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import socket
 import stat
@@ -33,6 +34,11 @@ DEFAULT_TIMEOUTS = {"tcp_timeout_established": 432000, "tcp_timeout_time_wait": 
                     "tcp_timeout_last_ack": 30, "tcp_timeout_close": 10, "icmpv6_timeout": 30,
                     "gre_timeout": 30, "gre_timeout_stream": 180}
 SETTINGS = frozenset(TIMEOUTS) | {"max", "buckets"}
+# The largest value each setting can have on any kernel: nf_conntrack_max is
+# an int (proc_dointvec), the hash size an unsigned int; timeouts:
+# forecast.MAX_TIMEOUT. ASCII digits only ('²' is a digit to str.isdigit).
+SETTING_MAX = {"max": 2**31 - 1, "buckets": 2**32 - 1}
+_DIGITS = re.compile(r"[0-9]{1,10}")
 # Each section of the rules text starts with "# cttrace: <tool>" (nat.parse_rules reads them).
 RULE_COMMANDS = (("iptables", ["iptables-save", "-t", "raw"]), ("iptables", ["iptables-save", "-t", "nat"]),
                  ("iptables-legacy", ["iptables-legacy-save", "-t", "raw"]),
@@ -235,10 +241,11 @@ def parse_settings(text: str, where: str) -> dict:
         if name not in SETTINGS:
             continue
         value = value.strip()
-        if not value.isdigit():
+        top = SETTING_MAX.get(name, forecast.MAX_TIMEOUT)
+        if not _DIGITS.fullmatch(value) or int(value) > top:
             raise SettingsError(f"{where}, line {n}: nf_conntrack_{name} must be a whole number "
-                                f"of {'entries' if name in ('max', 'buckets') else 'seconds'}, "
-                                f"not {value[:40]!r}")
+                                f"of {'entries' if name in ('max', 'buckets') else 'seconds'} "
+                                f"up to {top:,}, not {value[:40]!r}")
         out[name] = int(value)
     return out
 

@@ -35,8 +35,11 @@ def resolve(spec: str) -> str:
         path = f"/run/netns/{spec}"
     if not os.path.exists(path):
         known = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
-        hint = f" (named namespaces: {', '.join(known)})" if known else " (see 'ip netns list')"
-        raise NetnsError(f"--netns {spec}: no such network namespace{hint}")
+        # names under /run/netns are anyone's with access to it: shown as repr (escaped)
+        hint = (f" (named namespaces: {', '.join(repr(n) for n in known[:20])}"
+                + (f" and {len(known) - 20} more" if len(known) > 20 else "") + ")"
+                if known else " (see 'ip netns list')")
+        raise NetnsError(f"--netns {spec!r}: no such network namespace{hint}")
     return path
 
 
@@ -75,6 +78,19 @@ def _setns(fd: int) -> None:
         if err == errno.EPERM:
             raise NetnsError("entering another network namespace needs root (CAP_SYS_ADMIN): run with sudo")
         raise NetnsError(f"setns failed: {os.strerror(err)}")
+
+
+def pin(spec: str) -> int:
+    """An open descriptor on namespace `spec` (name, PID or path): entering
+    /proc/self/fd/N keeps following that namespace, and keeps it alive, if
+    its name is deleted (ip netns del) or its process exits."""
+    path = resolve(spec)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        raise NetnsError(f"--netns {spec}: permission denied: run with sudo") from None
+    except OSError as e:
+        raise NetnsError(f"--netns {spec}: cannot open {path}: {e.strerror}") from None
 
 
 @contextmanager

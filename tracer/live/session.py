@@ -73,6 +73,8 @@ class TracingSession:
         self.feed = None                    # LiveSource (the live table's feed) when opts.follow_entries
         self.events = None                  # CtEvents when opts.entry_events
         self.inum: int | None = None        # inode of the followed namespace
+        self._ns_fd: int | None = None      # the followed namespace, held open (ns.pin)
+        self.netns_ref: str | None = None   # how the edges enter it: /proc/self/fd/N
         self.drop_inodes: set[int] = set()
         self.rates = Rates()
         self.recent: deque = deque(maxlen=opts.recent)
@@ -105,7 +107,10 @@ class TracingSession:
                                "run with sudo")
         try:
             if o.netns is not None:
-                ns.resolve(o.netns)
+                # Pinned: the namespace stays the one we started with (and
+                # alive) if its name is deleted or reused while we trace.
+                self._ns_fd = ns.pin(o.netns)
+                self.netns_ref = f"/proc/self/fd/{self._ns_fd}"
             self.drop_inodes = {os.stat(ns.resolve(n)).st_ino for n in o.drop_netns}
         except ns.NetnsError as e:
             raise SessionError(str(e)) from None
@@ -120,21 +125,25 @@ class TracingSession:
             self.names.refresh()
         try:
             if o.follow_entries:      # the first dump is read while the probes compile
-                self.feed = LiveSource(o.netns, o.flt.row).start(background=True)
+                self.feed = LiveSource(self.netns_ref, o.flt.row).start(background=True)
             self.backend.start()
-            with ns.entered(o.netns):
+            with ns.entered(self.netns_ref):
                 self.inum = ns.inode()
             if self.feed is not None:
                 self.feed.wait()
             if o.entry_events:
-                self.events = CtEvents(o.netns)
+                self.events = CtEvents(self.netns_ref)
         except (BackendError, ctnetlink.NetlinkError, ns.NetnsError) as e:
             raise SessionError(str(e)) from None
         self.names.start()
         self.sample()
         if o.ready_file:
-            with open(o.ready_file, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            from tracer.formats.capture import CaptureError, write_ready_file
+            try:
+                write_ready_file(o.ready_file)
+            except CaptureError as e:
+                self.close()
+                raise SessionError(str(e)) from None
         return self
 
     def choose(self) -> tuple[str, str]:
@@ -160,6 +169,9 @@ class TracingSession:
         if self.names is not None:
             self.names.stop()
             self.names = None
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+            self._ns_fd = None
 
     # --- signals ---------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -226,7 +238,7 @@ class TracingSession:
 
     # --- samples ---------------------------------------------------------------
     def read_table(self) -> kstats.TableState:
-        with ns.entered(self.opts.netns):
+        with ns.entered(self.netns_ref):
             return kstats.read()
 
     def kernel_totals(self, st: kstats.TableState) -> dict[str, int]:

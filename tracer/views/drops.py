@@ -75,5 +75,6 @@ def summary(c: Counters, shown: int, netns_name=lambda inum: None, top: int = 10
                                                    ("insert_failed", s.insert_failed),
                                                    ("rule", s.rule), ("netfilter", s.netfilter))
                           if n)
-        out.append(f"  {s.all_drops:>8} from {s.src or '?':<39} netns {netns_name(s.netns) or s.netns} ({kinds})")
+        out.append(f"  {s.all_drops:>8} from {safe(s.src) or '?':<39} netns {safe(netns_name(s.netns)) or s.netns} "
+                   f"({kinds})")
     return out

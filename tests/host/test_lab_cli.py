@@ -1,4 +1,4 @@
-"""The README's lab sequence, run as a new user would: `scripts/lab up`,
+"""The lab sequence of CONTRIBUTING.md, run as a new user would: `scripts/lab up`,
 then `load` (twice) in the lab that is up, `status`, `down`; the flows each
 load reports are in the node's table (conntrack -L), and the second load
 makes new 5-tuples instead of reusing ones whose entries still live."""

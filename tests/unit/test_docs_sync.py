@@ -224,3 +224,13 @@ def test_doctor_and_report_json_keys(tmp_path):
     r = runner().invoke(main, ["report", str(cap), "--json"])
     assert r.exit_code == 0, r.output
     check("`report --json`", [json.loads(r.output)])
+
+
+# ---- capture record kinds --------------------------------------------------
+
+def test_every_capture_record_kind_is_documented():
+    from tracer.formats import capture
+    docs = doc_headings("capture-format.md")
+    assert set(capture.KINDS) == docs
+    text = (DOCS / "capture-format.md").read_text()
+    assert f"| `version` | {capture.VERSION} |" in text and f"| `revision` | {capture.REVISION} |" in text

@@ -106,20 +106,40 @@ def scrape() -> str:
     return generate_latest(reg).decode()
 
 
-def code_metrics() -> set[str]:
-    names = set()
-    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)", scrape(), re.M):
-        # (the TYPE line of a counter names it with or without _total, by
-        # prometheus_client's version; its samples always end in _total)
-        names.add(name + "_total" if kind == "counter" and not name.endswith("_total") else name)
-    return names
+def code_metric_shapes() -> dict[str, tuple[str, frozenset]]:
+    """name -> (type, label names) from the scrape's TYPE lines and samples
+    (a counter's TYPE line names it with or without _total, by
+    prometheus_client's version; its samples always end in _total)."""
+    out, text = {}, scrape()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)", text, re.M):
+        full = name + "_total" if kind == "counter" and not name.endswith("_total") else name
+        labels: set = set()
+        for m in re.finditer(rf"^{re.escape(full)}(?:\{{([^}}]*)\}})? ", text, re.M):
+            labels |= set(re.findall(r'(\w+)="', m.group(1) or ""))
+        out[full] = (kind, frozenset(labels))
+    return out
+
+
+def doc_metric_shapes() -> dict[str, tuple[str, frozenset]]:
+    """name -> (type, label names) from docs/metrics.md: the first sentence
+    under each heading, "Counter, labels `a`, `b`." or "Gauge, no labels."."""
+    text = (DOCS / "metrics.md").read_text()
+    out = {}
+    for m in re.finditer(r"^### `([a-z0-9_]+)`\n(.*?)\.", text, re.M | re.S):
+        first = m.group(2)
+        kind = first.split(",")[0].strip().lower()
+        labels = frozenset(re.findall(r"`(\w+)`", first)) if "label" in first else frozenset()
+        out[m.group(1)] = (kind, labels)
+    return out
 
 
 def test_every_metric_is_documented_and_every_documented_one_exists():
-    code, docs = code_metrics(), doc_headings("metrics.md")
+    code, docs = code_metric_shapes(), doc_metric_shapes()
     assert len(code) >= 15
-    assert code - docs == set(), "metrics in the code but not in docs/metrics.md"
-    assert docs - code == set(), "metrics in docs/metrics.md but not in the code"
+    assert set(code) - set(docs) == set(), "metrics in the code but not in docs/metrics.md"
+    assert set(docs) - set(code) == set(), "metrics in docs/metrics.md but not in the code"
+    wrong = {n: (code[n], docs[n]) for n in code if code[n] != docs[n]}
+    assert wrong == {}, "metrics whose type or labels differ (code, docs/metrics.md)"
 
 
 # ---- JSON keys -----------------------------------------------------------

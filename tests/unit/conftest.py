@@ -2,14 +2,16 @@
 names for tracing sessions, a live table feed over a fake dump, fake
 events and a fake clock, and the UTC time zone for rendered times."""
 
+import socket
 import time
 
 import pytest
 
-from tracer.core.events import Counters, SourceCounts
+from tracer.core.events import Counters, Drop, SourceCounts
 from tracer.kernel.ctevents import EventBatch
 from tracer.live import source as livetable
 from tracer.live.session import Options, TracingSession
+from tracer.kernel.stats import TableState
 
 
 class FakeStats:
@@ -168,3 +170,41 @@ def utc(monkeypatch):
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+@pytest.fixture
+def session_frame(make_session, fake_backend, live_feed, monkeypatch):
+    """session_frame() -> a real TracingSession.frame(): a fake backend's
+    exact counts (4 table-full drops of 198.18.0.1, one drop event), a live
+    table feed over a fake dump (30 entries of 198.18.0.1, 10 of
+    198.18.0.2), two samples of the kernel's per-CPU counters a second
+    apart (drop +3 +2, insert_failed +1)."""
+    def rows(n, src):
+        s = socket.inet_aton(src)
+        return [(17, None, s, socket.inet_aton("198.18.1.1"), 53, 0, (0, 0), 1000 + i, None, 30)
+                for i in range(n)]
+
+    def make(events_mode=0):
+        counts = Counters(backend="fake", sources=[SourceCounts(7, "198.18.0.1", table_full=4)])
+        drop = Drop(ts=1700000000.0, netns=7, cpu=0, family="ipv4", proto="udp", src="198.18.0.1",
+                    sport=1000, dst="198.18.1.1", dport=53, reason="table_full", ct_attached=False)
+        be = fake_backend([[drop]], counters=counts)
+        feed, clock, _ = live_feed(events_mode, rows(30, "198.18.0.1") + rows(10, "198.18.0.2"))
+        before = [{"cpu": 0, "drop": 10, "insert_failed": 1}, {"cpu": 1, "drop": 5}]
+        readings = iter([                                # at open(), then two samples a second apart
+            TableState(count=40, max=100, buckets=64, cpu=before),
+            TableState(count=40, max=100, buckets=64, cpu=before),
+            TableState(count=40, max=100, buckets=64, cpu=[{"cpu": 0, "drop": 13, "insert_failed": 2},
+                                                           {"cpu": 1, "drop": 7}]),
+        ])
+        now = [100.0]
+        monkeypatch.setattr("tracer.live.session.time.monotonic", lambda: now[0])
+        monkeypatch.setattr(TracingSession, "read_table", lambda self: next(readings))
+        with make_session(be, only_followed_netns=True) as s:
+            s.feed, s.inum = feed, 7
+            s.pump()
+            s.sample()
+            now[0] += 1.0
+            s.sample()
+            return s.frame("src", "entries", 10)
+    return make

@@ -190,37 +190,9 @@ def check(heading: str, objs: list) -> None:
         f"keys of {heading} in docs/json.md that the code did not make (mark them optional if they are)"
 
 
-def top_frame(make_session, fake_backend, live_feed, monkeypatch) -> dict:
-    """A real TracingSession.frame() (as tests/unit/test_top_frame.py)."""
-    def rows(n, src):
-        s = socket.inet_aton(src)
-        return [(17, None, s, socket.inet_aton("198.18.1.1"), 53, 0, (0, 0), 1000 + i, None, 30)
-                for i in range(n)]
-    counts = Counters(backend="fake", sources=[SourceCounts(7, "198.18.0.1", table_full=4)])
-    drop = Drop(ts=1700000000.0, netns=7, cpu=0, family="ipv4", proto="udp", src="198.18.0.1",
-                sport=1000, dst="198.18.1.1", dport=53, reason="table_full", ct_attached=False)
-    be = fake_backend([[drop]], counters=counts)
-    feed, clock, _ = live_feed(2, rows(30, "198.18.0.1") + rows(10, "198.18.0.2"))
-    cpu = [{"cpu": 0, "drop": 10, "insert_failed": 1}, {"cpu": 1, "drop": 5}]
-    later = [{"cpu": 0, "drop": 13, "insert_failed": 2}, {"cpu": 1, "drop": 7}]
-    readings = iter([TableState(count=40, max=100, buckets=64, cpu=cpu),
-                     TableState(count=40, max=100, buckets=64, cpu=cpu),
-                     TableState(count=40, max=100, buckets=64, cpu=later)])
-    now = [100.0]
-    monkeypatch.setattr("tracer.live.session.time.monotonic", lambda: now[0])
-    monkeypatch.setattr(TracingSession, "read_table", lambda self: next(readings))
-    with make_session(be, only_followed_netns=True) as s:
-        s.feed, s.inum = feed, 7
-        s.pump()
-        s.sample()
-        now[0] += 1.0
-        s.sample()
-        return s.frame("src", "entries", 10)
-
-
-def test_top_json_keys(make_session, fake_backend, live_feed, monkeypatch):
-    f = top_frame(make_session, fake_backend, live_feed, monkeypatch)
-    json.dumps(f)                                    # what `top --json` prints
+def test_top_json_keys(session_frame):
+    f = session_frame(events_mode=2)              # a real TracingSession.frame()
+    json.dumps(f)                                 # what `top --json` prints
     check("`top --json`", [f])
 
 

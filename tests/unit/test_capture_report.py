@@ -188,3 +188,21 @@ def test_counter_reset_is_counted(tmp_path):
     rep = analyse(read_capture(str(p)))
     assert rep["totals"]["drops"] == 50 + 10 + 50
     assert sum(x["drops"] for x in rep["timeline"]) == 110
+
+
+def test_entries_records_with_late_names(tmp_path):
+    # a real capture has both: entries records (revision 2) and an end
+    # record naming its sources; report read the timeline's length after
+    # the names' loop had rebound it (TypeError on every such capture)
+    p = tmp_path / "c"
+    w = Writer(str(p), {"host": "h", "kernel": "k", "backend": "tracepoint", "netns": "node",
+                        "interval": 1.0, "state": {"netns": "node", "count": 2, "max": 100}})
+    for i in range(3):
+        w.write({"k": "stats", "t": 1000.0 + i, "count": 2, "max": 100, "kernel": {"drop": i}})
+        w.write({"k": "entries", "t": 1000.0 + i, "by": {"web-1": 2}, "total": 2})
+    w.write({"k": "end", "t": 1002.0, "totals": {}, "sources": {"10.0.0.1": 2},
+             "names": {"10.0.0.1": "web-1"}})
+    w.close()
+    rep = analyse(read_capture(str(p)))
+    assert rep["entries_by_source"]["keys"] == ["web-1"]
+    assert rep["top_sources_by_drops"][0] == {"src": "10.0.0.1", "drops": 2, "container": "web-1"}

@@ -206,3 +206,12 @@ def test_sysctl_at_the_kernels_bounds_is_taken(tmp_path):
              "--sysctl", "nf_conntrack_max=2147483647")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["state"]["sysctls"]["udp_timeout"] == 21474836
+
+
+def test_record_count_is_bounded(tmp_path, monkeypatch):
+    from tracer.formats import capture as capmod
+    monkeypatch.setattr(capmod, "MAX_RECORDS", 5)
+    p = _capture(tmp_path / "c", extra=[{"k": "lost", "t": 1001.0, "n": 1}] * 10)
+    r = _cli("report", str(p))
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert "more than 5 records: more than cttrace reads in one go" in r.output

@@ -212,7 +212,17 @@ def test_doctor_and_report_json_keys(tmp_path):
     cap = make_capture(tmp_path / "c")
     r = runner().invoke(main, ["doctor", "--capture", str(cap), "--json"])
     assert r.exit_code == 0, r.output
-    check("`doctor --json`", [json.loads(r.output)])
+    # an export of 150 UDP flows of one source idle 25 s: heavy_source and
+    # shorter_udp_timeout, with who their fixes cut
+    export = tmp_path / "e.txt"
+    export.write_text("".join(
+        f"udp      17 5 src=10.0.0.1 dst=10.0.0.9 sport={1000 + i} dport=53 [UNREPLIED] "
+        f"src=10.0.0.9 dst=10.0.0.1 sport=53 dport={1000 + i} mark=0 use=1\n" for i in range(150)))
+    e = runner().invoke(main, ["doctor", "--file", str(export), "--json"])
+    assert e.exit_code == 0, e.output
+    from_export = json.loads(e.stdout)
+    assert any(c["top_sources"] for f in from_export["findings"] for c in f["cuts"])
+    check("`doctor --json`", [json.loads(r.output), from_export])
     r = runner().invoke(main, ["report", str(cap), "--json"])
     assert r.exit_code == 0, r.output
     check("`report --json`", [json.loads(r.output)])

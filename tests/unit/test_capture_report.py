@@ -10,7 +10,7 @@ import re
 import pytest
 from tests.clirunner import runner
 
-from tracer.formats.capture import Writer, read_capture
+from tracer.formats.capture import Writer, entries_record, read_capture
 from tracer.cli import main
 from tracer.core.doctor import HostState, diagnose
 from tracer.core.report import analyse
@@ -188,3 +188,26 @@ def test_counter_reset_is_counted(tmp_path):
     rep = analyse(read_capture(str(p)))
     assert rep["totals"]["drops"] == 50 + 10 + 50
     assert sum(x["drops"] for x in rep["timeline"]) == 110
+
+
+def test_late_names_and_entries_records_together(tmp_path):
+    """A capture with both the end record's late names (a container that
+    started during it) and entries records (revision 2): the drops' source
+    is named, and the entries chart has its points (a loop over the late
+    names once clobbered the timeline's length: a TypeError on real captures)."""
+    p = tmp_path / "c"
+    w = Writer(str(p), {"host": "h", "kernel": "k", "backend": "tracepoint", "netns": "node",
+                        "interval": 1.0, "state": {"netns": "node"}})
+    t0 = 1000.0
+    for i in range(4):
+        w.write({"k": "stats", "t": t0 + i, "count": 10 + i, "max": 100, "kernel": {"drop": i}})
+        w.write(entries_record(t0 + i, {"web-1": 5 + i, "10.0.0.7": 2}, 7 + i))
+        w.write({"k": "drop", "t": t0 + i + 0.5, "reason": "table_full", "proto": "udp",
+                 "src": "10.0.0.2", "sport": 5, "dst": "10.0.0.9", "dport": 53, "container": None})
+    w.write({"k": "end", "t": t0 + 3, "totals": {}, "sources": {"10.0.0.2": 3},
+             "names": {"10.0.0.2": "late-1"}, "state": {"netns": "node"}})
+    w.close()
+    rep = analyse(read_capture(str(p)))
+    assert rep["top_sources_by_drops"][0] == {"src": "10.0.0.2", "drops": 3, "container": "late-1"}
+    e = rep["entries_by_source"]
+    assert e is not None and e["keys"][0] == "web-1"

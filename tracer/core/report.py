@@ -9,7 +9,7 @@ from collections import Counter
 
 from tracer.core import forecast as fc
 from tracer.formats.capture import Capture, counter_deltas
-from tracer.core.doctor import SEVERITIES, by_severity, clash_drops, diagnose, table_forecast
+from tracer.core.doctor import SEVERITIES, clash_drops, diagnose, table_forecast
 from tracer.core.hoststate import HostState
 
 

@@ -211,3 +211,25 @@ def test_late_names_and_entries_records_together(tmp_path):
     assert rep["top_sources_by_drops"][0] == {"src": "10.0.0.2", "drops": 3, "container": "late-1"}
     e = rep["entries_by_source"]
     assert e is not None and e["keys"][0] == "web-1"
+
+
+def test_entries_records_stack_by_container_and_stay_escaped(tmp_path):
+    """Revision 2's entries records: read back, stacked per name in the
+    analysis, drawn as areas; a hostile name stays text; a bad record is skipped."""
+    from tracer.formats.capture import REVISION, entries_record
+    p = make_capture(tmp_path / "c", seconds=4)
+    raw = gzip.decompress(p.read_bytes()).decode().splitlines()
+    evil = '<script>alert(1)</script>"'
+    extra = [json.dumps(entries_record(1000.0 + i, {"web-1": 80 + i, evil: 5, **{f"n{j}": 1 for j in range(20)}},
+                                       105 + i)) for i in range(5)]
+    extra.append(json.dumps({"k": "entries", "t": 1002.5, "by": {"x": "many"}}))
+    (tmp_path / "r2").write_bytes(gzip.compress(("\n".join(raw[:1] + extra + raw[1:]) + "\n").encode()))
+    cap = read_capture(str(tmp_path / "r2"))
+    assert cap.bad_records == 1 and cap.header["revision"] == REVISION
+    mix = analyse(cap)["entries_by_source"]
+    assert mix["keys"][:2] == ["web-1", evil] and mix["keys"][-1] == "other"
+    assert [p["by"]["web-1"] for p in mix["points"]] == [80, 81, 82, 83, 84]
+    assert all(p["by"]["other"] == 10 and p["total"] == sum(p["by"].values()) for p in mix["points"])
+    page = to_html(analyse(cap))
+    assert page.count("<svg") == 4 and page.count('class="area"') == len(mix["keys"])
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;&quot;" in page

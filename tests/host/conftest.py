@@ -54,6 +54,14 @@ def wait_ready(p: subprocess.Popen, ready: Path, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+def start_capture(netns: str, out: Path, seconds: int, ready: Path) -> subprocess.Popen:
+    """`cttrace capture` of a namespace for `seconds`, started and ready."""
+    p = subprocess.Popen([CTTRACE, "capture", "-o", str(out), "--duration", f"{seconds}s", "--netns", netns,
+                          "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
+    wait_ready(p, ready)
+    return p
+
+
 def cttrace(*args, check=True, user=None):
     cmd = [CTTRACE, *args]
     if user:

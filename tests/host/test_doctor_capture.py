@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import lab as L
-from tests.host.conftest import CTTRACE, wait_ready
+from tests.host.conftest import CTTRACE, start_capture
 from tracer.kernel.features import check_tracepoint, mount_tracefs
 
 PREFIX = "ctlabdoc-"
@@ -82,9 +82,7 @@ def test_capture_then_report_totals_equal_the_kernel(lab, tmp_path):
     out = tmp_path / "c.ctcap"
     ready = tmp_path / "ready"
     before = lab.node_stats()
-    p = subprocess.Popen([CTTRACE, "capture", "-o", str(out), "--duration", "10s", "--netns", lab.node,
-                          "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
-    wait_ready(p, ready)
+    p = start_capture(lab.node, out, 10, ready)
     udp = lab.udp_flows(lab.containers[1], 60)
     r = lab.table_full(lab.containers[0], k=200, admit=80)
     p.wait(60)

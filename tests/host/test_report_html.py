@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 import pytest
 
 from tests import chromium
-from tests.host.conftest import CTTRACE, lab_fixture, wait_ready
+from tests.host.conftest import CTTRACE, lab_fixture, start_capture
 
 PREFIX = "ctlabrep-"
 SEVERITIES = ("critical", "warning", "info")
@@ -65,9 +65,7 @@ def test_report_of_a_real_burst_in_chromium(lab, tmp_path):
     cap = tmp_path / "lab.ctcap"
     ready = tmp_path / "ready"
     before = lab.node_stats()
-    p = subprocess.Popen([CTTRACE, "capture", "-o", str(cap), "--duration", "12s", "--netns", lab.node,
-                          "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
-    wait_ready(p, ready)
+    p = start_capture(lab.node, cap, 12, ready)
     lab.tcp_established(c2, 40)                       # a load: long connections and UDP flows
     lab.udp_flows(c3, 150, rate=100)
     time.sleep(1.5)

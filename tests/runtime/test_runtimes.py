@@ -16,8 +16,10 @@ One node namespace runs a private dockerd, containerd and Podman
   Podman   p-web (rootful, netavark)
 """
 
+import gzip
 import json
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -28,6 +30,7 @@ import pytest
 
 from tests import runtimes as R
 from tests.host.conftest import CTTRACE, wait_ready
+from tracer.kernel.attribution import collect
 
 # flows each one sends: all different, so that a count can only match its owner
 N = {"d-bridge": 11, "d-side": 13, "d-user": 12, "d-host": 14, "d-pub": 15, "shop/api-0": 16,
@@ -185,7 +188,6 @@ def metric(text, name, **labels):
 
 
 def free_port():
-    import socket
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     p = s.getsockname()[1]
@@ -299,7 +301,6 @@ def test_churn_every_drop_keeps_its_container_name(world, tmp_path):
         assert by[ip]["container"] == name, (ip, by[ip])
         assert by[ip]["drops"] == n
     # every drop record is named
-    import gzip
     recs = [json.loads(l) for l in gzip.open(tmp_path / "churn.gz", "rt") if l.strip()]
     drops = [r for r in recs if r.get("k") == "drop"]
     end = [r for r in recs if r.get("k") == "end"][-1]
@@ -313,7 +314,6 @@ def test_rename_and_new_address_are_followed(world):
     """`docker rename`, `podman rename` and a container given a new address
     (reconnected): the next refresh names the address by the new name, and
     the new address by the container."""
-    from tracer.kernel.attribution import collect
     n0 = collect()
     if "docker" in world:
         d = world["docker"]

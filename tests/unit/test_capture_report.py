@@ -10,7 +10,7 @@ import re
 import pytest
 from tests.clirunner import runner
 
-from tracer.formats.capture import Writer, read_capture
+from tracer.formats.capture import Writer, entries_record, read_capture
 from tracer.cli import main
 from tracer.core.doctor import HostState, diagnose
 from tracer.core.report import analyse
@@ -190,19 +190,46 @@ def test_counter_reset_is_counted(tmp_path):
     assert sum(x["drops"] for x in rep["timeline"]) == 110
 
 
-def test_entries_records_with_late_names(tmp_path):
-    # a real capture has both: entries records (revision 2) and an end
-    # record naming its sources; report read the timeline's length after
-    # the names' loop had rebound it (TypeError on every such capture)
+def test_late_names_and_entries_records_together(tmp_path):
+    """A capture with both the end record's late names (a container that
+    started during it) and entries records (revision 2): the drops' source
+    is named, and the entries chart has its points (a loop over the late
+    names once clobbered the timeline's length: a TypeError on real captures)."""
     p = tmp_path / "c"
     w = Writer(str(p), {"host": "h", "kernel": "k", "backend": "tracepoint", "netns": "node",
-                        "interval": 1.0, "state": {"netns": "node", "count": 2, "max": 100}})
-    for i in range(3):
-        w.write({"k": "stats", "t": 1000.0 + i, "count": 2, "max": 100, "kernel": {"drop": i}})
-        w.write({"k": "entries", "t": 1000.0 + i, "by": {"web-1": 2}, "total": 2})
-    w.write({"k": "end", "t": 1002.0, "totals": {}, "sources": {"10.0.0.1": 2},
-             "names": {"10.0.0.1": "web-1"}})
+                        "interval": 1.0, "state": {"netns": "node"}})
+    t0 = 1000.0
+    for i in range(4):
+        w.write({"k": "stats", "t": t0 + i, "count": 10 + i, "max": 100, "kernel": {"drop": i}})
+        w.write(entries_record(t0 + i, {"web-1": 5 + i, "10.0.0.7": 2}, 7 + i))
+        w.write({"k": "drop", "t": t0 + i + 0.5, "reason": "table_full", "proto": "udp",
+                 "src": "10.0.0.2", "sport": 5, "dst": "10.0.0.9", "dport": 53, "container": None})
+    w.write({"k": "end", "t": t0 + 3, "totals": {}, "sources": {"10.0.0.2": 3},
+             "names": {"10.0.0.2": "late-1"}, "state": {"netns": "node"}})
     w.close()
     rep = analyse(read_capture(str(p)))
-    assert rep["entries_by_source"]["keys"] == ["web-1"]
-    assert rep["top_sources_by_drops"][0] == {"src": "10.0.0.1", "drops": 2, "container": "web-1"}
+    assert rep["top_sources_by_drops"][0] == {"src": "10.0.0.2", "drops": 3, "container": "late-1"}
+    e = rep["entries_by_source"]
+    assert e is not None and e["keys"][0] == "web-1"
+
+
+def test_entries_records_stack_by_container_and_stay_escaped(tmp_path):
+    """Revision 2's entries records: read back, stacked per name in the
+    analysis, drawn as areas; a hostile name stays text; a bad record is skipped."""
+    from tracer.formats.capture import REVISION, entries_record
+    p = make_capture(tmp_path / "c", seconds=4)
+    raw = gzip.decompress(p.read_bytes()).decode().splitlines()
+    evil = '<script>alert(1)</script>"'
+    extra = [json.dumps(entries_record(1000.0 + i, {"web-1": 80 + i, evil: 5, **{f"n{j}": 1 for j in range(20)}},
+                                       105 + i)) for i in range(5)]
+    extra.append(json.dumps({"k": "entries", "t": 1002.5, "by": {"x": "many"}}))
+    (tmp_path / "r2").write_bytes(gzip.compress(("\n".join(raw[:1] + extra + raw[1:]) + "\n").encode()))
+    cap = read_capture(str(tmp_path / "r2"))
+    assert cap.bad_records == 1 and cap.header["revision"] == REVISION
+    mix = analyse(cap)["entries_by_source"]
+    assert mix["keys"][:2] == ["web-1", evil] and mix["keys"][-1] == "other"
+    assert [p["by"]["web-1"] for p in mix["points"]] == [80, 81, 82, 83, 84]
+    assert all(p["by"]["other"] == 10 and p["total"] == sum(p["by"].values()) for p in mix["points"])
+    page = to_html(analyse(cap))
+    assert page.count("<svg") == 4 and page.count('class="area"') == len(mix["keys"])
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;&quot;" in page

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from click.testing import CliRunner
+from tests.clirunner import runner
 
 from tests.unit.test_doctor_export import tcp
 from tracer.cli import main as cli
@@ -58,7 +58,7 @@ def test_postgres_clients_export(tmp_path):
     random.Random(5).shuffle(lines)
     f = tmp_path / "pg.txt"
     f.write_text("\n".join(lines) + "\n")
-    r = CliRunner().invoke(cli, ["doctor", "--file", str(f), "--json"])
+    r = runner().invoke(cli, ["doctor", "--file", str(f), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     sev = [x["severity"] for x in out["findings"]]
@@ -69,7 +69,7 @@ def test_postgres_clients_export(tmp_path):
     assert len(f["cuts"]) == 1                      # the busy HTTPS flows are not cut
     assert "tcp/5432: 3,000 entries from 3,000 sources in 10.1.0.0/20" in f["evidence"]
     # the text view says the same, in that order
-    t = CliRunner().invoke(cli, ["doctor", "--file", str(tmp_path / "pg.txt")])
+    t = runner().invoke(cli, ["doctor", "--file", str(tmp_path / "pg.txt")])
     assert t.exit_code == 0, t.output
     lines = [x.strip("│ ") for x in t.stdout.splitlines()]
     assert "who it cuts:" in lines

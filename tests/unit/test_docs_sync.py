@@ -222,10 +222,10 @@ def test_doctor_and_report_json_keys(tmp_path):
     assert e.exit_code == 0, e.output
     from_export = json.loads(e.stdout)
     assert any(c["top_sources"] for f in from_export["findings"] for c in f["cuts"])
-    check("`doctor --json`", [json.loads(r.output), from_export])
+    check("`doctor --json`", [json.loads(r.stdout), from_export])
     r = runner().invoke(main, ["report", str(cap), "--json"])
     assert r.exit_code == 0, r.output
-    check("`report --json`", [json.loads(r.output)])
+    check("`report --json`", [json.loads(r.stdout)])
 
 
 # ---- capture record kinds --------------------------------------------------

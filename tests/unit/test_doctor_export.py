@@ -7,7 +7,7 @@ import json
 import random
 
 import pytest
-from click.testing import CliRunner
+from tests.clirunner import runner
 
 from tracer.core import doctor as D
 from tracer.formats import export as tablefile
@@ -195,7 +195,7 @@ def test_parse_settings():
 
 
 def _run(args, input=None):
-    r = CliRunner().invoke(cli, args, input=input)
+    r = runner().invoke(cli, args, input=input)
     return r.exit_code, r.output
 
 

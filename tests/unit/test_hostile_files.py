@@ -9,7 +9,7 @@ import os
 import stat
 
 import pytest
-from click.testing import CliRunner
+from tests.clirunner import runner
 
 from tracer.cli import main
 from tracer.core.events import Counters, SourceCounts
@@ -22,7 +22,7 @@ from tracer.views.drops import summary
 from tests.unit.test_hostile_inputs import _capture
 
 def _run(*args):
-    r = CliRunner().invoke(main, list(args))
+    r = runner().invoke(main, list(args))
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     return r
 

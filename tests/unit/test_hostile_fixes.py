@@ -7,7 +7,7 @@ back exactly the words cttrace meant, never a second command."""
 import json
 import shlex
 
-from click.testing import CliRunner
+from tests.clirunner import runner
 
 from tracer.cli import main
 from tracer.core import nat
@@ -133,7 +133,7 @@ def test_report_and_doctor_outputs_carry_no_pasted_command(tmp_path):
                       f"\"$({PAYLOAD})\" -j MASQUERADE\nCOMMIT\n" + NFT}
     p = tmp_path / "c.ctcap"
     _capture(p, state)
-    r = CliRunner()
+    r = runner()
     out = r.invoke(main, ["doctor", "--capture", str(p), "--json"])
     assert out.exit_code == 0, out.output
     fixes = [f["fix"] for f in json.loads(out.output)["findings"]]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from tests.clirunner import runner
 
 from tracer.cli import main
 from tracer.core import schema
@@ -35,7 +35,7 @@ def _capture(path, state=STATE, extra=()):
 
 
 def _cli(*args):
-    r = CliRunner().invoke(main, list(args))
+    r = runner().invoke(main, list(args))
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     return r
 

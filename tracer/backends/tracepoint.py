@@ -174,11 +174,14 @@ def check_abi(bpf) -> None:
                                f"(run scripts/gen-abi after changing bpf/events.h): {layout(cls)}")
 
 
+SO_NETNS_COOKIE = 71     # include/uapi/asm-generic/socket.h (Linux 5.14+)
+
+
 def netns_cookie() -> int:
     """The current namespace's cookie (SO_NETNS_COOKIE, 5.14+), 0 if unknown."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little")
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
     except OSError:
         return 0
 

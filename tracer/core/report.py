@@ -92,10 +92,8 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     names = {r["src"]: r.get("container") for r in ins + drops if r.get("container")}
     end = cap.of("end")
     late = (end[-1].get("names") if end else None) or {}
-    if isinstance(late, dict):          # names found at the end (a file from elsewhere: checked)
-        for a, name in late.items():       # (not `n`: the timeline's length, used below)
-            if isinstance(a, str) and isinstance(name, str):
-                names.setdefault(a, name)
+    for addr, name in late.items():     # names found at the end (typed by the capture's schema)
+        names.setdefault(addr, name)
     exact = (end[-1].get("sources") if end else None) or {}
     drop_src = Counter(exact) if exact else Counter(r["src"] for r in drops)
     bursts = sorted((x for x in tl if x["drops"]), key=lambda x: -x["drops"])[:5]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import time
 
+from tracer.views.doctor import cuts_text
 from tracer.views.escape import safe, text
 from tracer.views.top import sparkline
 
@@ -58,9 +59,13 @@ def render(rep: dict):
         for r in rep[key]:
             tab.add_row(text(r["src"]), f"{r[col]:,}", text(r.get("container")))
         parts.append(tab)
-    for f in rep["findings"]:
-        parts.append(Panel(text(f"{f['message']}\nevidence: {f['evidence']}\nfix:\n{f['fix']}", newlines=True),
-                           title=text(f"{f['severity']}: {f['id']}"), title_align="left"))
+    for f in rep["findings"]:            # critical first (doctor.diagnose)
+        body = text(f"{f['message']}\nevidence: {f['evidence']}\n", newlines=True)
+        if f.get("cuts"):
+            body.append("who it cuts:\n")
+            body.append_text(cuts_text(f["cuts"]))
+        body.append_text(text(f"fix:\n{f['fix']}", newlines=True))
+        parts.append(Panel(body, title=text(f"{f['severity']}: {f['id']}"), title_align="left"))
     return Group(*parts)
 
 

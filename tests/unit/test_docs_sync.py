@@ -192,7 +192,7 @@ def check(heading: str, objs: list) -> None:
 
 def test_top_json_keys(session_frame):
     f = session_frame(events_mode=2)              # a real TracingSession.frame()
-    f.pop("history", None)                        # as cli/top.py prints it (the sparklines' data stay in)
+    f.pop("history", None)                        # as cli/top.py prints it: the sparklines are for the screen
     json.dumps(f)
     check("`top --json`", [f])
 

@@ -8,13 +8,13 @@ addresses. An entry is identified by (proto, zone, src, dst, sport, dport)
 or, for ICMP/ICMPv6, (proto, zone, src, dst, id, type, code): two pings are
 two entries, as in the kernel.
 
-Memory: one dict item per entry, key = the identity packed into a short
-bytes object (15 bytes for IPv4, 39 for IPv6), value = a small int
-(state, "made before we listened", reconcile generation) that CPython
-shares between entries. About 90 bytes per IPv4 entry in all; everything
-the views show (counts per source, destination, port, state) lives in the
-per-group Counters, whose size follows the number of distinct keys, not
-the number of entries.
+Memory: per entry, its identity packed into 15 bytes (IPv4; 39 for IPv6)
+and a one-byte code (state, "made before we listened", reconcile
+generation), kept as fixed-size records in a compact store
+(tracer/core/entries.py): about 17 bytes per IPv4 entry (a dict of bytes
+keys cost about 90). Everything the views show (counts per source,
+destination, port, state) lives in the per-group Counters, whose size
+follows the number of distinct keys, not the number of entries.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from tracer.core.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
+from tracer.core.entries import EntryStore
 from tracer.core.forecast import Schedule
 from tracer.core.forecast import _ROW_KEY as _SCHED_KEY
 
@@ -59,16 +60,16 @@ def _state(proto: int, raw) -> str:
 _R_STATE = itemgetter(1)
 _R_SRC = itemgetter(2)
 _R_DST = itemgetter(3)
-_R_PDPORT = itemgetter(0, 4)
-_R_PSTATE = itemgetter(0, 1)
+_R_PDS = itemgetter(0, 4, 1)      # (proto, dport, state): one count gives ports and states
 
 
-def entry_key(row: tuple) -> bytes:
-    """The identity of the entry a ctnetlink row describes."""
+def entry_key(row: tuple, tail: bytes = b"") -> bytes:
+    """The identity of the entry a ctnetlink row describes (+ `tail`: a
+    bulk load's records are key + code byte)."""
     ic = row[8] if len(row) > 8 else None
     if ic is None:
-        return _KEYP(row[0], row[6][1], row[7] or 0, row[4] or 0) + row[2] + row[3]
-    return _KEYP(row[0], row[6][1], ic & 0xFFFF, ic >> 16) + row[2] + row[3]
+        return _KEYP(row[0], row[6][1], row[7] or 0, row[4] or 0) + row[2] + row[3] + tail
+    return _KEYP(row[0], row[6][1], ic & 0xFFFF, ic >> 16) + row[2] + row[3] + tail
 
 
 @dataclass
@@ -101,7 +102,7 @@ class LiveTable:
     """
 
     def __init__(self) -> None:
-        self.entries: dict[bytes, int] = {}
+        self.entries = EntryStore()             # entry key -> code
         self.by = {g: Counter() for g in DIMS}
         self.inserts: Counter = Counter()      # cumulative, by source
         self.deletes: Counter = Counter()
@@ -263,28 +264,29 @@ class LiveTable:
             c.clear()
         self._gen = (self._gen + 1) & 3
         self._dead = None
+        self.entries.hold = False
         base = LEGACY | (self._gen << GEN_SHIFT)
-        self._fill = ({st: (STATE_NONE if st is None else st & STATE_MASK) | base
-                       for st in (None, *range(32))}, Counter(), Counter(), Counter(), Counter(), [0])
+        self._fill = ({st: bytes(((STATE_NONE if st is None else st & STATE_MASK) | base,))
+                       for st in (None, *range(256))}, Counter(), Counter(), Counter(), [0])
 
     def fill_rows(self, rows: list) -> None:
-        codes, src, dst, pdport, pstate, n = self._fill
-        self.entries.update(zip(map(entry_key, rows), map(codes.__getitem__, map(_R_STATE, rows))))
+        codes, src, dst, pds, n = self._fill
+        self.entries.load(map(entry_key, rows, map(codes.__getitem__, map(_R_STATE, rows))))
         src.update(map(_R_SRC, rows))
         dst.update(map(_R_DST, rows))
-        pdport.update(map(_R_PDPORT, rows))
-        pstate.update(map(_R_PSTATE, rows))
+        pds.update(map(_R_PDS, rows))
         n[0] += len(rows)
         if self.sched is not None:
             self.sched.rows(rows, self.clock())
 
     def fill_end(self) -> int:
-        _, src, dst, pdport, pstate, n = self._fill
+        _, src, dst, pds, n = self._fill
         self._fill = None
         if self.sched is not None:
             self.sched.end(self.clock())
         n = n[0]
         entries = self.entries
+        entries.seal()
         if n != len(entries):                    # an entry shown twice (a dump under churn)
             for k, code in entries.items():
                 self._count(k, code, +1)
@@ -294,9 +296,8 @@ class LiveTable:
             by["src"][self._a(raw)] += c
         for raw, c in dst.items():
             by["dst"][self._a(raw)] += c
-        for (proto, port), c in pdport.items():
+        for (proto, port, st), c in pds.items():
             by["dport"][self._dport(proto, port)] += c
-        for (proto, st), c in pstate.items():
             by["state"][_state(proto, st)] += c
         self.legacy = n
         return n
@@ -305,6 +306,7 @@ class LiveTable:
         """A reconcile starts: a dump of the table follows (`seen`), then `sweep`."""
         self._gen = (self._gen + 1) & 3
         self._dead = set()
+        self.entries.hold = True                # one merge of the store, at the sweep
         self.legacy_min_timeout = None
         if self.clock is not None:
             self.sched_flush()
@@ -331,11 +333,12 @@ class LiveTable:
     def sweep(self) -> int:
         """End of a reconcile: remove the entries the dump did not show
         (expired or deleted without an event). Returns how many."""
-        gen = self._gen << GEN_SHIFT
-        stale = [k for k, c in self.entries.items() if c & GEN_MASK != gen]
-        for k in stale:
-            self._count(k, self.entries.pop(k), -1)
+        stale = self.entries.take_stale(self._gen << GEN_SHIFT, GEN_MASK)
+        for k, code in stale:
+            self._count(k, code, -1)
         self._dead = None
+        self.entries.hold = False
+        self.entries.compact()
         if self._building is not None:
             self.sched_flush()
             self.sched = self._building.end(self.clock())
@@ -352,6 +355,7 @@ class LiveTable:
     def abort(self) -> None:
         """The reconcile's dump failed: keep what is known, sweep nothing."""
         self._dead = None
+        self.entries.hold = False
         self._building = self._raw = None
         self._pend_b = []
 

@@ -313,8 +313,11 @@ class LiveTable:
             self._building = Schedule(self.clock(), self.sysctls)
             self._raw = self._building.raw
 
-    def seen(self, row: tuple) -> None:
-        """One entry of the reconcile's dump."""
+    def seen(self, row: tuple, evented: bool = False) -> None:
+        """One entry of the reconcile's dump. `evented`: an entry the table
+        does not know yet carries the event extension (events are on and
+        the listener is older than the entry: anything the first dump did
+        not show), so it is not "legacy"."""
         k = entry_key(row)
         if k in self._dead:                     # deleted after the dump read it
             return
@@ -323,7 +326,7 @@ class LiveTable:
             return                              # an event since begin() is newer news
         if self._raw is not None:
             self._raw[_SCHED_KEY(row)] += 1
-        legacy = old is None or bool(old & LEGACY)
+        legacy = not evented if old is None else bool(old & LEGACY)
         self._set(k, self._code(row, legacy), old)
         if legacy:
             t = row[9] if len(row) > 9 else None

@@ -88,6 +88,7 @@ class LiveSource:
         self._reconciled_at: float | None = None   # when the last complete dump began
         self._next: float | None = None
         self._dirty = False         # events lost since the running/last dump began
+        self._evented = False       # entries new to the running reconcile carry the event extension
         self._why = "start"
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -214,6 +215,10 @@ class LiveSource:
             with ns.entered(self.netns):
                 self._reader = ctnetlink.DumpReader()
                 self.live.sysctls = table.timeouts()
+                # entries the first dump did not show were made after we
+                # subscribed: with events on they carry the event extension
+                # (unless events were switched off since)
+                self._evented = self.mode in (1, 2) and events_mode() == self.mode
         except (ctnetlink.NetlinkError, ns.NetnsError) as e:
             self.errors += 1
             self.last_error = str(e)
@@ -238,10 +243,10 @@ class LiveSource:
             self.last_error = str(e)
             self._next = self.clock() + self.period()
             return
-        seen, accept = self.live.seen, self.accept
+        seen, accept, evented = self.live.seen, self.accept, self._evented
         for row in rows:
             if accept(row):
-                seen(row)
+                seen(row, evented)
         self.live.sched_tick()
         if reader.done:
             reader.close()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from tracer.core.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
-from tracer.core.entries import EntryStore
+from tracer.core.entries import DELETED, EntryStore
 from tracer.core.forecast import Schedule
 from tracer.core.forecast import _ROW_KEY as _SCHED_KEY
 
@@ -38,12 +38,12 @@ _KEY = struct.Struct(">BHHH")
 _KEYP = _KEY.pack
 _KEYU = _KEY.unpack_from
 
-# The value of an entry: state number (STATE_NONE: a protocol without
-# states) | LEGACY | generation << 6. All values are < 256, so CPython keeps
-# one shared int object per value.
+# The code of an entry: state number (STATE_NONE: a protocol without
+# states) | LEGACY | generation << 6, one byte. Generations are 0-2: the
+# store keeps 0xFF (generation 3) for deleted records (entries.DELETED).
 STATE_MASK, STATE_NONE = 0x1F, 0x1F
 LEGACY = 0x20          # seen in a dump only: may have no event extension
-GEN_SHIFT, GEN_MASK = 6, 0xC0
+GEN_SHIFT, GEN_MASK, GENS = 6, 0xC0, 3
 
 
 def _addr(raw: bytes) -> str:
@@ -262,7 +262,7 @@ class LiveTable:
         self.entries.clear()
         for c in self.by.values():
             c.clear()
-        self._gen = (self._gen + 1) & 3
+        self._gen = (self._gen + 1) % GENS
         self._dead = None
         self.entries.hold = False
         base = LEGACY | (self._gen << GEN_SHIFT)
@@ -304,7 +304,7 @@ class LiveTable:
 
     def begin(self) -> None:
         """A reconcile starts: a dump of the table follows (`seen`), then `sweep`."""
-        self._gen = (self._gen + 1) & 3
+        self._gen = (self._gen + 1) % GENS
         self._dead = set()
         self.entries.hold = True                # one merge of the store, at the sweep
         self.legacy_min_timeout = None
@@ -356,7 +356,11 @@ class LiveTable:
             b.mark(self.clock())
 
     def abort(self) -> None:
-        """The reconcile's dump failed: keep what is known, sweep nothing."""
+        """The reconcile's dump failed: keep what is known, sweep nothing.
+        Every entry takes the running generation, so the next reconcile's
+        sweep tells its unseen entries apart whatever failed before."""
+        gen = self._gen << GEN_SHIFT
+        self.entries.recode(bytes(c if c == DELETED else (c & ~GEN_MASK) | gen for c in range(256)))
         self._dead = None
         self.entries.hold = False
         self._building = self._raw = None

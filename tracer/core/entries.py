@@ -1,5 +1,5 @@
 """The live table's identity store: a key -> one-byte code map for up to
-millions of conntrack entries, at about 17 bytes per IPv4 entry (a dict
+millions of conntrack entries, at about 18 bytes per IPv4 entry (a dict
 of bytes keys costs about 90: a key object and a slot each).
 
     store = EntryStore()
@@ -12,16 +12,18 @@ How. Per key length, a *run*: records (key + code) sorted by key, back to
 back in one bytearray, with a sparse index (every STEP-th key, a list of
 bytes) that `bisect` searches; a lookup bisects the index and then
 `bytes.find`s the key in one block of STEP records: both in C, about a
-microsecond. A code is changed in place. A deleted record is zeroed (a
-tombstone: no real key is all zeros, see ZERO below) until the next merge.
-Keys the run does not hold live in a plain dict (`_fresh`) until they are
-merged into the run: when the dict outgrows a share of the run (amortised
-O(1) per new key) or on `compact()` (the live table calls it after each
-reconcile). A merge streams the run block by block (the run stays one
-allocation, its records are never all Python objects at once).
+microsecond. A code is changed in place. A deleted record keeps its key
+(the run stays sorted) and gets the code DELETED until the next merge:
+codes are 0-254. Keys the run does not hold live in a plain dict
+(`_fresh`) until they are merged into the run: when the dict outgrows a
+share of the run (amortised O(1) per new key), or on `compact()` (the live
+table calls it after each reconcile).
 
-The first dump of a big table is loaded in bulk (`load` then `seal`): its
-records are sorted once (C) and joined into the run.
+Sorted blobs are merged a block at a time (`merge`), so a merge or a bulk
+load of a million records never holds them all as Python objects: the
+transient memory is a few blocks plus the output, and the small objects of
+a step are freed before the next one (no heap left fragmented by a million
+short-lived objects).
 """
 
 from __future__ import annotations
@@ -32,39 +34,104 @@ from bisect import bisect_right
 from itertools import compress, islice
 from operator import itemgetter
 
+DELETED = 0xFF             # the code of a deleted record (codes are 0-254)
+
 STEP = 32                  # records per index block: a find over 512 bytes (IPv4)
 MIN_FRESH = 4096           # the dict may hold this many keys before a merge ...
 FRESH_SHARE = 8            # ... or 1/8 of the run, whichever is more
-CHUNK = 65536              # records per step of a merge
+BLOCK = 4096               # records taken from each input per step of a merge
+LOAD_CHUNK = 65536         # records of a bulk load sorted at a time
+
+
+class _Records:
+    """A sorted blob of rs-byte records, seen as a sequence (for bisect)."""
+
+    __slots__ = ("blob", "rs")
+
+    def __init__(self, blob, rs: int):
+        self.blob, self.rs = blob, rs
+
+    def __len__(self) -> int:
+        return len(self.blob) // self.rs
+
+    def __getitem__(self, i: int) -> bytes:
+        return bytes(self.blob[i * self.rs:(i + 1) * self.rs])
+
+
+def _splitter(rs: int):
+    return re.compile(b"(?s).{%d}" % rs).findall
+
+
+_CODE = itemgetter(-1)
+
+
+def merge(blobs: list, rs: int, dedup: bool = False) -> tuple[bytearray, int]:
+    """Merge sorted blobs of rs-byte records into one sorted bytearray,
+    BLOCK records of each at a time, leaving out DELETED records and, with
+    `dedup`, all but one record of a key (the key: all bytes but the last).
+    Returns (the blob, how many duplicates were left out)."""
+    split = _splitter(rs)
+    seqs = [_Records(b, rs) for b in blobs if len(b) >= rs]
+    pos = [0] * len(seqs)
+    ends = [len(s) for s in seqs]
+    out = bytearray(sum(ends) * rs)
+    o = twice = 0
+    klen = rs - 1
+    key = itemgetter(slice(0, klen))
+    last = None
+    while True:
+        live = [i for i in range(len(seqs)) if pos[i] < ends[i]]
+        if not live:
+            break
+        # every input gives the records up to the smallest of their blocks' last records
+        pivot = min(seqs[i][min(pos[i] + BLOCK, ends[i]) - 1] for i in live)
+        recs: list = []
+        for i in live:
+            stop = bisect_right(seqs[i], pivot, pos[i], min(pos[i] + BLOCK, ends[i]))
+            recs += split(seqs[i].blob, pos[i] * rs, stop * rs)
+            pos[i] = stop
+        if DELETED in map(_CODE, recs):
+            recs = list(compress(recs, map(DELETED.__ne__, map(_CODE, recs))))
+        if len(live) > 1:
+            recs.sort()                          # sorted runs: merged in linear time
+        if dedup and recs and ((last is not None and recs[0].startswith(last)) or
+                               any(map(bytes.startswith, islice(recs, 1, None), map(key, recs)))):
+            kept = [] if last is not None and recs[0].startswith(last) else [recs[0]]
+            kept += [b for a, b in zip(recs, islice(recs, 1, None)) if not b.startswith(a[:klen])]
+            twice += len(recs) - len(kept)
+            recs = kept
+        if recs:
+            n = len(recs) * rs
+            out[o:o + n] = b"".join(recs)
+            o += n
+            last = recs[-1][:klen]
+    del out[o:]
+    return out, twice
 
 
 class _Run:
     """Sorted fixed-size records of one key length (see the module docstring)."""
 
-    __slots__ = ("klen", "rs", "blob", "idx", "dead", "zero", "zkey", "split")
+    __slots__ = ("klen", "rs", "blob", "idx", "dead")
 
     def __init__(self, klen: int):
         self.klen = klen
         self.rs = klen + 1
         self.blob = bytearray()
         self.idx: list[bytes] = []
-        self.dead = 0                      # tombstones
-        self.zero = bytes(self.rs)         # a tombstone record
-        self.zkey = bytes(klen)            # never in a run (it would match tombstones)
-        self.split = re.compile(b"(?s).{%d}" % self.rs).findall
+        self.dead = 0                      # DELETED records
 
     def __len__(self) -> int:
         return len(self.blob) // self.rs - self.dead
 
     def build(self, blob: bytearray) -> None:
-        rs, klen = self.rs, self.klen
+        klen, span = self.klen, STEP * self.rs
         self.blob = blob
-        span = STEP * rs
         self.idx = [bytes(blob[o:o + klen]) for o in range(0, len(blob), span)]
         self.dead = 0
 
     def find(self, k: bytes) -> int:
-        """Offset of k's record, or -1."""
+        """Offset of k's record (DELETED or not), or -1."""
         i = bisect_right(self.idx, k) - 1
         if i < 0:
             return -1
@@ -77,18 +144,28 @@ class _Run:
             p = blob.find(k, p + 1, hi)
         return p
 
-    def records(self, start: int, stop: int) -> list[bytes]:
-        """The live records of record numbers [start, stop), as bytes."""
-        rs = self.rs
-        recs = self.split(self.blob, start * rs, stop * rs)
-        return list(filter(self.zero.__ne__, recs)) if self.dead else recs
 
-    def chunks(self):
-        """Every live record, in lists of at most CHUNK."""
-        total = len(self.blob) // self.rs
-        for start in range(0, total, CHUNK):
-            yield self.records(start, min(start + CHUNK, total))
+class _Load:
+    """A bulk load of one record size: sorted chunks of LOAD_CHUNK records."""
 
+    __slots__ = ("rs", "buf", "chunks")
+
+    def __init__(self, rs: int):
+        self.rs = rs
+        self.buf = bytearray()
+        self.chunks: list[bytearray] = []
+
+    def add(self, joined: bytes) -> None:
+        self.buf += joined
+        if len(self.buf) >= LOAD_CHUNK * self.rs:
+            self.cut()
+
+    def cut(self) -> None:
+        if self.buf:
+            recs = _splitter(self.rs)(self.buf)
+            recs.sort()
+            self.chunks.append(bytearray().join(recs))
+            self.buf = bytearray()
 
 
 class EntryStore:
@@ -98,16 +175,18 @@ class EntryStore:
         self._runs: dict[int, _Run] = {}
         self._fresh: dict[bytes, int] = {}
         self._hit: tuple | None = None       # (key, run, offset) of the last run lookup
-        self._load: list[bytes] = []         # records of a bulk load, until seal()
-        self.hold = False                    # defer merges (a reconcile is running)
+        self._loads: dict[int, _Load] = {}   # a bulk load, until seal()
+        self.hold = False                    # merge only when the dict outgrows the run (a reconcile runs)
 
     # --- lookups --------------------------------------------------------------
     def _find(self, k: bytes) -> tuple[_Run | None, int]:
         run = self._runs.get(len(k))
-        if run is None or not run.blob or k == run.zkey:
+        if run is None or not run.blob:
             return None, -1
         p = run.find(k)
         if p >= 0:
+            if run.blob[p + run.klen] == DELETED:
+                return run, -1
             self._hit = (k, run, p)
         return run, p
 
@@ -129,7 +208,7 @@ class EntryStore:
 
     def __setitem__(self, k: bytes, code: int) -> None:
         h = self._hit
-        if h is not None and h[0] is k:            # looked up just before (one search per event)
+        if h is not None and h[0] is k:            # looked up just before: one search per event
             h[1].blob[h[2] + h[1].klen] = code
             return
         fresh = self._fresh
@@ -141,8 +220,7 @@ class EntryStore:
             run.blob[p + run.klen] = code
             return
         fresh[k] = code
-        if len(fresh) > MIN_FRESH and \
-                len(fresh) > self._run_len() // (1 if self.hold else FRESH_SHARE):
+        if len(fresh) > MIN_FRESH and len(fresh) > self._run_len() // (1 if self.hold else FRESH_SHARE):
             self.compact()
 
     def pop(self, k: bytes, default=None):
@@ -158,9 +236,9 @@ class EntryStore:
                 return default
         self._hit = None
         c = run.blob[p + run.klen]
-        run.blob[p:p + run.rs] = run.zero
+        run.blob[p + run.klen] = DELETED
         run.dead += 1
-        if not self.hold and run.dead > max(MIN_FRESH, len(run) // 2):
+        if not self.hold and run.dead > MIN_FRESH and run.dead > len(run):
             self.compact()
         return c
 
@@ -173,10 +251,12 @@ class EntryStore:
     # --- iteration (rare: recounts, tests) --------------------------------------
     def items(self):
         for run in self._runs.values():
-            klen = run.klen
-            for recs in run.chunks():
-                for r in recs:
-                    yield r[:klen], r[klen]
+            klen, rs, blob = run.klen, run.rs, run.blob
+            split = _splitter(rs)
+            for start in range(0, len(blob), BLOCK * rs):
+                for r in split(blob, start, start + BLOCK * rs):
+                    if r[klen] != DELETED:
+                        yield r[:klen], r[klen]
         yield from self._fresh.items()
 
     def __iter__(self):
@@ -200,41 +280,48 @@ class EntryStore:
         self._runs.clear()
         self._fresh.clear()
         self._hit = None
-        self._load = []
+        self._loads.clear()
 
     def load(self, records) -> None:
-        """Records (key + code byte) of a bulk load into an empty store; seal() ends it."""
-        self._load.extend(records)
+        """Records (key + code byte) of a bulk load into an empty store, in
+        batches; seal() ends it. The batch's objects are joined at once."""
+        recs = records if isinstance(records, list) else list(records)
+        if not recs:
+            return
+        rs = len(recs[0])
+        if sum(map(len, recs)) == rs * len(recs):
+            self._load(rs).add(b"".join(recs))
+            return
+        lengths = list(map(len, recs))
+        for rs in set(lengths):
+            self._load(rs).add(b"".join(compress(recs, map(rs.__eq__, lengths))))
+
+    def _load(self, rs: int) -> _Load:
+        ld = self._loads.get(rs)
+        if ld is None:
+            ld = self._loads[rs] = _Load(rs)
+        return ld
 
     def seal(self) -> int:
-        """End a bulk load: sort the records into runs. Returns how many keys
-        it held twice (a dump under churn can show an entry twice; one of
-        its codes is kept)."""
-        recs, self._load = self._load, []
-        lengths = set(map(len, recs))
+        """End a bulk load: merge its sorted chunks into the runs. Returns
+        how many keys it held twice (a dump under churn can show an entry
+        twice; one of its codes is kept)."""
         twice = 0
-        for rs in sorted(lengths):
-            part = recs if len(lengths) == 1 else list(compress(recs, map(rs.__eq__, map(len, recs))))
-            part.sort()
-            klen = rs - 1
-            key = itemgetter(slice(0, klen))
-            if any(map(bytes.startswith, islice(part, 1, None), map(key, part))):
-                kept = [b for a, b in zip(part, islice(part, 1, None)) if not b.startswith(a[:klen])]
-                twice += len(part) - 1 - len(kept)
-                part = part[:1] + kept
-            zero = bytes(klen)
-            if part and part[0].startswith(zero):     # an all-zero key is never put in a run
-                self._fresh[zero] = part.pop(0)[-1]
-            self._run(klen).build(bytearray().join(part))
-            del part
-        del recs
+        for rs, ld in sorted(self._loads.items()):
+            ld.cut()
+            chunks, ld.chunks = ld.chunks, []
+            blob, n = merge(chunks, rs, dedup=True)
+            del chunks
+            twice += n
+            self._run(rs - 1).build(blob)
+        self._loads.clear()
         self._hit = None
         return twice
 
     def take_stale(self, gen: int, mask: int) -> list[tuple[bytes, int]]:
         """Remove the entries whose code & mask != gen; return them (key, code)."""
         out = []
-        stale = bytes(int(c & mask != gen) for c in range(256))
+        stale = bytes(int(c & mask != gen and c != DELETED) for c in range(256))
         for run in self._runs.values():
             klen, rs, blob = run.klen, run.rs, run.blob
             codes = blob[klen::rs]
@@ -242,10 +329,9 @@ class EntryStore:
             i = flags.find(1)
             while i >= 0:
                 o = i * rs
-                if blob[o:o + rs] != run.zero:
-                    out.append((bytes(blob[o:o + klen]), codes[i]))
-                    blob[o:o + rs] = run.zero
-                    run.dead += 1
+                out.append((bytes(blob[o:o + klen]), codes[i]))
+                blob[o + klen] = DELETED
+                run.dead += 1
                 i = flags.find(1, i + 1)
         fresh = self._fresh
         gone = [(k, c) for k, c in fresh.items() if c & mask != gen]
@@ -259,33 +345,26 @@ class EntryStore:
         self._hit = None
         if not self._fresh and not any(r.dead for r in self._runs.values()):
             return
-        fresh = self._fresh
         by_len: dict[int, list[bytes]] = {}
-        keep: dict[bytes, int] = {}
-        for k, c in fresh.items():
-            if k.count(0) == len(k):                # all zeros: stays in the dict
-                keep[k] = c
-            else:
-                by_len.setdefault(len(k), []).append(k + bytes((c,)))
+        for k, c in self._fresh.items():
+            by_len.setdefault(len(k), []).append(k + bytes((c,)))
         for klen in set(by_len) | {k for k, r in self._runs.items() if r.dead}:
             run = self._run(klen)
-            new = sorted(by_len.get(klen, ()))
-            rs = run.rs
-            out = bytearray((len(run) + len(new)) * rs)
-            pos = j = 0
-            for recs in run.chunks():
-                if recs:
-                    stop = bisect_right(new, recs[-1], j)
-                    if j < stop:
-                        recs += new[j:stop]
-                        recs.sort()                  # two sorted runs: a linear merge
-                        j = stop
-                    out[pos:pos + len(recs) * rs] = b"".join(recs)
-                    pos += len(recs) * rs
-            if j < len(new):                         # keys above the run's last
-                out[pos:] = b"".join(new[j:])
-            run.build(out)
-        self._fresh = keep
+            new = by_len.get(klen, [])
+            new.sort()
+            blob, _ = merge([run.blob, bytearray().join(new)], run.rs)
+            run.build(blob)
+        self._fresh = {}
+
+    def recode(self, table: bytes) -> None:
+        """Translate every code through a 256-byte table (DELETED must map
+        to itself)."""
+        for run in self._runs.values():
+            klen, rs = run.klen, run.rs
+            run.blob[klen::rs] = run.blob[klen::rs].translate(table)
+        fresh = self._fresh
+        for k, c in fresh.items():
+            fresh[k] = table[c]
 
     def _run(self, klen: int) -> _Run:
         run = self._runs.get(klen)

@@ -149,9 +149,8 @@ class LiveTable:
 
     def _count(self, k: bytes, code: int, d: int) -> None:
         by = self.by
-        for g, v in zip(DIMS, self._dims_key(k, code)):
-            c = by[g]
-            n = c[v] + d
+        for c, v in zip((by["src"], by["dst"], by["dport"], by["state"]), self._dims_key(k, code)):
+            n = c.get(v, 0) + d            # dict.get: no Counter.__missing__ call
             if n > 0:
                 c[v] = n
             else:

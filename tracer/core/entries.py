@@ -37,7 +37,7 @@ from operator import itemgetter
 DELETED = 0xFF             # the code of a deleted record (codes are 0-254)
 
 STEP = 32                  # records per index block: a find over 512 bytes (IPv4)
-MIN_FRESH = 4096           # the dict may hold this many keys before a merge ...
+MIN_FRESH = 65536          # the dict may hold this many keys before a merge ...
 FRESH_SHARE = 8            # ... or 1/8 of the run, whichever is more
 BLOCK = 4096               # records taken from each input per step of a merge
 LOAD_CHUNK = 65536         # records of a bulk load sorted at a time

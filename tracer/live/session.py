@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class TracingSession:
         self.state: table.TableState | None = None
         self.drops_seen = 0                 # drop events that passed the filters
         self._stat_acc: dict = {}           # wrap-safe sums of the followed table's per-CPU stats
+        self._stat_lock = threading.Lock()  # ... folded by the pump and by serve's scrapes
         self.net_hist: deque = deque(maxlen=30)   # inserts - deletes per second, per interval
         # new entries per interval for the forecast: (seconds, entries, how counted)
         self.ins_hist: deque = deque(maxlen=RATE_INTERVALS)
@@ -233,10 +235,11 @@ class TracingSession:
         32-bit counter accumulated modulo 2**32: a wrap is not a reset), with
         table_full = drop - insert_failed (a clash at confirm counts in both)."""
         from tracer.backends.tracepoint import fold
-        fold(self._stat_acc, st.cpu)
         out: dict[str, int] = {}
-        for (cpu, stat), (raw, total) in self._stat_acc.items():
-            out[stat] = out.get(stat, 0) + total
+        with self._stat_lock:
+            fold(self._stat_acc, st.cpu)
+            for (cpu, stat), (raw, total) in self._stat_acc.items():
+                out[stat] = out.get(stat, 0) + total
         out["table_full"] = max(out.get("drop", 0) - out.get("insert_failed", 0), 0)
         return out
 

@@ -96,8 +96,10 @@ def build(ns: L.Netns, size: int) -> float:
     return time.perf_counter() - t0
 
 
-def time_v(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one run, output discarded."""
+def time_v(cmd: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS bytes, CPU seconds: user + system) of one
+    run, output discarded. CPU time says more than wall time on a busy
+    machine."""
     with tempfile.NamedTemporaryFile("w+") as err:
         t0 = time.perf_counter()
         r = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=err)
@@ -107,7 +109,8 @@ def time_v(cmd: list[str]) -> tuple[float, int]:
     if r.returncode:
         sys.exit(f"bench: {' '.join(cmd)} failed ({r.returncode}): {text[-800:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return dt, int(m.group(1)) * 1024
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
+    return dt, int(m.group(1)) * 1024, cpu
 
 
 def runs(cmds: dict[str, list[str]], repeat: int) -> dict:
@@ -121,7 +124,8 @@ def runs(cmds: dict[str, list[str]], repeat: int) -> dict:
     for t, r in rs.items():
         ts = sorted(x[0] for x in r)
         out[t] = {"min": ts[0], "median": statistics.median(ts), "max": ts[-1],
-                  "peak_mib": max(x[1] for x in r) / MIB}
+                  "peak_mib": max(x[1] for x in r) / MIB,
+                  "cpu_median": statistics.median(x[2] for x in r)}
     return out
 
 
@@ -278,7 +282,8 @@ def steady(cttrace: list[str], size: int, tmp: Path, seconds: float, port: int, 
 
 
 def fmt(r: dict) -> str:
-    return f"{r['min']:.2f} / {r['median']:.2f} / {r['max']:.2f} s, peak {r['peak_mib']:.0f} MiB"
+    return (f"{r['min']:.2f} / {r['median']:.2f} / {r['max']:.2f} s, CPU {r['cpu_median']:.2f} s, "
+            f"peak {r['peak_mib']:.0f} MiB")
 
 
 def ratio(new: float, base: float) -> str:

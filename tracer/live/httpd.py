@@ -141,6 +141,7 @@ class MetricsServer:
                 return
             if len(req) > MAX_HEADER:
                 self._send(conn, until, _response(431, b"request header too large\n"))
+                self._drain(conn, until)
                 return
             conn.settimeout(left)
             try:
@@ -172,6 +173,24 @@ class MetricsServer:
             self._send(conn, until, _response(200, b"cttrace exporter: see /metrics\n", head=head))
         else:
             self._send(conn, until, _response(404, b"not found: see /metrics\n", head=head))
+
+    def _drain(self, conn: socket.socket, until: float, most: int = 1 << 20) -> None:
+        """Read what the client still sends (until the deadline, at most
+        `most` bytes), so that closing does not reset the connection before
+        it has read the answer."""
+        conn.shutdown(socket.SHUT_WR)
+        while most > 0:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            conn.settimeout(min(left, 1.0))
+            try:
+                chunk = conn.recv(65536)
+            except socket.timeout:
+                return
+            if not chunk:
+                return
+            most -= len(chunk)
 
     def _send(self, conn: socket.socket, until: float, data: bytes) -> None:
         view = memoryview(data)

@@ -289,8 +289,9 @@ class EntryStore:
         if not recs:
             return
         rs = len(recs[0])
-        if sum(map(len, recs)) == rs * len(recs):
-            self._load(rs).add(b"".join(recs))
+        joined = b"".join(recs)
+        if len(joined) == rs * len(recs):             # one length (no IPv4 and IPv6 mixed)
+            self._load(rs).add(joined)
             return
         lengths = list(map(len, recs))
         for rs in set(lengths):

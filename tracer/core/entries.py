@@ -176,7 +176,7 @@ class EntryStore:
         self._fresh: dict[bytes, int] = {}
         self._hit: tuple | None = None       # (key, run, offset) of the last run lookup
         self._loads: dict[int, _Load] = {}   # a bulk load, until seal()
-        self.hold = False                    # merge only when the dict outgrows the run (a reconcile runs)
+        self.hold = False                    # a reconcile runs: deleted records wait for its end
 
     # --- lookups --------------------------------------------------------------
     def _find(self, k: bytes) -> tuple[_Run | None, int]:
@@ -220,8 +220,8 @@ class EntryStore:
             run.blob[p + run.klen] = code
             return
         fresh[k] = code
-        if len(fresh) > MIN_FRESH and len(fresh) > self._run_len() // (1 if self.hold else FRESH_SHARE):
-            self.compact()
+        if len(fresh) > MIN_FRESH and len(fresh) > self._run_len() // FRESH_SHARE:
+            self.compact()                  # amortised: a merge per run/8 new keys
 
     def pop(self, k: bytes, default=None):
         c = self._fresh.pop(k, None)

@@ -94,7 +94,7 @@ def map_entries(mid: int) -> int:
 
 
 def metric(body: str, name: str, labels: str = "") -> float:
-    pat = re.escape(name) + (r"\{" + labels + r"[^}]*\}" if labels else r"(?:\{[^}]*\})?") + r" (\S+)$"
+    pat = "^" + re.escape(name) + (r"\{" + labels + r"[^}]*\}" if labels else r"(?:\{[^}]*\})?") + r" (\S+)$"
     return sum(float(v) for v in re.findall(pat, body, re.M))
 
 
@@ -179,11 +179,12 @@ def scraper(stop: threading.Event, lat: list, fails: list, ages: list):
         t0 = time.perf_counter()
         try:
             body = urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=30).read().decode()
-            lat.append(time.perf_counter() - t0)
-            ages.append(metric(body, "cttrace_last_sample_age_seconds"))
         except Exception as e:
             fails.append(f"{type(e).__name__}: {e}")
             time.sleep(0.1)
+            continue
+        lat.append(time.perf_counter() - t0)
+        ages.append(metric(body, "cttrace_last_sample_age_seconds"))
 
 
 def main():

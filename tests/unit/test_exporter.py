@@ -104,9 +104,12 @@ def test_silent_clients_are_cut_at_the_deadline_and_the_queue_is_bounded():
     """Slowloris: connections that send nothing hold a worker only until
     their deadline; beyond workers + queue, a connection gets 503 at once."""
     with MetricsServer("127.0.0.1", 0, lambda: b"m 1\n", "text/plain", workers=2, backlog=2,
-                       deadline=1.0) as srv:
+                       deadline=3.0) as srv:
         idle = [socket.create_connection(srv.address) for _ in range(4)]   # 2 in workers, 2 queued
-        time.sleep(0.3)
+        for _ in range(200):
+            if srv.waiting == 2:
+                break
+            time.sleep(0.01)
         try:
             extra = _request(srv.address, b"GET /metrics HTTP/1.1\r\n\r\n")
         except ConnectionResetError:       # the 503 is sent and the connection closed at once

@@ -67,6 +67,11 @@ class MetricsServer:
         self._threads += [threading.Thread(target=self._work, name=f"cttrace-http-{i}", daemon=True)
                           for i in range(workers)]
 
+    @property
+    def waiting(self) -> int:
+        """Connections accepted and waiting for a worker."""
+        return self._queue.qsize()
+
     def start(self) -> "MetricsServer":
         for t in self._threads:
             t.start()

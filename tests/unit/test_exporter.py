@@ -100,24 +100,13 @@ def test_a_failing_render_is_a_500_not_a_dead_server():
         assert _request(srv.address, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 500 ")
 
 
-def test_silent_clients_are_cut_at_the_deadline_and_the_queue_is_bounded():
-    """Slowloris: connections that send nothing hold a worker only until
-    their deadline; beyond workers + queue, a connection gets 503 at once."""
-    with MetricsServer("127.0.0.1", 0, lambda: b"m 1\n", "text/plain", workers=2, backlog=2,
-                       deadline=3.0) as srv:
-        idle = [socket.create_connection(srv.address) for _ in range(4)]   # 2 in workers, 2 queued
-        for _ in range(200):
-            if srv.waiting == 2:
-                break
-            time.sleep(0.01)
-        try:
-            extra = _request(srv.address, b"GET /metrics HTTP/1.1\r\n\r\n")
-        except ConnectionResetError:       # the 503 is sent and the connection closed at once
-            extra = b"HTTP/1.1 503 "
-        assert extra.startswith(b"HTTP/1.1 503 ") and srv.rejected == 1
-        for c in idle:                                  # each is closed by the server
-            c.settimeout(10)
-            assert c.recv(100) == b""
-            c.close()
-        assert srv.timed_out >= 4
+def test_silent_clients_are_cut_at_the_deadline():
+    """Slowloris: a connection that sends nothing holds a worker only until
+    its deadline."""
+    with MetricsServer("127.0.0.1", 0, lambda: b"m 1\n", "text/plain", workers=1, deadline=0.5) as srv:
+        idle = socket.create_connection(srv.address)
+        idle.settimeout(30)
+        assert idle.recv(100) == b""                    # closed by the server
+        idle.close()
+        assert srv.timed_out == 1
         assert _request(srv.address, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")

@@ -20,6 +20,13 @@ Added to it, because cttrace needs them without CAP_SYS_ADMIN:
                    container names: addresses are listed inside each pod's
                    namespace); the kernel still asks for CAP_SYS_ADMIN, which
                    the DaemonSet adds only when asked to.
+Taken away from Docker's default, because cttrace does not use them and
+they widen what a compromised exporter could do:
+  ptrace           reading or changing other processes (cttrace reads
+                   process names and namespaces from /proc files only);
+  io_uring_setup, io_uring_enter, io_uring_register
+                   asynchronous I/O that seccomp cannot see into (cttrace
+                   uses plain reads, netlink sockets and bpf(2)).
 Newer Docker releases allow the first two to CAP_BPF / CAP_PERFMON holders
 as well. scripts/imagetest runs the image under this profile and shows that
 removing any of these three makes `serve` fail.
@@ -39,6 +46,7 @@ DOCKER_DEFAULT = "/usr/share/gocode/src/github.com/docker/docker/profiles/seccom
 ARCHES = {"amd64", "x86", "x32", "arm64", "arm"}           # x86-64 and arm64 nodes
 ARCHITECTURES = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
 BCC_NEEDS = ["bpf", "perf_event_open", "setns"]
+NOT_NEEDED = {"ptrace", "io_uring_setup", "io_uring_enter", "io_uring_register"}
 
 
 def daemonset_caps(path: Path = HERE / "daemonset.yaml") -> set[str]:
@@ -69,7 +77,10 @@ def build(docker_default: dict, caps: set[str]) -> dict:
     for rule in docker_default["syscalls"]:
         if not _applies(rule, caps):
             continue
-        out = {"names": sorted(rule["names"]), "action": rule["action"]}
+        names = sorted(n for n in rule["names"] if n not in NOT_NEEDED)
+        if not names:
+            continue
+        out = {"names": names, "action": rule["action"]}
         if rule.get("args"):
             out["args"] = [{k: a[k] for k in ("index", "value", "valueTwo", "op") if k in a}
                            for a in rule["args"]]

@@ -2,7 +2,8 @@
 """Benchmark cttrace on real 1,000,000 and 2,000,000-entry tables (not a test).
 
   sudo flock /tmp/cttrace-host.lock .venv/bin/python scripts/bench_scale.py \
-      [--sizes 1000000,2000000] [--repeat 3] [--idle 120] [--only snapshot,top,serve,doctor]
+      [--sizes 1000000,2000000] [--repeat 3] [--idle 120] [--baseline DIR] \
+      [--only snapshot,top,serve,doctor,idle,steady,events-off]
 
 For each size, a network namespace gets that many UDP entries (256 source
 addresses 127.1.0.0-127.1.0.255, 2 processes, each flow to its own port of
@@ -16,13 +17,25 @@ max wall time, highest peak RSS from /usr/bin/time -v):
 - `cttrace top --once --json --netns NS` (start to first frame and exit),
   against the same on an empty namespace (BCC's compile is most of it);
 - `cttrace doctor --netns NS --json --window 0.1`;
-- `cttrace serve --netns NS`: time to ready, RSS after the first scrape,
-  peak RSS (VmHWM);
-- steady CPU of `cttrace top --json --netns NS` on the idle table over
-  --idle seconds or 1.2 reconcile periods, whichever is longer (utime +
-  stime of the process over wall time; the window holds a reconcile dump
-  of the table, which is made before top starts and so sends no events),
-  and its RSS at the end.
+- `cttrace serve --netns NS`: time to ready, memory after the first scrape
+  and 5 s later (RSS, anonymous and file-backed apart, from
+  /proc/PID/status), peak RSS (VmHWM), and the cost per entry against serve
+  on the empty table;
+- idle: CPU of `cttrace top --json --netns NS` on that table over --idle
+  seconds or 1.2 reconcile periods, whichever is longer (utime + stime
+  over wall time); the table is older than top, so its entries are
+  "legacy" (they may expire without an event) and top re-reads them with a
+  reconcile dump every period: the cost of a table older than the listener;
+- steady: `serve` and `top` started on an empty namespace, the table made
+  after them (so every entry carries the event extension and the counts
+  are exact from events), then their CPU over --idle seconds and memory:
+  the steady state of a node;
+- events-off: the same as steady with net.netfilter.nf_conntrack_events=0
+  in the namespace (no events: every change is seen by a reconcile dump).
+
+With --baseline DIR (a worktree of another commit with its own .venv),
+every cttrace measurement runs for both trees on the same table, and the
+ratios this/baseline are printed.
 """
 
 import argparse
@@ -49,6 +62,7 @@ CTTRACE = [str(ROOT / ".venv" / "bin" / "cttrace")]
 CT_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
 CT_COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
 SOURCES = 256
+MIB = 2**20
 
 
 def _fill(args) -> int:
@@ -82,8 +96,10 @@ def build(ns: L.Netns, size: int) -> float:
     return time.perf_counter() - t0
 
 
-def time_v(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one run, output discarded."""
+def time_v(cmd: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS bytes, CPU seconds: user + system) of one
+    run, output discarded. CPU time says more than wall time on a busy
+    machine."""
     with tempfile.NamedTemporaryFile("w+") as err:
         t0 = time.perf_counter()
         r = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=err)
@@ -93,19 +109,35 @@ def time_v(cmd: list[str]) -> tuple[float, int]:
     if r.returncode:
         sys.exit(f"bench: {' '.join(cmd)} failed ({r.returncode}): {text[-800:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return dt, int(m.group(1)) * 1024
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
+    return dt, int(m.group(1)) * 1024, cpu
 
 
-def runs(cmd: list[str], repeat: int) -> dict:
-    rs = [time_v(cmd) for _ in range(repeat)]
-    ts = sorted(r[0] for r in rs)
-    return {"min": ts[0], "median": statistics.median(ts), "max": ts[-1],
-            "peak_mib": max(r[1] for r in rs) / 2**20}
+def runs(cmds: dict[str, list[str]], repeat: int) -> dict:
+    """Each tree's command `repeat` times, the trees interleaved (a busy
+    machine slows both alike)."""
+    rs: dict[str, list] = {t: [] for t in cmds}
+    for _ in range(repeat):
+        for t, cmd in cmds.items():
+            rs[t].append(time_v(cmd))
+    out = {}
+    for t, r in rs.items():
+        ts = sorted(x[0] for x in r)
+        out[t] = {"min": ts[0], "median": statistics.median(ts), "max": ts[-1],
+                  "peak_mib": max(x[1] for x in r) / MIB,
+                  "cpu_median": statistics.median(x[2] for x in r)}
+    return out
 
 
-def proc_status(pid: int) -> dict[str, int]:
+def mem(pid: int) -> dict[str, float]:
+    """RSS, anonymous, file-backed and peak RSS of a process, in MiB."""
     with open(f"/proc/{pid}/status") as f:
-        return {k: int(v.split()[0]) * 1024 for k, v in re.findall(r"^(Vm\w+):\s+(.+)$", f.read(), re.M)}
+        st = {k: int(v) / 1024 for k, v in re.findall(r"^(\w+):\s+(\d+) kB$", f.read(), re.M)}
+    return {"rss": st["VmRSS"], "anon": st["RssAnon"], "file": st["RssFile"], "peak": st["VmHWM"]}
+
+
+def fmt_mem(m: dict) -> str:
+    return f"RSS {m['rss']:.0f} MiB (anon {m['anon']:.0f}, file {m['file']:.0f}), peak {m['peak']:.0f}"
 
 
 def cpu_s(pid: int) -> float:
@@ -114,154 +146,256 @@ def cpu_s(pid: int) -> float:
     return (int(x[11]) + int(x[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(cmd: list[str], tmp: Path) -> tuple[subprocess.Popen, float]:
+def start(cmd: list[str], tmp: Path, out=subprocess.DEVNULL) -> tuple[subprocess.Popen, float]:
     ready = tmp / f"ready-{time.monotonic_ns()}"
     t0 = time.perf_counter()
-    p = subprocess.Popen([*cmd, "--ready-file", str(ready)], stdout=subprocess.DEVNULL,
-                         stderr=open(tmp / "err", "w"))
+    err = tmp / f"err-{time.monotonic_ns()}"
+    p = subprocess.Popen([*cmd, "--ready-file", str(ready)], stdout=out, stderr=open(err, "w"))
     while not ready.exists():
         if p.poll() is not None:
-            sys.exit(f"bench: {' '.join(cmd)} did not start: {(tmp / 'err').read_text()[-800:]}")
+            sys.exit(f"bench: {' '.join(cmd)} did not start: {err.read_text()[-800:]}")
         time.sleep(0.02)
     return p, time.perf_counter() - t0
 
 
-def serve(ns: str, tmp: Path, repeat: int) -> dict:
+def stop(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def scrape(port: int, timeout: float = 60) -> bytes:
+    t0 = time.perf_counter()
+    while True:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
+        except OSError:
+            if time.perf_counter() - t0 > timeout:
+                raise
+            time.sleep(0.1)
+
+
+def source_entries(body: bytes) -> float:
+    return sum(float(m) for m in re.findall(rb"^cttrace_source_entries\{[^}]*\} (\S+)$", body, re.M))
+
+
+def serve(cttrace: list[str], ns: str, tmp: Path, repeat: int, port: int) -> dict:
+    """Ready, first scrape, memory after it and 5 s later (the pump has run)."""
     out = []
     for k in range(repeat):
-        port = 19500 + k
-        p, ready = start([*CTTRACE, "serve", "--netns", ns, "--listen", f"127.0.0.1:{port}",
+        p, ready = start([*cttrace, "serve", "--netns", ns, "--listen", f"127.0.0.1:{port + k}",
                           "--interval", "1"], tmp)
         try:
             t0 = time.perf_counter()
-            while True:
-                try:
-                    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
-                    break
-                except OSError:
-                    if time.perf_counter() - t0 > 60:
-                        raise
-                    time.sleep(0.1)
+            body = scrape(port + k)
             scraped = time.perf_counter() - t0 + ready
-            st = proc_status(p.pid)
-            entries = sum(float(m) for m in re.findall(rb"^cttrace_source_entries\{[^}]*\} (\S+)$", body, re.M))
-            out.append((ready, scraped, st["VmRSS"], st["VmHWM"], entries))
+            first = mem(p.pid)
+            time.sleep(5)
+            scrape(port + k)
+            out.append((ready, scraped, first, mem(p.pid), source_entries(body)))
         finally:
-            p.send_signal(signal.SIGTERM)
-            p.wait(60)
+            stop(p)
+    best = min(out, key=lambda o: o[3]["rss"])
     return {"ready_s": [o[0] for o in out], "first_scrape_s": [o[1] for o in out],
-            "rss_mib": max(o[2] for o in out) / 2**20, "peak_mib": max(o[3] for o in out) / 2**20,
-            "source_entries": out[-1][4]}
+            "first": max((o[2] for o in out), key=lambda m: m["rss"]), "settled": best[3],
+            "peak_mib": max(o[3]["peak"] for o in out), "source_entries": out[-1][4]}
 
 
 def _last_frame(path: Path) -> dict:
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
-def idle_cpu(ns: str, tmp: Path, seconds: float) -> dict:
-    """CPU of top on the idle table over at least `seconds` and at least
-    1.2 reconcile periods (the period top reports), so that the window
-    holds a reconcile dump."""
-    out = tmp / "top.json"
-    ready = tmp / f"ready-{time.monotonic_ns()}"
-    t0 = time.perf_counter()
-    p = subprocess.Popen([*CTTRACE, "top", "--json", "--interval", "1", "--netns", ns,
-                          "--ready-file", str(ready)], stdout=open(out, "w"), stderr=open(tmp / "err", "w"))
     try:
-        while not ready.exists():
-            if p.poll() is not None:
-                sys.exit(f"bench: top did not start: {(tmp / 'err').read_text()[-800:]}")
-            time.sleep(0.02)
-        ready_s = time.perf_counter() - t0
+        return json.loads(lines[-1]) if lines else {}
+    except ValueError:                  # a line being written
+        return json.loads(lines[-2]) if len(lines) > 1 else {}
+
+
+def idle_cpu(cttrace: list[str], ns: str, tmp: Path, seconds: float) -> dict:
+    """CPU of top on an existing (legacy) table over at least `seconds` and
+    at least 1.2 reconcile periods, so that the window holds a reconcile dump."""
+    out = tmp / f"top-{time.monotonic_ns()}.json"
+    p, ready_s = start([*cttrace, "top", "--json", "--interval", "1", "--netns", ns], tmp, open(out, "w"))
+    try:
         time.sleep(3)
         f0 = _last_frame(out).get("freshness", {})
         window = max(seconds, 1.2 * f0.get("reconcile_period_s", 0))
         c0, t0 = cpu_s(p.pid), time.perf_counter()
         time.sleep(window)
         cpu = (cpu_s(p.pid) - c0) / (time.perf_counter() - t0)
-        st = proc_status(p.pid)
+        m = mem(p.pid)
         if p.poll() is not None:
-            sys.exit(f"bench: top exited ({p.returncode}): {(tmp / 'err').read_text()[-800:]}")
+            sys.exit(f"bench: top exited ({p.returncode})")
         f1 = _last_frame(out).get("freshness", {})
     finally:
-        p.send_signal(signal.SIGINT)
-        p.wait(60)
-    return {"cpu_pct": 100 * cpu, "seconds": window, "ready_s": ready_s,
-            "rss_mib": st["VmRSS"] / 2**20, "peak_mib": st["VmHWM"] / 2**20,
-            "reconcile_period_s": f1.get("reconcile_period_s"),
+        stop(p)
+    return {"cpu_pct": 100 * cpu, "seconds": window, "ready_s": ready_s, "mem": m,
+            "reconcile_period_s": f1.get("reconcile_period_s"), "last_dump_s": f1.get("last_dump_s"),
             "reconciles": (f1.get("resyncs") or 0) - (f0.get("resyncs") or 0)}
 
 
+def steady(cttrace: list[str], size: int, tmp: Path, seconds: float, port: int, events: bool = True) -> dict:
+    """serve and top on a namespace whose table is made after they started
+    (events on: exact from events; or off), then CPU over `seconds`."""
+    with L.Netns("scale-steady") as ns:
+        if not events:
+            ns.sysctl("net.netfilter.nf_conntrack_events", "0")
+        out = tmp / f"steady-{time.monotonic_ns()}.json"
+        top, _ = start([*cttrace, "top", "--json", "--interval", "1", "--netns", ns.name], tmp, open(out, "w"))
+        srv = None
+        try:
+            srv, _ = start([*cttrace, "serve", "--netns", ns.name, "--listen", f"127.0.0.1:{port}",
+                            "--interval", "1"], tmp)
+            made = build(ns, size)
+            count = ns.count()
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 300:          # both have taken the table in
+                f = _last_frame(out)
+                if f.get("tracked", 0) >= count and not f.get("freshness", {}).get("pending") and \
+                        source_entries(scrape(port)) >= count:
+                    break
+                time.sleep(1)
+            caught_up = time.perf_counter() - t0
+            time.sleep(5)
+            f0 = _last_frame(out).get("freshness", {})
+            c0 = {"top": cpu_s(top.pid), "serve": cpu_s(srv.pid)}
+            t0 = time.perf_counter()
+            time.sleep(seconds)
+            wall = time.perf_counter() - t0
+            body = scrape(port)
+            f1 = _last_frame(out)
+            r = {"entries": count, "build_s": made, "caught_up_s": caught_up, "seconds": wall,
+                 "cpu_pct": {"top": 100 * (cpu_s(top.pid) - c0["top"]) / wall,
+                             "serve": 100 * (cpu_s(srv.pid) - c0["serve"]) / wall},
+                 "mem": {"top": mem(top.pid), "serve": mem(srv.pid)},
+                 "top_tracked": f1.get("tracked"), "serve_entries": source_entries(body),
+                 "kernel_count": ns.count(),
+                 "reconciles": (f1.get("freshness", {}).get("resyncs") or 0) - (f0.get("resyncs") or 0),
+                 "exact": f1.get("freshness", {}).get("exact"),
+                 "last_dump_s": f1.get("freshness", {}).get("last_dump_s")}
+        finally:
+            stop(top)
+            if srv is not None:
+                stop(srv)
+    return r
+
+
 def fmt(r: dict) -> str:
-    return f"{r['min']:.2f} / {r['median']:.2f} / {r['max']:.2f} s, peak {r['peak_mib']:.0f} MiB"
+    return (f"{r['min']:.2f} / {r['median']:.2f} / {r['max']:.2f} s, CPU {r['cpu_median']:.2f} s, "
+            f"peak {r['peak_mib']:.0f} MiB")
+
+
+def ratio(new: float, base: float) -> str:
+    return f"{new / base:.2f}" if base else "-"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000000,2000000")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--idle", type=float, default=120.0, help="seconds of idle CPU measurement of top (0: skip)")
-    ap.add_argument("--only", default="snapshot,top,serve,doctor")
+    ap.add_argument("--idle", type=float, default=120.0, help="seconds of idle CPU measurement (0: skip idle, "
+                    "steady and events-off)")
+    ap.add_argument("--only", default="snapshot,top,serve,doctor,idle,steady",
+                    help="of snapshot,top,serve,doctor,idle,steady,events-off")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--cttrace", metavar="CMD", help="command to run cttrace (default: .venv/bin/cttrace), "
                     "e.g. 'env PYTHONPATH=/tmp/tree .venv/bin/python -m tracer' for another tree")
+    ap.add_argument("--baseline", metavar="DIR", help="also measure the cttrace of this tree (its own .venv): "
+                    "a worktree of the commit to compare with")
     a = ap.parse_args()
     if a.cttrace:
         CTTRACE[:] = a.cttrace.split()
+    trees = {"this": CTTRACE}
+    if a.baseline:
+        trees["base"] = [str(Path(a.baseline).resolve() / ".venv" / "bin" / "cttrace")]
     only = set(a.only.split(","))
     sizes = [int(s) for s in a.sizes.split(",")]
-    results = {"cpus": os.cpu_count(), "sizes": {}}
+    results = {"cpus": os.cpu_count(), "trees": trees, "sizes": {}}
+
+    def show(label: str, per_tree: dict, text, value=None) -> None:
+        """One line per tree, and the ratio of `value` this/base."""
+        for t, r in per_tree.items():
+            print(f"  {label} [{t}]:".ljust(34) + text(r), flush=True)
+        if value is not None and "base" in per_tree:
+            print(f"  {label}: this/base {ratio(value(per_tree['this']), value(per_tree['base']))}", flush=True)
+
     old_max = Path(CT_MAX).read_text().strip()
     try:
         with tempfile.TemporaryDirectory() as d, L.Netns("scale-empty") as empty:
             tmp = Path(d)
+            print(f"trees: {', '.join(f'{t} = {c[0]}' for t, c in trees.items())}", flush=True)
             if "top" in only:
-                results["top_empty"] = runs([*CTTRACE, "top", "--once", "--json", "--netns", empty.name],
-                                            a.repeat)
-                print(f"top --once, empty table: {fmt(results['top_empty'])}", flush=True)
+                results["top_empty"] = runs({t: [*c, "top", "--once", "--json", "--netns", empty.name]
+                                             for t, c in trees.items()}, a.repeat)
+                show("top --once, empty table", results["top_empty"], fmt, lambda r: r["median"])
+            if "serve" in only:
+                results["serve_empty"] = {t: serve(c, empty.name, tmp, 1, 19490 + 5 * i)
+                                          for i, (t, c) in enumerate(trees.items())}
+                show("serve, empty table", results["serve_empty"], lambda r: fmt_mem(r["settled"]),
+                     lambda r: r["settled"]["rss"])
             for size in sizes:
                 need = size + int(Path(CT_COUNT).read_text()) + 50_000
                 Path(CT_MAX).write_text(str(max(need, int(old_max))))
+                r = results["sizes"][size] = {}
                 with L.Netns("scale") as ns:
                     made = build(ns, size)
                     count = ns.count()
-                    r = {"entries": count, "build_s": made}
+                    r.update({"entries": count, "build_s": made})
                     print(f"\n{count:,} entries (asked {size:,}) made in {made:.1f} s", flush=True)
                     base = ["ip", "netns", "exec", ns.name, "conntrack", "-L", "-o", "extended"]
-                    r["conntrack"] = runs(["sh", "-c", " ".join(base) + " > /dev/null 2>&1"], a.repeat)
-                    print(f"  conntrack -L -o extended:  {fmt(r['conntrack'])}", flush=True)
+                    r["conntrack"] = runs({"-": ["sh", "-c", " ".join(base) + " > /dev/null 2>&1"]},
+                                          a.repeat)["-"]
+                    print(f"  conntrack -L -o extended:       {fmt(r['conntrack'])}", flush=True)
                     b = r["conntrack"]["median"]
                     cmds = {"snapshot": ["snapshot", "--netns", ns.name, "--json"],
                             "top": ["top", "--once", "--json", "--netns", ns.name],
                             "doctor": ["doctor", "--netns", ns.name, "--json", "--window", "0.1"]}
                     for name, args in cmds.items():
                         if name in only:
-                            r[name] = runs([*CTTRACE, *args], a.repeat)
-                            print(f"  {name}:".ljust(29) + fmt(r[name]) +
-                                  f"  ratio {r[name]['median'] / b:.2f}", flush=True)
+                            r[name] = runs({t: [*c, *args] for t, c in trees.items()}, a.repeat)
+                            show(name, r[name], lambda x: fmt(x) + f"  vs conntrack -L {x['median'] / b:.2f}",
+                                 lambda x: x["median"])
                     if "snapshot" in only:
                         total = json.loads(subprocess.run([*CTTRACE, *cmds["snapshot"]], capture_output=True,
                                                           text=True, check=True).stdout)["total"]
                         r["snapshot_total"] = total
                         print(f"  snapshot total {total:,} vs kernel {count:,}", flush=True)
                     if "top" in only and "top_empty" in results:
-                        print(f"  top first frame: +{r['top']['median'] - results['top_empty']['median']:.2f} s "
-                              "over the empty table", flush=True)
+                        for t in trees:
+                            print(f"  top first frame [{t}]: +{r['top'][t]['median'] - results['top_empty'][t]['median']:.2f} s "
+                                  "over the empty table", flush=True)
                     if "serve" in only:
-                        r["serve"] = serve(ns.name, tmp, a.repeat)
-                        s = r["serve"]
-                        print(f"  serve: ready {min(s['ready_s']):.1f}-{max(s['ready_s']):.1f} s, first scrape "
-                              f"{min(s['first_scrape_s']):.1f}-{max(s['first_scrape_s']):.1f} s, RSS after it "
-                              f"{s['rss_mib']:.0f} MiB, peak {s['peak_mib']:.0f} MiB, "
-                              f"source entries {s['source_entries']:,.0f}", flush=True)
-                    if "top" in only and a.idle:
-                        r["top_idle"] = idle_cpu(ns.name, tmp, a.idle)
-                        t = r["top_idle"]
-                        print(f"  top idle CPU over {t['seconds']:.0f} s: {t['cpu_pct']:.1f}% of a core "
-                              f"({t['reconciles']} reconcile dumps, period {t['reconcile_period_s']} s); "
-                              f"RSS {t['rss_mib']:.0f} MiB, peak {t['peak_mib']:.0f} MiB", flush=True)
-                results["sizes"][size] = r
+                        r["serve"] = {t: serve(c, ns.name, tmp, a.repeat, 19500 + 5 * i)
+                                      for i, (t, c) in enumerate(trees.items())}
+                        for t, s in r["serve"].items():
+                            empty_rss = results.get("serve_empty", {}).get(t, {}).get("settled", {}).get("rss")
+                            s["bytes_per_entry"] = None if empty_rss is None else \
+                                (s["settled"]["rss"] - empty_rss) * MIB / count
+                        show("serve", r["serve"], lambda s: (
+                            f"ready {min(s['ready_s']):.1f}-{max(s['ready_s']):.1f} s, first scrape "
+                            f"{min(s['first_scrape_s']):.1f}-{max(s['first_scrape_s']):.1f} s, after it "
+                            f"{fmt_mem(s['first'])}; 5 s later {fmt_mem(s['settled'])}"
+                            + (f"; {s['bytes_per_entry']:.0f} bytes/entry over the empty table"
+                               if s["bytes_per_entry"] is not None else "")
+                            + f"; source entries {s['source_entries']:,.0f}"), lambda s: s["settled"]["rss"])
+                    if "idle" in only and a.idle:
+                        r["top_idle"] = {t: idle_cpu(c, ns.name, tmp, a.idle) for t, c in trees.items()}
+                        show("top idle, legacy table", r["top_idle"], lambda x: (
+                            f"{x['cpu_pct']:.2f}% of a core over {x['seconds']:.0f} s ({x['reconciles']} "
+                            f"reconcile dumps of {x['last_dump_s']} s, period {x['reconcile_period_s']} s); "
+                            f"{fmt_mem(x['mem'])}"), lambda x: x["cpu_pct"])
+                for mode, events in (("steady", True), ("events-off", False)):
+                    if mode in only and a.idle:
+                        r[mode] = {t: steady(c, size, tmp, a.idle, 19520 + 5 * i, events)
+                                   for i, (t, c) in enumerate(trees.items())}
+                        for what in ("top", "serve"):
+                            show(f"{what} {mode}", r[mode], lambda x: (
+                                f"{x['cpu_pct'][what]:.2f}% of a core over {x['seconds']:.0f} s "
+                                f"({x['reconciles']} reconcile dumps by top; caught up "
+                                f"{x['caught_up_s']:.0f} s after the build); {fmt_mem(x['mem'][what])}; "
+                                f"entries top {x['top_tracked']:,} serve {x['serve_entries']:,.0f} "
+                                f"kernel {x['kernel_count']:,}"), lambda x: x["cpu_pct"][what])
     finally:
         Path(CT_MAX).write_text(old_max)
     if a.json:

@@ -131,6 +131,24 @@ def test_seccomp_profile():
         assert name not in allowed, name
 
 
+def test_seccomp_profile_leaves_out_what_cttrace_does_not_use():
+    """ptrace and io_uring: allowed by Docker's default, used by neither
+    cttrace nor BCC (the image stage runs serve under this profile)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("seccomp", DEPLOY / "seccomp.py")
+    seccomp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seccomp)
+    prof = json.loads((DEPLOY / "seccomp.json").read_text())
+    named = {n for rule in prof["syscalls"] for n in rule["names"]}
+    assert not named & {"ptrace", "io_uring_setup", "io_uring_enter", "io_uring_register"}
+    docker = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read", "ptrace", "io_uring_setup"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["io_uring_enter"], "action": "SCMP_ACT_ALLOW"}]}
+    built = seccomp.build(docker, {"CAP_BPF"})
+    assert [r["names"] for r in built["syscalls"]][0] == ["read"]
+    assert not {n for r in built["syscalls"] for n in r["names"]} & seccomp.NOT_NEEDED
+
+
 def test_seccomp_resolution():
     """deploy/seccomp.py on a small profile in Docker's format."""
     import importlib.util
@@ -191,3 +209,21 @@ def test_alert_rules_unit_tests():
     r = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], capture_output=True,
                        text=True, cwd=DEPLOY)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_api_token_only_in_the_proxy_and_tracefs_read_only():
+    """The token that may create TokenReviews and SubjectAccessReviews is
+    mounted where kube-rbac-proxy runs, not into cttrace's container; tracefs
+    is read-only (the image stage runs serve with these mounts)."""
+    ds = _daemonset()
+    assert ds["automountServiceAccountToken"] is False
+    c = {x["name"]: x for x in ds["containers"]}
+    vols = {v["name"]: v for v in ds["volumes"]}
+    token_vols = {n for n, v in vols.items()
+                  if any("serviceAccountToken" in s for s in v.get("projected", {}).get("sources", []))}
+    assert token_vols == {"api-token"}
+    mounts = {n: {m["name"]: m for m in x.get("volumeMounts", [])} for n, x in c.items()}
+    assert "api-token" not in mounts["cttrace"]
+    m = mounts["kube-rbac-proxy"]["api-token"]
+    assert m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount" and m["readOnly"]
+    assert mounts["cttrace"]["tracefs"]["readOnly"] is True

@@ -8,13 +8,13 @@ addresses. An entry is identified by (proto, zone, src, dst, sport, dport)
 or, for ICMP/ICMPv6, (proto, zone, src, dst, id, type, code): two pings are
 two entries, as in the kernel.
 
-Memory: one dict item per entry, key = the identity packed into a short
-bytes object (15 bytes for IPv4, 39 for IPv6), value = a small int
-(state, "made before we listened", reconcile generation) that CPython
-shares between entries. About 90 bytes per IPv4 entry in all; everything
-the views show (counts per source, destination, port, state) lives in the
-per-group Counters, whose size follows the number of distinct keys, not
-the number of entries.
+Memory: per entry, its identity packed into 15 bytes (IPv4; 39 for IPv6)
+and a one-byte code (state, "made before we listened", reconcile
+generation), kept as fixed-size records in a compact store
+(tracer/core/entries.py): about 17 bytes per IPv4 entry (a dict of bytes
+keys cost about 90). Everything the views show (counts per source,
+destination, port, state) lives in the per-group Counters, whose size
+follows the number of distinct keys, not the number of entries.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from tracer.core.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
+from tracer.core.entries import DELETED, EntryStore
 from tracer.core.forecast import Schedule
 from tracer.core.forecast import _ROW_KEY as _SCHED_KEY
 
@@ -37,12 +38,12 @@ _KEY = struct.Struct(">BHHH")
 _KEYP = _KEY.pack
 _KEYU = _KEY.unpack_from
 
-# The value of an entry: state number (STATE_NONE: a protocol without
-# states) | LEGACY | generation << 6. All values are < 256, so CPython keeps
-# one shared int object per value.
+# The code of an entry: state number (STATE_NONE: a protocol without
+# states) | LEGACY | generation << 6, one byte. Generations are 0-2: the
+# store keeps 0xFF (generation 3) for deleted records (entries.DELETED).
 STATE_MASK, STATE_NONE = 0x1F, 0x1F
 LEGACY = 0x20          # seen in a dump only: may have no event extension
-GEN_SHIFT, GEN_MASK = 6, 0xC0
+GEN_SHIFT, GEN_MASK, GENS = 6, 0xC0, 3
 
 
 def _addr(raw: bytes) -> str:
@@ -59,16 +60,16 @@ def _state(proto: int, raw) -> str:
 _R_STATE = itemgetter(1)
 _R_SRC = itemgetter(2)
 _R_DST = itemgetter(3)
-_R_PDPORT = itemgetter(0, 4)
-_R_PSTATE = itemgetter(0, 1)
+_R_PDS = itemgetter(0, 4, 1)      # (proto, dport, state): one count gives ports and states
 
 
-def entry_key(row: tuple) -> bytes:
-    """The identity of the entry a ctnetlink row describes."""
+def entry_key(row: tuple, tail: bytes = b"") -> bytes:
+    """The identity of the entry a ctnetlink row describes (+ `tail`: a
+    bulk load's records are key + code byte)."""
     ic = row[8] if len(row) > 8 else None
     if ic is None:
-        return _KEYP(row[0], row[6][1], row[7] or 0, row[4] or 0) + row[2] + row[3]
-    return _KEYP(row[0], row[6][1], ic & 0xFFFF, ic >> 16) + row[2] + row[3]
+        return _KEYP(row[0], row[6][1], row[7] or 0, row[4] or 0) + row[2] + row[3] + tail
+    return _KEYP(row[0], row[6][1], ic & 0xFFFF, ic >> 16) + row[2] + row[3] + tail
 
 
 @dataclass
@@ -101,7 +102,7 @@ class LiveTable:
     """
 
     def __init__(self) -> None:
-        self.entries: dict[bytes, int] = {}
+        self.entries = EntryStore()             # entry key -> code
         self.by = {g: Counter() for g in DIMS}
         self.inserts: Counter = Counter()      # cumulative, by source
         self.deletes: Counter = Counter()
@@ -154,9 +155,8 @@ class LiveTable:
 
     def _count(self, k: bytes, code: int, d: int) -> None:
         by = self.by
-        for g, v in zip(DIMS, self._dims_key(k, code)):
-            c = by[g]
-            n = c[v] + d
+        for c, v in zip((by["src"], by["dst"], by["dport"], by["state"]), self._dims_key(k, code)):
+            n = c.get(v, 0) + d            # dict.get: no Counter.__missing__ call
             if n > 0:
                 c[v] = n
             else:
@@ -290,28 +290,28 @@ class LiveTable:
         self.dnat.clear()
         for c in self.by.values():
             c.clear()
-        self._gen = (self._gen + 1) & 3
+        self._gen = (self._gen + 1) % GENS
         self._dead = None
+        self.entries.hold = False
         base = LEGACY | (self._gen << GEN_SHIFT)
-        self._fill = ({st: (STATE_NONE if st is None else st & STATE_MASK) | base
-                       for st in (None, *range(32))}, Counter(), Counter(), Counter(), Counter(), [0])
+        self._fill = ({st: bytes(((STATE_NONE if st is None else st & STATE_MASK) | base,))
+                       for st in (None, *range(256))}, Counter(), Counter(), Counter(), [0])
 
     def fill_rows(self, rows: list) -> None:
-        codes, src, dst, pdport, pstate, n = self._fill
-        self.entries.update(zip(map(entry_key, rows), map(codes.__getitem__, map(_R_STATE, rows))))
+        codes, src, dst, pds, n = self._fill
+        self.entries.load(map(entry_key, rows, map(codes.__getitem__, map(_R_STATE, rows))))
         if rows and len(rows[0]) > 10:          # DNATed rows only: few on most hosts
             self.nat.update((entry_key(r), r[10]) for r in rows
                             if len(r) > 10 and r[10] is not None and r[10] != r[3])
         src.update(map(_R_SRC, rows))
         dst.update(map(_R_DST, rows))
-        pdport.update(map(_R_PDPORT, rows))
-        pstate.update(map(_R_PSTATE, rows))
+        pds.update(map(_R_PDS, rows))
         n[0] += len(rows)
         if self.sched is not None:
             self.sched.rows(rows, self.clock())
 
     def fill_end(self) -> int:
-        _, src, dst, pdport, pstate, n = self._fill
+        _, src, dst, pds, n = self._fill
         self._fill = None
         if self.sched is not None:
             self.sched.end(self.clock())
@@ -320,6 +320,7 @@ class LiveTable:
         dn = self.dnat
         for raw in self.nat.values():
             dn[self._a(raw)] += 1
+        entries.seal()
         if n != len(entries):                    # an entry shown twice (a dump under churn)
             for k, code in entries.items():
                 self._count(k, code, +1)
@@ -329,25 +330,28 @@ class LiveTable:
             by["src"][self._a(raw)] += c
         for raw, c in dst.items():
             by["dst"][self._a(raw)] += c
-        for (proto, port), c in pdport.items():
+        for (proto, port, st), c in pds.items():
             by["dport"][self._dport(proto, port)] += c
-        for (proto, st), c in pstate.items():
             by["state"][_state(proto, st)] += c
         self.legacy = n
         return n
 
     def begin(self) -> None:
         """A reconcile starts: a dump of the table follows (`seen`), then `sweep`."""
-        self._gen = (self._gen + 1) & 3
+        self._gen = (self._gen + 1) % GENS
         self._dead = set()
+        self.entries.hold = True                # one merge of the store, at the sweep
         self.legacy_min_timeout = None
         if self.clock is not None:
             self.sched_flush()
             self._building = Schedule(self.clock(), self.sysctls)
             self._raw = self._building.raw
 
-    def seen(self, row: tuple) -> None:
-        """One entry of the reconcile's dump."""
+    def seen(self, row: tuple, evented: bool = False) -> None:
+        """One entry of the reconcile's dump. `evented`: an entry the table
+        does not know yet carries the event extension (events are on and
+        the listener is older than the entry: anything the first dump did
+        not show), so it is not "legacy"."""
         k = entry_key(row)
         if k in self._dead:                     # deleted after the dump read it
             return
@@ -356,7 +360,7 @@ class LiveTable:
             return                              # an event since begin() is newer news
         if self._raw is not None:
             self._raw[_SCHED_KEY(row)] += 1
-        legacy = old is None or bool(old & LEGACY)
+        legacy = not evented if old is None else bool(old & LEGACY)
         self._set(k, self._code(row, legacy), old)
         self._nat_add(k, row)
         if legacy:
@@ -367,12 +371,13 @@ class LiveTable:
     def sweep(self) -> int:
         """End of a reconcile: remove the entries the dump did not show
         (expired or deleted without an event). Returns how many."""
-        gen = self._gen << GEN_SHIFT
-        stale = [k for k, c in self.entries.items() if c & GEN_MASK != gen]
-        for k in stale:
-            self._count(k, self.entries.pop(k), -1)
+        stale = self.entries.take_stale(self._gen << GEN_SHIFT, GEN_MASK)
+        for k, code in stale:
+            self._count(k, code, -1)
             self._nat_del(k)
         self._dead = None
+        self.entries.hold = False
+        self.entries.compact()
         if self._building is not None:
             self.sched_flush()
             self.sched = self._building.end(self.clock())
@@ -387,8 +392,13 @@ class LiveTable:
             b.mark(self.clock())
 
     def abort(self) -> None:
-        """The reconcile's dump failed: keep what is known, sweep nothing."""
+        """The reconcile's dump failed: keep what is known, sweep nothing.
+        Every entry takes the running generation, so the next reconcile's
+        sweep tells its unseen entries apart whatever failed before."""
+        gen = self._gen << GEN_SHIFT
+        self.entries.recode(bytes(c if c == DELETED else (c & ~GEN_MASK) | gen for c in range(256)))
         self._dead = None
+        self.entries.hold = False
         self._building = self._raw = None
         self._pend_b = []
 

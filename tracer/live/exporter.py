@@ -1,11 +1,15 @@
 """`cttrace serve`: a Prometheus exporter on the backend chosen at run time.
 
-A user of the tracing session (tracer/session.py), like `top`: the session
-pumps drop and table events; this module adds the bounded-cardinality
-bookkeeping and the prometheus_client collector. As node_exporter does, the
-table's state and the probes' counters are read when Prometheus scrapes;
-only the per-source series are kept up to date by the pump loop (every
---interval), so that a source keeps its label while it is active.
+A user of the tracing session (tracer/live/session.py), like `top`: the
+session pumps drop and table events; this module adds the
+bounded-cardinality bookkeeping and the collector. As node_exporter does,
+the table's state and the kernel's counters are read when Prometheus
+scrapes, by the scrape's thread and without the pump loop's lock: under it a
+scrape only copies what the pump keeps (live counts, per-source series, the
+probes' counters of the last sample, at most --interval old). Every metric
+family is one small function in FAMILIES (a declared table: add a family, or
+a label, there); every label value passes through `label_value`.
+The HTTP side is tracer/live/httpd.py (bounded threads, deadlines).
 
 Cardinality: at most K sources get series of their own ("sticky": a source
 keeps its series while it is active); every other source is summed into
@@ -17,15 +21,19 @@ way every minute, so memory stays bounded while sources come and go.
 
 from __future__ import annotations
 
-import socket
-import socketserver
 import threading
 import time
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from tracer.live.httpd import MetricsServer
+
 METRICS = ("inserts", "deletes", "drops")
+LABEL_MAX = 256          # characters of a label value (names come from other people's files)
 
 
 class SourceSeries:
@@ -46,8 +54,9 @@ class SourceSeries:
 
     def update(self, now: float, values: dict[str, dict[str, int]], live: dict[str, int]) -> list[str]:
         """values: src -> {metric: cumulative}; live: src -> entries now.
-        Returns the sources folded away (idle labelled ones): the caller must
-        forget their counts too, or they would come back counted twice."""
+        Returns the labelled sources idle for `idle` seconds and without
+        entries: the caller folds them (fold) and forgets their counts, or
+        they would come back counted twice."""
         for src, vals in values.items():
             before = self.last.get(src, {})
             if vals != before:
@@ -57,10 +66,7 @@ class SourceSeries:
                     self.labelled[src] = now
                     self.offset[src] = dict(before)
             self.last[src] = vals
-        gone = [src for src, t in self.labelled.items() if now - t > self.idle and not live.get(src)]
-        for src in gone:
-            self.fold(src)
-        return gone
+        return [src for src, t in self.labelled.items() if now - t > self.idle and not live.get(src)]
 
     def fold(self, src: str) -> None:
         vals = self.last.pop(src, {})
@@ -87,10 +93,214 @@ class SourceSeries:
         return out
 
 
+def label_value(v) -> str:
+    """Every label value, made safe for the exposition: at most LABEL_MAX
+    characters, and text UTF-8 cannot carry (a lone surrogate from a name
+    that was not UTF-8) escaped, so that no name fails a scrape."""
+    v = "" if v is None else str(v)
+    if len(v) > LABEL_MAX:
+        v = v[:LABEL_MAX - 1] + "…"
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        v = v.encode("utf-8", "backslashreplace").decode("utf-8")
+    return v
+
+
+@dataclass
+class Snapshot:
+    """What one scrape shows: read from the kernel by the scrape, or copied
+    from the pump loop's state under its lock."""
+    table: object            # stats.TableState, read by the scrape
+    kernel: dict             # summed per-CPU stats (session.kernel_totals)
+    reasons: dict            # drops by reason in the followed namespace (last sample)
+    lost: dict
+    live: dict               # src -> live entries
+    series: dict             # metric -> {src or "other": cumulative}
+    sampled: float           # monotonic time of the last sample
+    forecast: dict
+    sched_age: float | None
+    backend: str
+    kernel_release: str
+    netns: int | None
+    who: Callable            # address -> (container, namespace, pod) labels (attribution)
+    dnat: list               # [(reply source address, DNATed entries)], top K
+    dnat_other: int          # DNATed entries of the other addresses
+
+
+@dataclass
+class Family:
+    name: str
+    kind: str                # "gauge" or "counter"
+    help: str
+    labels: tuple
+    values: Callable[[Snapshot], Iterable[tuple[tuple, float]]]
+
+
+FAMILIES: list[Family] = []
+
+
+def family(name: str, kind: str, help_: str, labels: tuple = ()):
+    """Declare a metric family: the function yields (label values, value)."""
+    def add(fn):
+        FAMILIES.append(Family(name, kind, help_, labels, fn))
+        return fn
+    return add
+
+
+@family("cttrace_conntrack_entries", "gauge", "Entries in the conntrack table (as node_nf_conntrack_entries)")
+def _entries(s: Snapshot):
+    yield (), s.table.count or 0
+
+
+@family("cttrace_conntrack_entries_limit", "gauge", "nf_conntrack_max (as node_nf_conntrack_entries_limit)")
+def _limit(s: Snapshot):
+    yield (), s.table.max or 0
+
+
+@family("cttrace_conntrack_buckets", "gauge", "Hash table buckets (nf_conntrack_buckets)")
+def _buckets(s: Snapshot):
+    yield (), s.table.buckets or 0
+
+
+def _to_full(key: str):
+    # +Inf when not filling (an alert `< 3600` stays quiet), NaN before the
+    # first interval or without a limit (unknown, not "never")
+    def values(s: Snapshot):
+        fc = s.forecast
+        v = fc.get(key)
+        yield (), float("nan") if fc["filling"] is None else float("inf") if v is None else v
+    return values
+
+
+family("cttrace_conntrack_seconds_to_full", "gauge",
+       "Seconds until the table is full: the entries' expiry schedule from the last dump, new entries "
+       "at the last intervals' insert rate living their kind's timeout; +Inf when not filling, NaN when "
+       "unknown")(_to_full("seconds"))
+family("cttrace_conntrack_seconds_to_full_low", "gauge",
+       "Time to full at the high end of the insert rate band (+Inf: never)")(_to_full("low"))
+family("cttrace_conntrack_seconds_to_full_high", "gauge",
+       "Time to full at the low end of the insert rate band (+Inf: never)")(_to_full("high"))
+
+
+@family("cttrace_conntrack_forecast_schedule_age_seconds", "gauge",
+        "Age of the expiry schedule the forecast ages (the last dump's start)")
+def _sched_age(s: Snapshot):
+    if s.sched_age is not None:             # absent until the first dump is in
+        yield (), round(s.sched_age, 1)
+
+
+@family("cttrace_conntrack_stat", "counter", "The kernel's per-CPU conntrack counters, summed "
+        "(/proc/net/stat/nf_conntrack)", ("stat",))
+def _stat(s: Snapshot):
+    for k, v in sorted(s.kernel.items()):
+        if k != "table_full":
+            yield (k,), v
+
+
+@family("cttrace_conntrack_drops", "counter",
+        "Packets dropped by netfilter in this namespace, by reason: table_full (conntrack refused a new "
+        "entry; the kernel's drop less its insert_failed), insert_failed (a clash at confirm: NAT port "
+        "exhaustion, the UDP DNS race), both since boot; invalid, rule, unknown: since cttrace started",
+        ("reason",))
+def _drops(s: Snapshot):
+    yield ("table_full",), s.kernel.get("table_full", 0)
+    yield ("insert_failed",), s.kernel.get("insert_failed", 0)
+    for r in ("invalid", "rule", "unknown"):
+        yield (r,), s.reasons.get(r, 0)
+
+
+@family("cttrace_conntrack_early_drops", "counter",
+        "Entries evicted to make room in a full table (the kernel's early_drop; not a packet drop)")
+def _early(s: Snapshot):
+    yield (), s.kernel.get("early_drop", 0)
+
+
+def _who(names) -> Callable[[str], tuple]:
+    """container, namespace, pod labels of an address (Kubernetes
+    conventions: a pod's address has its pod and namespace)."""
+    def who(src: str) -> tuple:
+        if src == "other":
+            return ("", "", "")
+        n = names.ip(src)
+        m = names.meta(n) if hasattr(names, "meta") else {}
+        if m.get("pod"):
+            return (m.get("container", ""), m["namespace"], m["pod"])
+        return (n or "", "", "")
+    return who
+
+
+WHO = ("container", "namespace", "pod")
+
+
+def _per_source(metric: str):
+    def values(s: Snapshot):
+        for src, v in sorted(s.series[metric].items()):
+            yield (src, *s.who(src)), v
+    return values
+
+
+for _m, _help in (("inserts", "Entries created"), ("deletes", "Entries deleted"),
+                  ("drops", "Packets dropped by netfilter")):
+    family(f"cttrace_source_{_m}", "counter", f"{_help}, by original source (top K by activity, the rest "
+           "in source=\"other\")", ("source", *WHO))(_per_source(_m))
+
+
+@family("cttrace_source_entries", "gauge", "Live entries by original source (labelled sources; the rest "
+        "in source=\"other\")", ("source", *WHO))
+def _source_entries(s: Snapshot):
+    labelled = set(s.series["inserts"]) - {"other"}
+    other = 0
+    for src, n in s.live.items():
+        if src in labelled:
+            yield (src, *s.who(src)), n
+        else:
+            other += n
+    yield ("other", "", "", ""), other
+
+
+@family("cttrace_destination_entries", "gauge", "Live DNATed entries by the address their replies come "
+        "from: the destination side of published ports, Services and NodePorts (top K; the rest in "
+        "destination=\"other\")", ("destination", *WHO))
+def _destination_entries(s: Snapshot):
+    for dst, n in s.dnat:
+        yield (dst, *s.who(dst)), n
+    yield ("other", "", "", ""), s.dnat_other
+
+
+@family("cttrace_events_lost", "counter", "Events lost on their way to cttrace (counts stay exact)", ("kind",))
+def _lost(s: Snapshot):
+    yield ("perf",), s.lost["events"]
+    yield ("netlink_overrun",), s.lost.get("netlink_overruns", 0)
+    yield ("over_rate_limit",), s.lost["over_rate_limit"]
+    yield ("bpf_map_full",), s.lost["bpf_map_full"]
+
+
+@family("cttrace_info", "gauge", "Backend and kernel", ("backend", "kernel", "netns"))
+def _info(s: Snapshot):
+    yield (s.backend, s.kernel_release, str(s.netns)), 1
+
+
+@family("cttrace_last_sample_age_seconds", "gauge", "Seconds since the pump loop last sampled the probes' "
+        "per-source counters (a stuck loop shows here)")
+def _sample_age(s: Snapshot):
+    yield (), max(time.monotonic() - s.sampled, 0)
+
+
+def metric_family(f: Family, snap: Snapshot):
+    """The prometheus_client family of a declared one, label values made safe."""
+    cls = GaugeMetricFamily if f.kind == "gauge" else CounterMetricFamily
+    fam = cls(f.name, f.help, labels=list(f.labels)) if f.labels else cls(f.name, f.help)
+    for labels, value in f.values(snap):
+        fam.add_metric([label_value(v) for v in labels], value)
+    return fam
+
+
 class Collector:
-    """prometheus_client collector: reads the kernel (table state, per-CPU
-    stats) and the probes' maps at scrape time, and the session's live
-    table and series under the pump loop's lock (never its private state)."""
+    """prometheus_client collector: reads the kernel (the table's state and
+    per-CPU stats) in the scrape's thread, and copies the pump loop's state
+    (live counts, series, the last sample's counters, the forecast) under
+    its lock: no kernel read there."""
 
     def __init__(self, session, series: SourceSeries, lock: threading.Lock, kernel_release: str):
         self.session = session
@@ -98,127 +308,31 @@ class Collector:
         self.lock = lock
         self.kernel = kernel_release
 
-    def collect(self):
+    def snapshot(self) -> Snapshot:
         s = self.session
-        with self.lock:
-            st = s.read_table()
-            kernel = s.kernel_totals(st)
-            c = s.backend.counters()
-            lost = s.lost()
-            live = dict(s.feed.entries.by["src"])
-            dn = s.feed.entries.dnat
+        st = s.read_table()                     # the kernel: not under the pump's lock
+        kernel = s.kernel_totals(st)
+        c = s.counters or s.backend.counters()  # the last sample's (read before the first)
+        with self.lock:                         # copies and arithmetic only
+            entries = s.feed.entries
+            sched = entries.sched
+            dn = entries.dnat
             dnat = sorted(dn.items(), key=lambda kv: (-kv[1], kv[0]))[:self.series.k]
-            dnat_other = sum(dn.values()) - sum(c for _, c in dnat)
-            series = {m: self.series.series(m) for m in METRICS}
-            sampled = s.rates.prev.t if s.rates.prev else 0
-            fc = s.forecast(st)
-            sched = s.feed.entries.sched
-            sched_age = None if sched is None else max(s.feed.clock() - sched.t0, 0.0)
-        names = s.names
+            return Snapshot(
+                table=st, kernel=kernel, reasons=dict(c.reasons_by_netns.get(s.inum, {})),
+                lost=s.lost(), live=dict(entries.by["src"]),
+                series={m: self.series.series(m) for m in METRICS},
+                sampled=s.rates.prev.t if s.rates.prev else 0, forecast=s.forecast(st),
+                sched_age=None if sched is None else max(s.feed.clock() - sched.t0, 0.0),
+                backend=s.backend.name, kernel_release=self.kernel, netns=s.inum,
+                who=_who(s.names), dnat=dnat, dnat_other=sum(dn.values()) - sum(n for _, n in dnat))
 
-        def who(src: str) -> list[str]:
-            """container, namespace, pod labels of an address (Kubernetes
-            conventions: a pod's address has its pod and namespace)."""
-            if src == "other":
-                return ["", "", ""]
-            n = names.ip(src)
-            m = names.meta(n) if hasattr(names, "meta") else {}
-            if m.get("pod"):
-                return [m.get("container", ""), m["namespace"], m["pod"]]
-            return [n or "", "", ""]
-        entries = GaugeMetricFamily("cttrace_conntrack_entries",
-                                    "Entries in the conntrack table (as node_nf_conntrack_entries)")
-        entries.add_metric([], st.count or 0)
-        yield entries
-        limit = GaugeMetricFamily("cttrace_conntrack_entries_limit",
-                                  "nf_conntrack_max (as node_nf_conntrack_entries_limit)")
-        limit.add_metric([], st.max or 0)
-        yield limit
-        b = GaugeMetricFamily("cttrace_conntrack_buckets", "Hash table buckets (nf_conntrack_buckets)")
-        b.add_metric([], st.buckets or 0)
-        yield b
-        # +Inf when not filling (an alert `< 3600` stays quiet), NaN before
-        # the first interval or without a limit (unknown, not "never")
-        def secs(v):
-            return float("nan") if fc["filling"] is None else float("inf") if v is None else v
-        for name, key, help_ in (
-                ("", "seconds", "Seconds until the table is full: the entries' expiry schedule from "
-                 "the last dump, new entries at the last intervals' insert rate living their "
-                 "kind's timeout; +Inf when not filling, NaN when unknown"),
-                ("_low", "low", "Time to full at the high end of the insert rate band (+Inf: never)"),
-                ("_high", "high", "Time to full at the low end of the insert rate band (+Inf: never)")):
-            g = GaugeMetricFamily(f"cttrace_conntrack_seconds_to_full{name}", help_)
-            g.add_metric([], secs(fc.get(key)))
-            yield g
-        if sched_age is not None:               # absent until the first dump is in
-            age = GaugeMetricFamily("cttrace_conntrack_forecast_schedule_age_seconds",
-                                    "Age of the expiry schedule the forecast ages (the last dump's start)")
-            age.add_metric([], round(sched_age, 1))
-            yield age
-        stat = CounterMetricFamily("cttrace_conntrack_stat", "The kernel's per-CPU conntrack "
-                                   "counters, summed (/proc/net/stat/nf_conntrack)", labels=["stat"])
-        for k, v in sorted(kernel.items()):
-            if k != "table_full":
-                stat.add_metric([k], v)
-        yield stat
-        drops = CounterMetricFamily(
-            "cttrace_conntrack_drops", "Packets dropped by netfilter in this namespace, by "
-            "reason: table_full (conntrack refused a new entry; the kernel's drop less its "
-            "insert_failed), insert_failed (a clash at confirm: NAT port exhaustion, the UDP DNS "
-            "race), both since boot; invalid, rule, unknown: since cttrace started",
-            labels=["reason"])
-        mine = c.reasons_by_netns.get(s.inum, {})
-        drops.add_metric(["table_full"], kernel.get("table_full", 0))
-        drops.add_metric(["insert_failed"], kernel.get("insert_failed", 0))
-        for r in ("invalid", "rule", "unknown"):
-            drops.add_metric([r], mine.get(r, 0))
-        yield drops
-        early = CounterMetricFamily("cttrace_conntrack_early_drops", "Entries evicted to make room "
-                                    "in a full table (the kernel's early_drop; not a packet drop)")
-        early.add_metric([], kernel.get("early_drop", 0))
-        yield early
-        for m, help_ in (("inserts", "Entries created"), ("deletes", "Entries deleted"),
-                         ("drops", "Packets dropped by netfilter")):
-            fam = CounterMetricFamily(f"cttrace_source_{m}", f"{help_}, by original source "
-                                      "(top K by activity, the rest in source=\"other\")",
-                                      labels=["source", "container", "namespace", "pod"])
-            for src, v in sorted(series[m].items()):
-                fam.add_metric([src, *who(src)], v)
-            yield fam
-        g = GaugeMetricFamily("cttrace_source_entries", "Live entries by original source "
-                              "(labelled sources; the rest in source=\"other\")",
-                              labels=["source", "container", "namespace", "pod"])
-        labelled = set(series["inserts"]) - {"other"}
-        other = 0
-        for src, n in live.items():
-            if src in labelled:
-                g.add_metric([src, *who(src)], n)
-            else:
-                other += n
-        g.add_metric(["other", "", "", ""], other)
-        yield g
-        d = GaugeMetricFamily("cttrace_destination_entries", "Live DNATed entries by the address "
-                              "their replies come from: the destination side of published ports, "
-                              "Services and NodePorts (top K; the rest in destination=\"other\")",
-                              labels=["destination", "container", "namespace", "pod"])
-        for dst, n in dnat:
-            d.add_metric([dst, *who(dst)], n)
-        d.add_metric(["other", "", "", ""], dnat_other)
-        yield d
-        lf = CounterMetricFamily("cttrace_events_lost", "Events lost on their way to cttrace "
-                                 "(counts stay exact)", labels=["kind"])
-        lf.add_metric(["perf"], lost["events"])
-        lf.add_metric(["netlink_overrun"], lost.get("netlink_overruns", 0))
-        lf.add_metric(["over_rate_limit"], lost["over_rate_limit"])
-        lf.add_metric(["bpf_map_full"], lost["bpf_map_full"])
-        yield lf
-        info = GaugeMetricFamily("cttrace_info", "Backend and kernel", labels=["backend", "kernel", "netns"])
-        info.add_metric([s.backend.name, self.kernel, str(s.inum)], 1)
-        yield info
-        up = GaugeMetricFamily("cttrace_last_sample_age_seconds", "Seconds since the pump loop last "
-                               "sampled the probes' per-source counters (a stuck loop shows here)")
-        up.add_metric([], max(time.monotonic() - sampled, 0))
-        yield up
+    def collect(self):
+        snap = self.snapshot()
+        for f in FAMILIES:
+            fam = metric_family(f, snap)
+            if fam.samples:                     # a family with nothing to say is absent
+                yield fam
 
 
 def update_series(session, series: SourceSeries, now: float, prune: bool) -> None:
@@ -239,27 +353,14 @@ def update_series(session, series: SourceSeries, now: float, prune: bool) -> Non
     session.backend.forget_sources(session.inum, set(gone))
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):      # no line per scrape on stderr
-        pass
-
-
-def http_server(listen: tuple[str, int], registry) -> WSGIServer:
-    """/metrics on a thread; the caller shuts it down. prometheus_client's
-    start_http_server returns its server only from 0.17 on (Debian 12 has
-    0.16), so it is built here from its public WSGI app."""
-    from prometheus_client import make_wsgi_app
-
-    family = socket.getaddrinfo(listen[0], listen[1], type=socket.SOCK_STREAM)[0][0]
-
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        address_family = family
-
-    httpd = Server((listen[0], listen[1]), _QuietHandler)
-    httpd.set_app(make_wsgi_app(registry))
-    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
-    return httpd
+def registry_for(collector) -> CollectorRegistry:
+    """The collector plus the process' own figures (process_resident_memory_bytes ...)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    ProcessCollector(registry=reg)
+    PlatformCollector(registry=reg)
+    GCCollector(registry=reg)
+    return reg
 
 
 def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None,
@@ -267,14 +368,10 @@ def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None
     """Serve /metrics until the session is asked to stop; the pump loop
     feeds the session under a lock. Raises what breaks the loop (the caller
     exits non-zero: never a silent stale endpoint)."""
-    from prometheus_client.core import REGISTRY
-
     lock = threading.Lock()
     series = SourceSeries(k=k)
-    collector = Collector(session, series, lock, kernel)
-    REGISTRY.register(collector)
-    server = http_server(listen, REGISTRY)
-    try:
+    reg = registry_for(Collector(session, series, lock, kernel))
+    with MetricsServer(listen[0], listen[1], lambda: generate_latest(reg), CONTENT_TYPE_LATEST):
         next_sample = next_prune = time.monotonic()
         if on_ready:
             on_ready()
@@ -290,7 +387,3 @@ def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None
                     if prune:
                         next_prune = now + 60
             time.sleep(0.05)
-    finally:
-        server.shutdown()
-        server.server_close()
-        REGISTRY.unregister(collector)

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from tracer.core import counters, forecast
 from tracer.kernel import netns as ns
+from tracer.kernel import procmem
 from tracer.kernel import stats as kstats
 from tracer.core.aggregate import Rates, Sample, top_rows
 from tracer.core.events import Counters, Drop
@@ -82,6 +84,7 @@ class TracingSession:
         self.state: kstats.TableState | None = None
         self.drops_seen = 0                 # drop events that passed the filters
         self._stat_acc = counters.Accumulator()   # the followed table's per-CPU stats, wrap-safe
+        self._stat_lock = threading.Lock()  # ... added to by the pump and by serve's scrapes
         self.net_hist: deque = deque(maxlen=30)   # inserts - deletes per second, per interval
         # new entries per interval for the forecast: (seconds, entries, how counted)
         self.ins_hist: deque = deque(maxlen=RATE_INTERVALS)
@@ -135,6 +138,9 @@ class TracingSession:
                 self.events = CtEvents(self.netns_ref)
         except (BackendError, ctnetlink.NetlinkError, ns.NetnsError) as e:
             raise SessionError(str(e)) from None
+        # the compile's heap and the compiler's code stay resident otherwise
+        # (about 140 MB of the process's 196 MB: tracer/kernel/procmem.py)
+        self.released = procmem.release_after_compile()
         self.names.start()
         self.sample()
         if o.ready_file:
@@ -244,8 +250,10 @@ class TracingSession:
     def kernel_totals(self, st: kstats.TableState) -> dict[str, int]:
         """The followed table's per-CPU stats summed, monotonic (see
         tracer/core/counters.py), with table_full added."""
-        self._stat_acc.add(st.cpu)
-        return counters.with_table_full(self._stat_acc.totals())
+        with self._stat_lock:
+            self._stat_acc.add(st.cpu)
+            totals = self._stat_acc.totals()
+        return counters.with_table_full(totals)
 
     def sample(self) -> dict:
         """Read the exact counters (BPF maps, the kernel's per-CPU stats) and

@@ -31,7 +31,8 @@ timeout, nothing per entry; LiveTable.sched): the first dump's, then each
 reconcile's, plus the entries inserted since (NEW events carry their
 timeout). Refreshed entries outlive their schedule, so with nothing else
 calling for a reconcile one still comes when the schedule is SCHEDULE_MAX_AGE
-old (at the same cost bound).
+old, or SCHEDULE_COST_FACTOR times the last dump's run time if that is
+longer (with events exact, these dumps take at most 1/200 of a core).
 
 An overrun during a dump never starts another dump at once: the next one
 waits its turn, so a big table cannot make the feed resync in a loop.
@@ -63,7 +64,8 @@ class LiveSource:
     COST_FACTOR = 25              # reconcile work <= 1/25 of a core
     MIN_PERIOD = 1.0              # seconds between reconciles of a small table
     START_ROWS = 10_000           # rows per step of the first dump (events between steps)
-    SCHEDULE_MAX_AGE = 300.0      # a reconcile refreshes the forecast's schedule at least this often
+    SCHEDULE_MAX_AGE = 300.0      # a reconcile refreshes the forecast's schedule at least this often ...
+    SCHEDULE_COST_FACTOR = 200    # ... and at most at 1/200 of a core (a big table's dump costs seconds)
 
     def __init__(self, netns: str | None, accept=None, clock=time.monotonic,
                  rcvbuf: int = 32 << 20):
@@ -88,6 +90,7 @@ class LiveSource:
         self._reconciled_at: float | None = None   # when the last complete dump began
         self._next: float | None = None
         self._dirty = False         # events lost since the running/last dump began
+        self._evented = False       # entries new to the running reconcile carry the event extension
         self._why = "start"
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -205,7 +208,10 @@ class LiveSource:
             return "entries older than the listener"
         if self.mode is None:
             return "events unknown"
-        if self.entries.sched is not None and now - self.entries.sched.t0 >= self.SCHEDULE_MAX_AGE:
+        if self.entries.sched is not None and now - self.entries.sched.t0 >= \
+                max(self.SCHEDULE_MAX_AGE, self.SCHEDULE_COST_FACTOR * self._last_work):
+            # events exact: only the forecast's schedule ages (refreshed entries
+            # outlive it); 1M entries: a dump every ~15-40 min, < 0.5% of a core
             return "forecast schedule refresh"
         return None
 
@@ -214,6 +220,10 @@ class LiveSource:
             with ns.entered(self.netns):
                 self._reader = ctnetlink.DumpReader()
                 self.entries.sysctls = kstats.timeouts()
+                # entries the first dump did not show were made after we
+                # subscribed: with events on they carry the event extension
+                # (unless events were switched off since)
+                self._evented = self.mode in (1, 2) and events_mode() == self.mode
         except (ctnetlink.NetlinkError, ns.NetnsError) as e:
             self.errors += 1
             self.last_error = str(e)
@@ -238,10 +248,10 @@ class LiveSource:
             self.last_error = str(e)
             self._next = self.clock() + self.period()
             return
-        seen, accept = self.entries.seen, self.accept
+        seen, accept, evented = self.entries.seen, self.accept, self._evented
         for row in rows:
             if accept(row):
-                seen(row)
+                seen(row, evented)
         self.entries.sched_tick()
         if reader.done:
             reader.close()

@@ -1,0 +1,113 @@
+"""serve's exporter without root: label values that cannot be encoded,
+scrapes that never hold the pump loop's lock while they read the kernel,
+and the bounded HTTP server (deadlines, a full queue, paths)."""
+
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+from prometheus_client import generate_latest
+
+from tracer.core.events import Counters
+from tracer.kernel.stats import TableState
+from tracer.live.exporter import FAMILIES, Collector, SourceSeries, label_value, registry_for
+from tracer.live.httpd import MetricsServer
+
+
+def fake_session(lock: threading.Lock, name: str | None = None, held: list | None = None):
+    """A session as the collector sees it; `held` records whether the pump
+    lock was held whenever the kernel was read."""
+    def read_table():
+        if held is not None:
+            held.append(lock.locked())
+        return TableState(count=3, max=100, buckets=16)
+
+    entries = SimpleNamespace(by={"src": Counter({"10.0.0.1": 2, "10.0.0.2": 1})}, sched=None,
+                              dnat=Counter({"10.0.0.9": 4}))
+    s = SimpleNamespace(
+        read_table=read_table, kernel_totals=lambda st: {"drop": 5, "insert_failed": 1, "table_full": 4},
+        counters=Counters("fake"), backend=SimpleNamespace(name="fake", counters=lambda: Counters("fake")),
+        lost=lambda: {"events": 0, "over_rate_limit": 0, "bpf_map_full": 0}, inum=7,
+        feed=SimpleNamespace(entries=entries, clock=time.monotonic),
+        rates=SimpleNamespace(prev=None), forecast=lambda st: {"filling": None},
+        names=SimpleNamespace(ip=lambda a: name))
+    return s
+
+
+def scrape(s, lock, series=None) -> str:
+    series = series or SourceSeries(k=5)
+    series.update(0.0, {"10.0.0.1": {"inserts": 2, "deletes": 0, "drops": 0}}, {"10.0.0.1": 2})
+    return generate_latest(registry_for(Collector(s, series, lock, "6.18"))).decode()
+
+
+def test_a_name_that_is_not_utf8_does_not_fail_the_scrape():
+    lock = threading.Lock()
+    bad = "pod-\udcff\udcfe" + "x" * 1000            # os.fsdecode of bytes that are not UTF-8, and long
+    text = scrape(fake_session(lock, bad), lock)
+    line = next(ln for ln in text.splitlines() if ln.startswith("cttrace_source_entries{") and "10.0.0.1" in ln)
+    assert "pod-\\\\udcff\\\\udcfe" in line and len(line) < 400
+    assert label_value(None) == "" and label_value("é") == "é"
+
+
+def test_a_scrape_reads_the_kernel_without_the_pump_lock():
+    lock = threading.Lock()
+    held: list = []
+    scrape(fake_session(lock, held=held), lock)
+    assert held == [False]
+
+
+def test_every_family_is_declared_once_and_shown():
+    names = [f.name for f in FAMILIES]
+    assert len(names) == len(set(names))
+    lock = threading.Lock()
+    text = scrape(fake_session(lock), lock)
+    for f in FAMILIES:
+        if f.name != "cttrace_conntrack_forecast_schedule_age_seconds":   # absent before a dump
+            assert re.search(rf"^# TYPE {f.name}(_total)? ", text, re.M), f.name
+    assert "process_resident_memory_bytes" in text
+
+
+def _request(addr, data: bytes, timeout=5.0) -> bytes:
+    with socket.create_connection(addr, timeout=timeout) as c:
+        c.sendall(data)
+        out = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def test_server_paths_and_methods():
+    with MetricsServer("127.0.0.1", 0, lambda: b"m 1\n", "text/plain; version=0.0.4") as srv:
+        ok = _request(srv.address, b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200 ") and ok.endswith(b"\r\n\r\nm 1\n")
+        head = _request(srv.address, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+        assert _request(srv.address, b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404 ")
+        assert _request(srv.address, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+        assert _request(srv.address, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        assert _request(srv.address, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000).startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_failing_render_is_a_500_not_a_dead_server():
+    def render():
+        raise ValueError("\udcff broken")
+    with MetricsServer("127.0.0.1", 0, render, "text/plain") as srv:
+        assert _request(srv.address, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 500 ")
+        assert _request(srv.address, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 500 ")
+
+
+def test_silent_clients_are_cut_at_the_deadline():
+    """Slowloris: a connection that sends nothing holds a worker only until
+    its deadline."""
+    with MetricsServer("127.0.0.1", 0, lambda: b"m 1\n", "text/plain", workers=1, deadline=0.5) as srv:
+        idle = socket.create_connection(srv.address)
+        idle.settimeout(30)
+        assert idle.recv(100) == b""                    # closed by the server
+        idle.close()
+        assert srv.timed_out == 1
+        assert _request(srv.address, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")

@@ -173,7 +173,12 @@ class Serve:
 
 
 def value(m: dict, name: str, **labels) -> float | None:
-    return m.get((name, tuple(sorted(labels.items()))))
+    """The sample of `name` whose labels include `labels` (others, such as
+    the namespace and pod labels, may be there too), None if there is none."""
+    want = labels.items()
+    hits = [v for (n, ls), v in m.items() if n == name and want <= dict(ls).items()]
+    assert len(hits) <= 1, (name, labels, hits)
+    return hits[0] if hits else None
 
 
 def _host_stats() -> dict[str, int]:

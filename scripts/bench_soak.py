@@ -26,7 +26,6 @@ latency (median, p99, max), and the pump loop's sample age seen by scrapes.
 
 import argparse
 import json
-import os
 import random
 import re
 import signal

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import lab as L
 from tests.host.conftest import CTTRACE, lab_fixture
 
 PREFIX = "ctlabtop-"

@@ -5,7 +5,6 @@ where cttrace meets them (the socket and the request's reply), and the
 message path is checked: one line naming the module to load."""
 
 import errno
-import socket
 
 import pytest
 

@@ -1,6 +1,5 @@
 """tracer.core.forecast: schedule, idle buckets, candidates, time to full (pure)."""
 
-import math
 
 import pytest
 

@@ -16,11 +16,9 @@ example database (the same examples every run); crashers found are the explicit
 """
 
 import gzip
-import io
 import json
 import resource
 import struct
-import zlib
 from contextlib import contextmanager
 
 import pytest

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tracer.core.events import Counters, Drop, SourceCounts
+from tracer.core.events import Drop
 from tracer.core.filters import Filter
 from tracer.live.session import Options, SessionError, TracingSession
 

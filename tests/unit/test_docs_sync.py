@@ -99,7 +99,7 @@ def scrape() -> str:
     s.kernel_totals = lambda st: {"drop": 3, "insert_failed": 1, "early_drop": 0, "table_full": 2}
     s.backend = type("B", (), {"counters": staticmethod(lambda: Counters("fake")), "name": "fake"})()
     s.lost = lambda: {"events": 0, "over_rate_limit": 0, "bpf_map_full": 0}
-    s.names = type("N", (), {"ip": staticmethod(lambda a: None)})()
+    s.names = type("N", (), {"ip": staticmethod(lambda a: None), "meta": staticmethod(lambda n: {})})()
     s.inum = 1
     reg = CollectorRegistry()
     reg.register(Collector(s, SourceSeries(), threading.Lock(), "6.18"))

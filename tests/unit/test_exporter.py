@@ -33,7 +33,7 @@ def fake_session(lock: threading.Lock, name: str | None = None, held: list | Non
         lost=lambda: {"events": 0, "over_rate_limit": 0, "bpf_map_full": 0}, inum=7,
         feed=SimpleNamespace(entries=entries, clock=time.monotonic),
         rates=SimpleNamespace(prev=None), forecast=lambda st: {"filling": None},
-        names=SimpleNamespace(ip=lambda a: name))
+        names=SimpleNamespace(ip=lambda a: name, meta=lambda n: {}))
     return s
 
 

@@ -267,7 +267,7 @@ def test_serve_forecast_gauges():
         s.kernel_totals = lambda st: {}
         s.backend = type("B", (), {"counters": staticmethod(lambda: Counters("fake")), "name": "fake"})()
         s.lost = lambda: {"events": 0, "over_rate_limit": 0, "bpf_map_full": 0}
-        s.names = type("N", (), {"ip": staticmethod(lambda a: None)})()
+        s.names = type("N", (), {"ip": staticmethod(lambda a: None), "meta": staticmethod(lambda n: {})})()
         s.inum = 1
         s.feed.clock = lambda: t0 + 10.0
         s.feed.entries.by = {"src": {}}

@@ -116,8 +116,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
                 by_src = c.drops_by_src(s.inum)
                 # sources that had no name when recorded (a container that had
                 # just started), named now (exited ones are remembered a while)
-                if hasattr(s.names, "refresh"):
-                    s.names.refresh()
+                s.names.refresh()
                 late = {a: n for a in set(by_src) | unnamed if (n := s.names.names.by_ip.get(a))}
                 w.write({"k": "end", "t": time.time(), "totals": counts,
                          "sources": by_src, "lost": c.lost, "state": asdict(end_state),

@@ -432,6 +432,7 @@ class Rates:
         self.last: dict = {}
         self.fill_hist: deque = deque(maxlen=history)
         self.table_full_hist: deque = deque(maxlen=history)
+        self.src_drops: dict = {}             # drops per source since the first sample
 
     def update(self, s: Sample) -> dict:
         p, self.prev = self.prev, s
@@ -483,7 +484,7 @@ def top_rows(live: LiveTable, rates: dict, group: str, sort: str, n: int,
             name = group_of(src) or src
             counts[name] += c
             members.setdefault(name, []).append(src)
-        for addr, c in getattr(live, "dnat", {}).items():
+        for addr, c in live.dnat.items():
             name = group_of(addr)
             if name is not None:
                 dest[name] += c

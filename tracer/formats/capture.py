@@ -44,6 +44,7 @@ from typing import Annotated, NotRequired, TypedDict
 from tracer.core import counters, schema
 from tracer.core.hoststate import HostState
 from tracer.core.schema import Max, Range
+from tracer.formats.files import open_input
 
 FORMAT = "cttrace-capture"
 VERSION = 1
@@ -292,17 +293,8 @@ def limit_for(compressed: int) -> int:
 def read_capture(path: str, max_bytes: int | None = None, max_line: int = MAX_LINE) -> Capture:
     """Read a capture, tolerating a cut-short end; max_bytes (default
     limit_for(the file's size)) bounds the decompressed size."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise CaptureError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CaptureError(f"{path} is a directory; give a capture file") from None
-    except PermissionError:
-        raise CaptureError(f"{path}: permission denied (captures are mode 0600: read it as "
-                           "their owner or root)") from None
-    except OSError as e:
-        raise CaptureError(f"{path}: cannot read: {e.strerror}") from None
+    f = open_input(path, CaptureError, "a capture file",
+                   "captures are mode 0600: read it as their owner or root")
     with f:
         try:
             size = os.fstat(f.fileno()).st_size

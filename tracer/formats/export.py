@@ -30,6 +30,7 @@ from typing import BinaryIO
 from tracer.core.conntrack import FLAG_BITS, canonical_addr
 from tracer.core.filters import Filter
 from tracer.core.snapshot import Columns
+from tracer.formats.files import open_input
 
 BLOCK = 8 << 20
 PARALLEL_MIN = 48 << 20     # split plain files larger than this across CPUs
@@ -383,16 +384,7 @@ def _open(path: str) -> tuple[BinaryIO, str, bool]:
         raise InputError("--file needs a path (or '-' for standard input)")
     else:
         name = path
-        try:
-            raw = open(path, "rb")
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{path} is a directory; give a table export file") from None
-        except PermissionError:
-            raise InputError(f"{path}: permission denied (try as a user who can read it)") from None
-        except OSError as e:
-            raise InputError(f"{path}: cannot open: {e.strerror}") from None
+        raw = open_input(path, InputError, "a table export file", "try as a user who can read it")
     peek = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
     if peek == b"\x1f\x8b":
         counted = _Counted(raw)

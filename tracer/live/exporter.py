@@ -223,7 +223,7 @@ def _who(names) -> Callable[[str], tuple]:
         if src == "other":
             return ("", "", "")
         n = names.ip(src)
-        m = names.meta(n) if hasattr(names, "meta") else {}
+        m = names.meta(n)
         if m.get("pod"):
             return (m.get("container", ""), m["namespace"], m["pod"])
         return (n or "", "", "")

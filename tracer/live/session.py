@@ -336,7 +336,7 @@ class TracingSession:
     def _drops_by_who(self, n: int) -> dict:
         """Drops since the start by source (exact, the probes' per-source
         counts) and by container (the sources grouped by their name)."""
-        by_src = sorted(getattr(self.rates, "src_drops", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        by_src = sorted(self.rates.src_drops.items(), key=lambda kv: (-kv[1], kv[0]))
         rows = [{"src": s, "container": self.names.ip(s), "drops": d} for s, d in by_src if d > 0]
         groups: dict = {}
         for r in rows:
@@ -381,7 +381,7 @@ class TracingSession:
             # the destination side: DNATed entries by the address their reply
             # comes from (published ports, Services, NodePorts)
             "top_dnat_destinations": [{"dst": a, "entries": c, "container": name_of(a), "side": "destination"}
-                                      for a, c in sorted(getattr(live, "dnat", {}).items(),
+                                      for a, c in sorted(live.dnat.items(),
                                                           key=lambda kv: (-kv[1], kv[0]))[:n]],
             # exact, since the session started: the kernel's counters and the probes' maps
             "totals": {"table_full": tot["table_full"], "early_drops": tot["early_drop"],

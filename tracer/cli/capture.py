@@ -53,7 +53,7 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
             if time.monotonic() >= mix_due[0] and (st.count or 0) <= ENTRIES_MAX_COUNT:
                 t0 = time.monotonic()
                 try:
-                    w.write(_entries(netns, s.names.ip))
+                    w.write(_entries(s.netns_ref, s.names.ip))
                 except NetlinkError:
                     mix_due[0] = float("inf")        # not readable here: no entries records
                     return
@@ -127,16 +127,17 @@ def capture(output, force, length, max_events, netns, interval, backend, ready_f
                     f"{counts['delete']:,} deletes, {counts['drop']:,} drops)")
 
 
-def _entries(netns, name_of) -> dict:
+def _entries(netns_ref: str, name_of) -> dict:
     """An entries record: the followed table's entries by container (or
-    source address), from a ctnetlink dump counted as it streams."""
+    source address), from a ctnetlink dump counted as it streams, in the
+    followed namespace through the session's pinned reference (as _state)."""
     from collections import Counter
 
     from tracer.formats.capture import entries_record
     from tracer.kernel import ctnetlink
     from tracer.kernel import netns as ns
     raw: Counter = Counter()
-    with ns.entered(netns):
+    with ns.entered(netns_ref):
         res = ctnetlink.dump(sink=lambda rows: raw.update(r[ctnetlink.R_SRC] for r in rows))
     dec = ctnetlink.NetlinkDecoder()
     by: Counter = Counter()

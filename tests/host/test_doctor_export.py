@@ -1,5 +1,6 @@
 """`doctor --file` on real exports of a lab table with known content:
-`conntrack -L`, `conntrack -L -o extended` and /proc/net/nf_conntrack (where
+`conntrack -L`, `conntrack -L -o extended`, `conntrack -L -o xml` and
+/proc/net/nf_conntrack (where
 the kernel has it), read inside a namespace the test fills itself. Every
 figure is compared with what the test's own generator made:
 
@@ -58,6 +59,8 @@ def exports(tmp_path):
         files = {}
         for name, cmd in (("conntrack -L", "conntrack -L"),
                           ("conntrack -L -o extended", "conntrack -L -o extended"),
+                          ("conntrack -L -o xml", "conntrack -L -o xml"),
+                          ("conntrack -L -o xml,extended,id", "conntrack -L -o xml,extended,id"),
                           ("/proc/net/nf_conntrack", "cat /proc/net/nf_conntrack")):
             if name.startswith("/proc") and not os.path.exists("/proc/net/nf_conntrack"):
                 continue       # a kernel without CONFIG_NF_CONNTRACK_PROCFS
@@ -75,7 +78,7 @@ def test_doctor_file_figures_equal_the_generator(exports):
     files, settings, idle, count = exports
     assert IDLE <= idle < 60 - 5
     assert count == A + B + TCP
-    assert "conntrack -L" in files and "conntrack -L -o extended" in files
+    assert {"conntrack -L", "conntrack -L -o extended", "conntrack -L -o xml"} <= set(files)
     for name, path in files.items():
         r = subprocess.run([CTTRACE, "doctor", "--file", str(path), "--sysctls", str(settings), "--json"],
                            capture_output=True, text=True, timeout=120)
@@ -111,3 +114,22 @@ def test_doctor_file_figures_equal_the_generator(exports):
     r = subprocess.run([CTTRACE, "doctor", "--file", str(files["conntrack -L"]), "--sysctls", str(settings)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "cttrace doctor: export" in r.stdout and "shorter_udp_timeout" in r.stdout
+
+
+def test_snapshot_reads_every_export_format_alike(exports):
+    """snapshot --file gives the same columns from the text, extended, XML and
+    /proc exports of one table, and the namespace's own count."""
+    files, _, _, count = exports
+    seen = {}
+    for name, path in files.items():
+        r = subprocess.run([CTTRACE, "snapshot", "--file", str(path), "--json"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (name, r.stderr)
+        out = json.loads(r.stdout)
+        assert out["format"] == ("xml" if "xml" in name else "text"), name
+        assert out["total"] == count and out["malformed"] == 0, name
+        seen[name] = {k: v for k, v in out.items() if k.startswith("by_")}
+    first = seen.pop("conntrack -L")
+    assert first["by_proto_dport"] == {"udp/5000": A, "udp/6000": B, "tcp/8080": TCP}
+    for name, cols in seen.items():
+        assert cols == first, name

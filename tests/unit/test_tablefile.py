@@ -81,7 +81,7 @@ def _meaning(row):
             dec.dport(row[4]), dec.extra((row[5], row[6])))
 
 
-@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in SAMPLES if "xml" not in p.name], ids=lambda p: p.name)
 def test_fast_and_tolerant_parsers_agree_on_real_lines(path):
     n = 0
     for line in path.read_bytes().splitlines():

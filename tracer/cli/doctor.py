@@ -18,7 +18,7 @@ from tracer.cli.options import MAX_JOBS
               metavar="S", help="Watch the kernel's counters for S seconds (are drops happening now?).")
 @click.option("--capture", "capture_path", metavar="FILE", help="Diagnose a capture file instead of this host.")
 @click.option("--file", "-f", "export_path", metavar="EXPORT|-",
-              help="Diagnose a table export (/proc/net/nf_conntrack or conntrack -L [-o extended] "
+              help="Diagnose a table export (/proc/net/nf_conntrack or conntrack -L [-o extended|xml] "
                    "output, plain or gzip; '-' for stdin): timeouts, NOTRACK, early drop, memory.")
 @click.option("--sysctls", "sysctls_path", metavar="FILE",
               help="With --file: the exporting host's settings (`sysctl net.netfilter` output); "

@@ -14,7 +14,7 @@ from tracer.cli.options import MAX_JOBS, cidrs, port_numbers, protos, states
 
 @click.command()
 @click.option("--file", "-f", "path", metavar="PATH|-",
-              help="Analyse an export (/proc/net/nf_conntrack or conntrack -L [-o extended] "
+              help="Analyse an export (/proc/net/nf_conntrack or conntrack -L [-o extended|xml] "
                    "output, plain or gzip; '-' for stdin) instead of the live table.")
 @click.option("--netns", "-n", metavar="NAME|PID",
               help="Live table of another network namespace (ip netns name, or a PID in it).")
@@ -63,7 +63,7 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
             where = ", ".join(f"line {n}: {t!r}" for n, t in res.samples)
             warn(f"{res.malformed:,} malformed line(s) skipped; first: {where}")
         rep.update(source="standard input" if path == "-" else os.path.abspath(path),
-                   format="text", lines=res.lines, entries_read=res.entries,
+                   format=res.format, lines=res.lines, entries_read=res.entries,
                    malformed=res.malformed, ignored=res.ignored)
         summary = Summary.from_columns(res.cols, dec)
     else:

@@ -18,6 +18,7 @@ shown.") are ignored.
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import zlib
 import re
@@ -30,6 +31,7 @@ from typing import BinaryIO
 from tracer.core.conntrack import FLAG_BITS, canonical_addr
 from tracer.core.filters import Filter
 from tracer.core.snapshot import Columns
+from tracer.formats import export_xml
 from tracer.formats.files import open_input
 
 BLOCK = 8 << 20
@@ -219,6 +221,7 @@ class ScanResult:
     malformed: int = 0
     samples: list = field(default_factory=list)   # (line number, text)
     ages: "RawAges | None" = None                 # timed scans: the timeout column's counts
+    format: str = "text"        # "xml": conntrack -o xml, one line per <flow>
 
     def merge(self, other: "ScanResult", line_offset: int) -> None:
         self.cols.merge(other.cols)
@@ -416,9 +419,9 @@ class _Counted:
         return b
 
 
-def _blocks(stream: BinaryIO, name: str, end: int | None = None):
-    """Whole-line blocks from a stream (up to byte `end` if given)."""
-    rest = b""
+def _reads(stream: BinaryIO, name: str, end: int | None = None):
+    """Raw blocks of a stream (up to byte `end` if given), a gzip one's
+    expansion bounded; read errors become InputError."""
     pos = 0
     counted = getattr(stream, "compressed", None)
     while True:
@@ -433,8 +436,15 @@ def _blocks(stream: BinaryIO, name: str, end: int | None = None):
             raise InputError(f"{name}: unreadable or truncated compressed data ({e}); "
                              "re-export the table") from None
         if not buf:
-            break
+            return
         pos += len(buf)
+        yield buf
+
+
+def _lines(reads):
+    """Raw blocks -> whole-line blocks (each ending in a newline)."""
+    rest = b""
+    for buf in reads:
         buf = rest + buf
         cut = buf.rfind(b"\n") + 1
         if cut == 0:                             # no line break in a whole block
@@ -442,11 +452,15 @@ def _blocks(stream: BinaryIO, name: str, end: int | None = None):
                 rest = buf
                 continue
             buf, cut = buf + b"\n", len(buf) + 1
-
         rest = buf[cut:]
         yield buf[:cut]
     if rest:
         yield rest + b"\n"
+
+
+def _blocks(stream: BinaryIO, name: str, end: int | None = None):
+    """Whole-line blocks from a stream (up to byte `end` if given)."""
+    return _lines(_reads(stream, name, end))
 
 
 def _scan_range(path: str, start: int, end: int, flt: Filter, timed: bool = False) -> ScanResult:
@@ -494,20 +508,27 @@ def scan(path: str, flt: Filter, jobs: int | None = None,
     try:
         jobs = jobs or default_jobs()
         if seekable and jobs > 1 and os.path.getsize(path) >= PARALLEL_MIN:
-            _check_text(stream.read(65536), name)
-            stream.close()
-            return _scan_parallel(path, flt, jobs, timed), TextDecoder()
+            head = stream.read(65536)
+            _check_text(head, name)
+            if not export_xml.is_xml(head.removeprefix(b"\xef\xbb\xbf")):
+                stream.close()
+                return _scan_parallel(path, flt, jobs, timed), TextDecoder()
+            stream.seek(0)
         sc = Scanner(flt, timed)
-        first = True
-        for blk in _blocks(stream, name):
-            if first:
-                if blk.startswith(b"\xef\xbb\xbf"):          # a UTF-8 byte order mark
-                    blk = blk[3:]
-                _check_text(blk[:65536], name)
-                first = False
-            sc.block(blk)
-        if first:
-            _check_text(b"", name)
+        reads = _reads(stream, name)
+        first = next(reads, b"").removeprefix(b"\xef\xbb\xbf")   # a UTF-8 byte order mark
+        _check_text(first[:65536], name)
+        reads = itertools.chain((first,), reads)
+        if export_xml.is_xml(first):
+            sc.res.format = "xml"
+            blocks = export_xml.to_lines(reads, name)
+        else:
+            blocks = _lines(reads)
+        try:
+            for blk in blocks:
+                sc.block(blk)
+        except export_xml.XmlError as e:
+            raise InputError(str(e)) from None
         return sc.res, sc.dec
     finally:
         if path != "-":

@@ -117,3 +117,11 @@ def test_one_big_line_of_flows(tmp_path):
 def test_is_xml():
     assert export_xml.is_xml(HEAD) and export_xml.is_xml(b"  <conntrack>") and export_xml.is_xml(b"<flow>")
     assert not export_xml.is_xml(b"tcp 6 1 ESTABLISHED src=1.1.1.1")
+
+
+def test_utf16_export_says_how_to_convert(tmp_path):
+    text = "tcp      6 100 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=1 [ASSURED] mark=0 use=1\n"
+    for enc in ("utf-16", "utf-16-be"):
+        data = text.encode(enc) if enc == "utf-16" else b"\xfe\xff" + text.encode(enc)
+        with pytest.raises(InputError, match="UTF-16 text.*iconv"):
+            scan(str(write(tmp_path, data, "w.txt")), Filter(), 1)

@@ -370,6 +370,9 @@ def _check_text(head: bytes, name: str) -> None:
     if not head:
         raise InputError(f"{name} is empty: nothing to analyse (export the table with "
                          "'conntrack -L -o extended > FILE' or 'cat /proc/net/nf_conntrack > FILE')")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise InputError(f"{name} is UTF-16 text (a redirect on Windows?), not the bytes conntrack "
+                         f"wrote: convert it first, e.g. iconv -f UTF-16 -t UTF-8 < FILE > FILE.txt")
     sample = head[:65536]
     if b"\x00" in sample or sum(b < 9 or 13 < b < 32 or b == 127 for b in sample[:4096]) > 40:
         raise InputError(f"{name} is a binary file, not a conntrack table export "

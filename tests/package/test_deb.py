@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.host.conftest import lab_fixture, needs_tracepoint  # noqa: F401 (fixtures)
+from tests.host import conftest as host
+from tests.host.conftest import lab_fixture
 from tests.lab import KNOWN
 from tracer import __version__
 from tracer.cli import COMMANDS
+
+needs_tracepoint = host.needs_tracepoint      # the host tests' fixture, used here by name
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"

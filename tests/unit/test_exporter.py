@@ -70,15 +70,19 @@ def test_every_family_is_declared_once_and_shown():
     assert "process_resident_memory_bytes" in text
 
 
+def _read_all(c: socket.socket) -> bytes:
+    out = b""
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
 def _request(addr, data: bytes, timeout=5.0) -> bytes:
     with socket.create_connection(addr, timeout=timeout) as c:
         c.sendall(data)
-        out = b""
-        while True:
-            chunk = c.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
+        return _read_all(c)
 
 
 def test_server_paths_and_methods():
@@ -111,15 +115,6 @@ def test_silent_clients_are_cut_at_the_deadline():
         idle.close()
         assert srv.timed_out == 1
         assert _request(srv.address, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")
-
-
-def _read_all(c: socket.socket) -> bytes:
-    out = b""
-    while True:
-        chunk = c.recv(65536)
-        if not chunk:
-            return out
-        out += chunk
 
 
 def test_a_full_queue_answers_503_and_every_queued_scrape_is_answered():

@@ -49,7 +49,7 @@ class FakeBackend:
         return self._counters
 
     def forget_sources(self, netns, srcs):
-        pass
+        return {}
 
     def close(self):
         self.closed += 1

@@ -3,7 +3,8 @@
     start() -> self            load and attach (BackendError if it cannot)
     poll(timeout_ms) -> [Drop] drop events taken in (reasons decided)
     counters() -> Counters     exact in-kernel totals, per source, losses
-    forget_sources(netns, srcs) bound the per-source maps on long runs
+    forget_sources(netns, srcs) -> {src: drops}  bound the per-source maps on long
+                               runs; each source's drops as read at its delete
     close()                    detach; also on __exit__
     name, blind_spots          shown to the user
 

@@ -421,12 +421,18 @@ class TracepointBackend:
             r[RULE] = max(r[RULE] - r[TABLE_FULL] - r[INSERT_FAILED] - r[INVALID], 0)
         return out
 
-    def forget_sources(self, netns: int, srcs: set[str]) -> None:
+    def forget_sources(self, netns: int, srcs: set[str]) -> dict[str, int]:
         """Drop per-source map entries of sources folded away (bounded maps
-        on long runs); a drop racing with this is lost from the per-source
-        count only, never from the totals."""
+        on long runs). Returns each source's drops (SourceCounts.all_drops)
+        as read just before its entries went: what it counted since the
+        last counters() too (a source without entries of its own is pruned
+        while the table is full and it is still dropping: 5 of 922,075
+        drops fell in that gap in a 20-minute soak). Only a drop in the
+        microseconds between that read and the delete is lost from the
+        per-source count, never from the totals."""
+        out: dict[str, int] = {}
         if not srcs or self.bpf is None:
-            return
+            return out
         for name in ("sources", "ct_sources"):
             try:
                 m = self.bpf[name]
@@ -434,11 +440,17 @@ class TracepointBackend:
                 continue
             for k in list(m.keys()):
                 a = getattr(k, "saddr", None) or getattr(k, "addr", None)
-                if k.netns == netns and addr(k.family, a) in srcs:
+                src = addr(k.family, a)
+                if k.netns == netns and src in srcs:
                     try:
+                        v = m[k]
                         del m[k]
                     except KeyError:
-                        pass
+                        continue
+                    # sources: u64 netfilter drops; ct_sources: struct (kprobe.py's counters())
+                    n = getattr(v, "value", None)
+                    out[src] = out.get(src, 0) + (n if n is not None else v.table_full + v.insert_failed)
+        return out
 
     def close(self) -> None:
         if self.bpf is not None:

@@ -68,8 +68,12 @@ class SourceSeries:
             self.last[src] = vals
         return [src for src, t in self.labelled.items() if now - t > self.idle and not live.get(src)]
 
-    def fold(self, src: str) -> None:
+    def fold(self, src: str, drops: int | None = None) -> None:
+        """Move a source's counts into other_base; `drops`: its drops read
+        later than the last update (when its BPF entries were deleted)."""
         vals = self.last.pop(src, {})
+        if drops is not None and drops > vals.get("drops", 0):
+            vals = dict(vals, drops=drops)
         for m in METRICS:
             self.other_base[m] += vals.get(m, 0)
         self.labelled.pop(src, None)
@@ -346,11 +350,11 @@ def update_series(session, series: SourceSeries, now: float, prune: bool) -> Non
     gone = series.update(now, values, live.by["src"])
     if prune:
         gone += series.prunable(live.by["src"])
+    final = session.backend.forget_sources(session.inum, set(gone))
     for src in gone:
-        series.fold(src)
+        series.fold(src, final.get(src))
         live.inserts.pop(src, None)
         live.deletes.pop(src, None)
-    session.backend.forget_sources(session.inum, set(gone))
 
 
 def registry_for(collector) -> CollectorRegistry:

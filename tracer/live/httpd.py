@@ -49,6 +49,8 @@ class MetricsServer:
         self.deadline = deadline
         self.rejected = 0                  # connections refused with 503 (queue full)
         self.timed_out = 0                 # connections closed at the deadline
+        self.accepted = 0                  # connections accepted (queued or refused)
+        self._accepted = threading.Condition()
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         fam, typ, proto, _, addr = infos[0]
         self.sock = socket.socket(fam, typ, proto)
@@ -71,6 +73,13 @@ class MetricsServer:
     def waiting(self) -> int:
         """Connections accepted and waiting for a worker."""
         return self._queue.qsize()
+
+    def wait_accepted(self, n: int, timeout: float) -> bool:
+        """Wait until `n` connections were accepted and queued or refused
+        (False after `timeout` seconds): a point where `waiting` and
+        `rejected` are settled for them."""
+        with self._accepted:
+            return self._accepted.wait_for(lambda: self.accepted >= n, timeout)
 
     def start(self) -> "MetricsServer":
         for t in self._threads:
@@ -123,6 +132,9 @@ class MetricsServer:
                 except OSError:
                     pass
                 conn.close()
+            with self._accepted:
+                self.accepted += 1
+                self._accepted.notify_all()
 
     def _work(self) -> None:
         while True:
@@ -157,6 +169,11 @@ class MetricsServer:
             if not chunk:
                 return
             req += chunk
+        if min(i for i in (req.find(b"\r\n\r\n"), req.find(b"\n\n")) if i >= 0) > MAX_HEADER:
+            # complete, but the read that ended it crossed the limit
+            self._send(conn, until, _response(431, b"request header too large\n"))
+            self._drain(conn, until)
+            return
         line = bytes(req.split(b"\n", 1)[0]).decode("latin-1").strip().split()
         if len(line) != 3 or not line[2].startswith("HTTP/"):
             self._send(conn, until, _response(400, b"bad request\n"))

@@ -186,6 +186,48 @@ def test_docker_data_root_from_daemon_json_and_dockerd_flags(tmp_path):
     assert [n.by_ip[f"172.19.0.{i + 2}"] for i in range(3)] == ["app0", "app1", "app2"]
 
 
+def test_published_ports_name_the_destination_side(tmp_path):
+    """Docker's published ports (NetworkSettings.Ports as bound, else
+    HostConfig.PortBindings as asked) name who a dropped packet was going
+    to, in the namespace of the dockerd that publishes them only."""
+    h = Host(tmp_path)
+    (tmp_path / "priv.json").write_text(json.dumps({"data-root": str(tmp_path / "d1")}))
+    h.pid(10, "dockerd", ns="node", cmdline=b"dockerd\0--config-file\0" + str(tmp_path / "priv.json").encode())
+    ids = ["1" * 64, "2" * 64, "3" * 64, "4" * 64]
+    for i, cid in enumerate(ids):
+        h.pid(100 + i, "app", ns=f"c{i}", cgroup=f"0::/docker-{cid}.scope")
+    pub = docker_cfg("/pub", 100, ["172.19.0.2"])
+    pub["NetworkSettings"]["Ports"] = {"80/udp": [{"HostIp": "0.0.0.0", "HostPort": "18080"},
+                                                  {"HostIp": "::", "HostPort": "18080"}],
+                                       "443/tcp": None}
+    h.docker("d1", ids[0], pub)
+    asked = docker_cfg("/asked", 101, ["172.19.0.3"])
+    asked["_host"]["PortBindings"] = {"53/udp": [{"HostIp": "198.19.255.1", "HostPort": "5353"}]}
+    h.docker("d1", ids[1], asked)
+    any53 = docker_cfg("/any", 102, ["172.19.0.4"])
+    any53["NetworkSettings"]["Ports"] = {"53/udp": [{"HostIp": "", "HostPort": "5353"}],
+                                         "x/udp": [{"HostPort": "1"}], "9/udp": [{"HostPort": "99999"}],
+                                         "8/udp": [{"HostPort": "7", "HostIp": "not an ip"}],
+                                         "7/udp": "junk", "6/udp": [{"HostPort": ["6"]}]}
+    h.docker("d1", ids[2], any53)
+    n = h.collect(docker_root=None)
+    node = h.ino("node")
+    assert set(n.published) == {(node, "udp", 18080), (node, "udp", 5353)}
+    at = A.Attribution()
+    at.names = n
+    assert at.published(node, "udp", "198.19.255.1", 18080) == "pub"
+    assert at.published(node, "udp", "fd00::1", 18080) == "pub"
+    assert at.published(node, "tcp", "198.19.255.1", 18080) is None
+    assert at.published(h.ino("host"), "udp", "198.19.255.1", 18080) is None   # not that dockerd's namespace
+    assert at.published(node, "udp", "198.19.255.1", 5353) == "asked"          # one address beats any
+    assert at.published(node, "udp", "198.19.255.9", 5353) == "any"
+    assert at.published(node, "udp", "198.19.255.1", None) is None
+    # no published port: where NAT changed the destination, that address's owner
+    assert at.destination(node, "udp", "10.0.0.1", 53, ("10.0.0.2", 1, "172.19.0.4", 53)) == "any"
+    assert at.destination(node, "udp", "172.19.0.4", 53, ("10.0.0.2", 1, "172.19.0.4", 53)) is None
+    assert at.destination(node, "udp", "198.19.255.1", 18080, None) == "pub"
+
+
 def cri_spec(kind, pod, ns, sandbox, container=None, netns=None, own=True):
     ann = {"io.kubernetes.cri.container-type": kind, "io.kubernetes.cri.sandbox-name": pod,
            "io.kubernetes.cri.sandbox-namespace": ns, "io.kubernetes.cri.sandbox-id": sandbox}
@@ -300,7 +342,8 @@ json_values = st.recursive(
                          "IPAddress", "GlobalIPv6Address", "HostConfig", "NetworkMode", "annotations",
                          "linux", "namespaces", "type", "path", "id", "names",
                          "io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-name",
-                         "io.kubernetes.cri.sandbox-namespace", "io.container.manager", "x"]),
+                         "io.kubernetes.cri.sandbox-namespace", "io.container.manager", "x",
+                         "Ports", "PortBindings", "HostPort", "HostIp", "80/udp"]),
         kids, max_size=5),
     max_leaves=30)
 
@@ -325,6 +368,8 @@ def test_fuzz_state_files_end_in_names(tmp_path_factory, docker_v, cri_v, podman
     (h.t / "daemon.json").write_text(json.dumps(docker_v))
     n = h.collect()
     assert n.by_ip["172.17.0.9"] == "web"
+    for (_, proto, port), binds in n.published.items():
+        assert proto in ("tcp", "udp", "sctp") and 0 < port < 65536 and all(len(b) == 2 for b in binds)
     for v in list(n.by_ip.values()) + list(n.by_netns.values()) + list(n.meta):
         assert isinstance(v, str) and len(v) <= A.MAX_NAME
         v.encode("utf-8")

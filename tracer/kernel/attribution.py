@@ -87,6 +87,9 @@ class Names:
     by_netns: dict[int, str] = field(default_factory=dict)
     # name -> {runtime, namespace, pod, container} (Kubernetes-style labels)
     meta: dict[str, dict] = field(default_factory=dict)
+    # published ports: (netns inode of the daemon, proto, host port) ->
+    # [(host address, "" for any; the publishing container's name)]
+    published: dict[tuple, list] = field(default_factory=dict)
     skipped: int = 0                  # state files that could not be used
 
 
@@ -183,23 +186,65 @@ def _toml(path: str) -> dict:
 
 
 # --- the runtimes' state ------------------------------------------------------
-def docker_roots(daemons: list[tuple[str, list[str]]], conf: str = DOCKER_CONF) -> list[str]:
+def _docker_root(argv: list[str], conf: str) -> str:
+    """The data root a dockerd command line uses."""
+    r = _flag(argv, "--data-root", "-g")
+    if r:
+        return r
+    d = _d(_read_json(_flag(argv, "--config-file") or conf))
+    r = d.get("data-root") or d.get("graph")
+    return r if isinstance(r, str) and r else DOCKER
+
+
+def docker_roots(daemons: list, conf: str = DOCKER_CONF) -> list[str]:
     """Docker data roots: the default, daemon.json's, each running dockerd's."""
     roots = [DOCKER]
-    for path in [conf] + [c for comm, argv in daemons if comm == "dockerd"
-                          for c in [_flag(argv, "--config-file")] if c]:
-        d = _d(_read_json(path))
-        r = d.get("data-root") or d.get("graph")
-        if isinstance(r, str):
-            roots.append(r)
-    roots += [r for comm, argv in daemons if comm == "dockerd" for r in [_flag(argv, "--data-root", "-g")] if r]
+    d = _d(_read_json(conf))
+    r = d.get("data-root") or d.get("graph")
+    if isinstance(r, str):
+        roots.append(r)
+    roots += [_docker_root(x[1], conf) for x in daemons if x[0] == "dockerd"]
     return list(dict.fromkeys(roots))
 
 
-def cri_roots(daemons: list[tuple[str, list[str]]]) -> list[str]:
+def docker_netns(daemons: list, conf: str = DOCKER_CONF) -> dict[str, int]:
+    """{data root: network namespace inode of the dockerd using it} (its
+    published ports are DNATed in that namespace)."""
+    return {_docker_root(x[1], conf): x[2] for x in daemons
+            if x[0] == "dockerd" and len(x) > 2 and x[2] is not None}
+
+
+def _ports(cfg: dict, host_cfg: dict) -> list[tuple[str, str, int]]:
+    """[(proto, host address or "", host port)] a container publishes:
+    NetworkSettings.Ports (what dockerd bound, ports it chose included),
+    else HostConfig.PortBindings (what was asked)."""
+    bound = _d(_d(cfg.get("NetworkSettings")).get("Ports"))
+    if not bound:
+        bound = _d(host_cfg.get("PortBindings") or _d(cfg.get("HostConfig")).get("PortBindings"))
+    out = []
+    for spec, binds in list(bound.items())[:4096]:
+        m = re.fullmatch(r"(\d{1,5})/(tcp|udp|sctp)", spec) if isinstance(spec, str) else None
+        if m is None:
+            continue
+        for b in _l(binds)[:64]:
+            b = _d(b)
+            hp, hip = b.get("HostPort"), b.get("HostIp") or ""
+            try:
+                port = int(hp)
+            except (TypeError, ValueError):
+                continue
+            if not 0 < port < 65536 or not isinstance(hip, str):
+                continue
+            hip = "" if hip in ("", "0.0.0.0", "::") else _norm(hip)
+            if hip is not None:
+                out.append((m.group(2), hip, port))
+    return list(dict.fromkeys(out))
+
+
+def cri_roots(daemons: list) -> list[str]:
     """containerd's k8s.io task dirs: the default, each running containerd's."""
     states = [CONTAINERD_STATE]
-    for comm, argv in daemons:
+    for comm, argv, *_ in daemons:
         if comm != "containerd":
             continue
         s = _flag(argv, "--state")
@@ -210,13 +255,13 @@ def cri_roots(daemons: list[tuple[str, list[str]]]) -> list[str]:
     return [os.path.join(s, CRI_NS) for s in dict.fromkeys(states)]
 
 
-def podman_roots(daemons: list[tuple[str, list[str]]], conf: str = PODMAN_CONF) -> list[str]:
+def podman_roots(daemons: list, conf: str = PODMAN_CONF) -> list[str]:
     """Podman graph roots: the default, storage.conf's, each running conmon's."""
     roots = [PODMAN]
     g = _d(_toml(conf).get("storage")).get("graphroot")
     if isinstance(g, str):
         roots.append(g)
-    for comm, argv in daemons:
+    for comm, argv, *_ in daemons:
         b = _flag(argv, "-b", "--bundle") if comm == "conmon" else None
         if b and "/overlay-containers/" in b:
             roots.append(b.split("/overlay-containers/")[0])
@@ -224,8 +269,8 @@ def podman_roots(daemons: list[tuple[str, list[str]]], conf: str = PODMAN_CONF) 
 
 
 def docker(root: str = DOCKER, proc: str = "/proc", skipped: list | None = None) -> list[dict]:
-    """[{id, name, ips, netns, mode}] of a Docker data root's running
-    containers (mode: HostConfig.NetworkMode)."""
+    """[{id, name, ips, netns, mode, ports}] of a Docker data root's running
+    containers (mode: HostConfig.NetworkMode; ports: _ports())."""
     out = []
     base = os.path.join(root, "containers")
     for cid in _ids(base):
@@ -246,7 +291,7 @@ def docker(root: str = DOCKER, proc: str = "/proc", skipped: list | None = None)
             if not isinstance(mode, str) or not mode:
                 mode = "host" if "host" in nets else ""
             out.append({"id": cid, "name": (clean(cfg.get("Name")) or cid[:12]).lstrip("/") or cid[:12],
-                        "ips": ips, "mode": mode,
+                        "ips": ips, "mode": mode, "ports": _ports(cfg, host_cfg),
                         "netns": _inode(f"{proc}/{pid}/ns/net")
                         if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None})
         except (TypeError, ValueError, AttributeError):
@@ -308,11 +353,11 @@ def podman(root: str, skipped: list | None = None) -> list[dict]:
 
 
 def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "conmon")
-              ) -> tuple[dict[int, dict], list[tuple[str, list[str]]]]:
+              ) -> tuple[dict[int, dict], list[tuple[str, list[str], int | None]]]:
     """({netns inode: {pid, comm, container_id}} for the first process of
-    each namespace, [(comm, argv)] of the runtime daemons)."""
+    each namespace, [(comm, argv, netns inode)] of the runtime daemons)."""
     out: dict[int, dict] = {}
-    found: list[tuple[str, list[str]]] = []
+    found: list[tuple[str, list[str], int | None]] = []
     try:
         pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
     except OSError:
@@ -321,11 +366,11 @@ def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "c
         try:
             with open(f"{proc}/{pid}/comm", "rb") as f:
                 comm = clean(f.read(256).strip()) or "?"
+            ino = _inode(f"{proc}/{pid}/ns/net")
             if comm in daemons:
                 with open(f"{proc}/{pid}/cmdline", "rb") as f:
                     found.append((comm, [a.decode("utf-8", "replace")
-                                         for a in f.read(65536).split(b"\0")]))
-            ino = _inode(f"{proc}/{pid}/ns/net")
+                                         for a in f.read(65536).split(b"\0")], ino))
             if ino is None or ino in out:
                 continue
             with open(f"{proc}/{pid}/cgroup", "rb") as f:
@@ -461,7 +506,9 @@ def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/pro
                 b.netns(ino, c["name"], meta)
                 b.path(ino, c["netns_path"], R_RUNTIME_NS)
     # Docker: the runtime writes its addresses down
-    dockers = [d for r in roots(docker_root, docker_roots(daemons, docker_conf)) for d in docker(r, proc, skipped)]
+    daemon_ns = docker_netns(daemons, docker_conf)
+    dockers = [{**d, "daemon_netns": daemon_ns.get(r, host)}
+               for r in roots(docker_root, docker_roots(daemons, docker_conf)) for d in docker(r, proc, skipped)]
     by_id = {d["id"]: d for d in dockers}
     for ino, p in procs.items():
         d = by_id.get(p["container_id"])
@@ -470,6 +517,8 @@ def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/pro
     for d in dockers:
         meta = {"runtime": "docker", "namespace": "", "pod": "", "container": d["name"]}
         b.n.meta[d["name"]] = meta
+        for proto, hip, port in d["ports"]:
+            b.n.published.setdefault((d["daemon_netns"], proto, port), []).append((hip, d["name"]))
         if d["mode"] == "host" or d["mode"].startswith("container:"):
             continue                          # the host's, or another container's namespace
         b.netns(d["netns"], d["name"])
@@ -526,7 +575,9 @@ class Attribution:
             return
         self.refreshes += 1
         self.cost = time.monotonic() - now
-        out = Names(skipped=fresh.skipped)
+        # published ports: the present ones only (a port an exited container
+        # published may be another's now)
+        out = Names(skipped=fresh.skipped, published=fresh.published)
         for kind, cur, dst in (("ip", fresh.by_ip, out.by_ip), ("netns", fresh.by_netns, out.by_netns),
                                ("meta", fresh.meta, out.meta)):
             seen = self._seen[kind]
@@ -573,6 +624,35 @@ class Attribution:
         n = self.names.by_netns.get(inode)
         if n is None:
             self._miss()
+        return n
+
+    def published(self, netns: int, proto: str, dst: str, dport: int | None) -> str | None:
+        """The container publishing dst:dport/proto in the namespace netns
+        (a Docker daemon's: where its DNAT rules are), or None. A binding
+        to one address wins over one to any address."""
+        if dport is None:
+            return None
+        binds = self.names.published.get((netns, proto, dport))
+        if not binds:
+            return None
+        dst = _norm(dst) or dst
+        for hip, name in binds:
+            if hip == dst:
+                return name
+        for hip, name in binds:
+            if hip == "":
+                return name
+        return None
+
+    def destination(self, netns: int, proto: str, dst: str, dport: int | None,
+                    translated: tuple | None = None) -> str | None:
+        """Who a dropped packet was going to: the container publishing its
+        destination port (a table-full drop comes before DNAT: the tuple
+        still has the node's address), else, where NAT had changed the
+        destination, that address's owner. Never its source's side."""
+        n = self.published(netns, proto, dst, dport)
+        if n is None and translated is not None and translated[2] != dst:
+            n = self.names.by_ip.get(_norm(translated[2]) or translated[2])
         return n
 
     def meta(self, name: str | None) -> dict:

@@ -337,15 +337,18 @@ def udp_flows(netns_path: str, src: str, dst: str, n: int, first_port: int,
 
 
 def node_entries() -> list[dict]:
-    """The node's table as `conntrack -L -o xml`-free text: [{src, dst, rsrc}]."""
+    """The node's table as `conntrack -L -o xml`-free text: [{src, dst, rsrc, sport, dport}]."""
     out = in_node("conntrack", "-L", check=False).stdout
     rows = []
     for line in out.splitlines():
         kv = [w.split("=", 1) for w in line.split() if "=" in w]
         srcs = [v for k, v in kv if k == "src"]
         dsts = [v for k, v in kv if k == "dst"]
+        sports = [int(v) for k, v in kv if k == "sport"]
+        dports = [int(v) for k, v in kv if k == "dport"]
         if len(srcs) >= 2:
-            rows.append({"src": srcs[0], "dst": dsts[0], "rsrc": srcs[1]})
+            rows.append({"src": srcs[0], "dst": dsts[0], "rsrc": srcs[1],
+                         "sport": sports[0] if sports else None, "dport": dports[0] if dports else None})
     return rows
 
 

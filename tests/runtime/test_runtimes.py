@@ -210,7 +210,39 @@ def stop(p, out):
     return out.read()
 
 
+SNAT_PORTS = (20000, 20001)
+CLASH_FLOWS, PUB_FLOWS = 40, 25
+
+
+def clash_flows(world) -> tuple[int, int]:
+    """SNAT port exhaustion from a real container: in the node, a MASQUERADE
+    rule ahead of Docker's maps d-user's flows out of up0 onto two ports;
+    CLASH_FLOWS new UDP flows to one destination (the client): the first
+    take the two ports, the others clash at confirm (insert_failed). ->
+    (the kernel's insert_failed delta, d-user's refused flows: sent less
+    those the node's table holds)."""
+    x = world["who"]["d-user"]
+    rule = ["POSTROUTING", "-s", f"{x['ips'][0]}/32", "-o", "up0", "-p", "udp", "-j", "MASQUERADE",
+            "--to-ports", f"{SNAT_PORTS[0]}-{SNAT_PORTS[1]}"]
+    R.in_node("iptables", "-t", "nat", "-I", *rule[:1], "1", *rule[1:])
+    try:
+        before = R.node_stats()
+        ports = R.udp_flows(f"/proc/{x['pid']}/ns/net", x["ips"][0], R.UP_CLIENT, CLASH_FLOWS, 45000)
+        time.sleep(0.3)
+        after = R.node_stats()
+    finally:
+        R.in_node("iptables", "-t", "nat", "-D", *rule)
+    assert after["drop"] - before["drop"] == after["insert_failed"] - before["insert_failed"]  # no other cause
+    held = [r for r in R.node_entries() if r["src"] == x["ips"][0] and r["sport"] in ports]
+    assert len(held) == len(SNAT_PORTS), held        # one entry per SNAT port, the others refused
+    return after["insert_failed"] - before["insert_failed"], len(ports) - len(held)
+
+
 def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path):
+    """Per container: table-full drops (every sender), clash drops
+    (d-user's SNAT exhaustion) and the destination side of drops sent to
+    a published port (the client's flows to d-pub's), in one run of top,
+    drops, serve and capture."""
     senders = [n for n in ("d-bridge", "d-user", "shop/api-0", "shop/db-0", "p-web", "d-host")
                if n in world["who"]]
     assert senders, f"no runtime could start: {world['skip']}"
@@ -220,9 +252,12 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
              start(tmp_path, "serve", "--netns", R.NODE, "--listen", f"127.0.0.1:{port}",
                    "--interval", "0.5", "--top-k", "50"),
              start(tmp_path, "capture", "--netns", R.NODE, "-o", str(tmp_path / "c.gz"), "-d", "120s")]
-    truth: Counter = Counter()
+    truth: Counter = Counter()               # table-full drops by sender
+    clashes = refused = pub = 0
     try:
-        with R.Limit(admit=0):
+        if "d-user" in world["who"]:
+            clashes, refused = clash_flows(world)
+        with R.Limit(admit=0) as lim:
             for i, name in enumerate(senders):
                 before = R.node_stats()
                 send(world, name, 30 + i, 40000 + 100 * i)
@@ -230,25 +265,52 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
                 after = R.node_stats()
                 truth[EXPECT[name]] += (after["drop"] - after["insert_failed"]) - \
                     (before["drop"] - before["insert_failed"])
+            if "d-pub" in world["who"]:      # inbound: the client hits the published port
+                lim.refill()
+                before = R.node_stats()
+                pub_ports = R.udp_flows(f"/run/netns/{R.CLIENT}", R.UP_CLIENT, R.UP_NODE, PUB_FLOWS,
+                                        46000, dport=18080)
+                time.sleep(0.3)
+                after = R.node_stats()
+                pub = (after["drop"] - after["insert_failed"]) - (before["drop"] - before["insert_failed"])
+                held = [r for r in R.node_entries() if r["src"] == R.UP_CLIENT and r["sport"] in pub_ports]
         time.sleep(2.0)                      # the pump and serve's interval
         metrics = scrape(port)
     finally:
         outs = [stop(p, o) for p, o in procs]
     assert all(truth[EXPECT[n]] > 0 for n in senders), truth
+    if "d-user" in world["who"]:
+        assert clashes == refused > 0, (clashes, refused)
+    if "d-pub" in world["who"]:
+        assert pub == PUB_FLOWS - len(held) > 0, (pub, held)   # the client's flows the table refused
     srcs = {EXPECT[n]: sender(world, n)[1] for n in senders}
     # top: per source, exact, named
+    clash = Counter({"d-user": clashes})
     last = json.loads(outs[0].splitlines()[-1])
     tops = {s["src"]: s for s in last["top_sources"]}
     for name, src in srcs.items():
-        assert tops[src]["drops_total"] == truth[name], (name, tops.get(src))
+        assert tops[src]["drops_total"] == truth[name] + clash[name], (name, tops.get(src))
         assert tops[src]["container"] == name
-    # drops: every drop of a sender's address carries its name
+    # drops: every drop of a sender's address carries its name, by reason
     drops = [json.loads(l) for l in outs[1].splitlines() if l.strip()]
     for name, src in srcs.items():
         mine = [d for d in drops if d["src"] == src]
-        assert len(mine) == truth[name], (name, len(mine))
+        assert Counter(d["reason"] for d in mine) == Counter(
+            {"table_full": truth[name], "insert_failed": clash[name]}) - Counter(), name
         assert {d["container"] for d in mine} == {name}
-        assert {d["reason"] for d in mine} == {"table_full"}
+        assert {d["dst_container"] for d in mine} == {None}     # no published port: no destination side
+    for d in drops:
+        if d["reason"] == "insert_failed":   # after SNAT: the packet as dropped had the node's address
+            assert d["translated"]["src"] == R.UP_NODE and d["translated"]["sport"] in SNAT_PORTS, d
+    # the client's drops to d-pub's published port: the source is the
+    # client, the destination side d-pub, each named apart
+    to_pub = [d for d in drops if d["dport"] == 18080 and d["src"] == R.UP_CLIENT]
+    if "d-pub" in world["who"]:
+        assert len(to_pub) == pub
+        assert {(d["container"], d["dst_container"], d["reason"]) for d in to_pub} == {
+            (R.CLIENT, "d-pub", "table_full")}
+        assert metric(metrics, "cttrace_destination_drops_total", destination="udp/18080",
+                      container="d-pub") == [pub]
     # serve: Kubernetes-style labels, exact counts
     for name, src in srcs.items():
         m = world["who"].get(name, {})
@@ -257,12 +319,19 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
             lab["container"] = m["containers"][0] if len(m["containers"]) == 1 else ""
         else:
             lab["container"] = name
-        assert metric(metrics, "cttrace_source_drops_total", **lab) == [truth[name]], (name, lab)
+        assert metric(metrics, "cttrace_source_drops_total", **lab) == [truth[name] + clash[name]], (name, lab)
     # capture + report
     rep = run_json("report", str(tmp_path / "c.gz"), "--json")[0]
     by = {r["src"]: r for r in rep["top_sources_by_drops"]}
     for name, src in srcs.items():
-        assert by[src]["drops"] == truth[name] and by[src]["container"] == name
+        assert by[src]["drops"] == truth[name] + clash[name] and by[src]["container"] == name
+    cts = {r["name"]: r for r in rep["drops_by_container"]}
+    for name in srcs.keys() - {R.NODE}:      # (the node's other addresses' drops join its row)
+        assert cts[name]["events_by_reason"] == dict(Counter(
+            {"table_full": truth[name], "insert_failed": clash[name]}) - Counter()), cts[name]
+    if "d-pub" in world["who"]:
+        assert rep["drops_by_destination"] == [{"container": "d-pub", "drops": pub, "ports": ["udp/18080"],
+                                                "events_by_reason": {"table_full": pub}}]
 
 
 def test_churn_every_drop_keeps_its_container_name(world, tmp_path):

@@ -15,6 +15,7 @@ stage's dockerd), and every address is in this project's test ranges:
   198.19.253.0/24  a user-defined Docker network (cttd1)
   198.19.254.0/24  the pods' bridge (cttc0; the test plays the CNI plugin)
   198.19.251.0/24  Podman's network (cttp0)
+  198.19.250.0/24 and fd00:c7:7::/64  an IPv6-enabled Docker network (cttd2)
 
 No registry: the image is a busybox-static rootfs made here, imported with
 `docker import` and `podman import`; containerd runs it from a copy of
@@ -23,6 +24,7 @@ that rootfs (`ctr run --rootfs`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -42,6 +44,8 @@ DOCKER_BR, DOCKER_GW = "cttd0", "198.19.252.1"
 USER_NET, USER_SUBNET, USER_GW = "cttd1", "198.19.253.0/24", "198.19.253.1"
 POD_BR, POD_GW = "cttc0", "198.19.254.1"
 PODMAN_BR, PODMAN_SUBNET, PODMAN_GW = "cttp0", "198.19.251.0/24", "198.19.251.1"
+V6_NET, V6_SUBNET4, V6_GW4 = "cttd2", "198.19.250.0/24", "198.19.250.1"
+V6_SUBNET, V6_GW = "fd00:c7:7::/64", "fd00:c7:7::1"
 GEN_PORT = 9                    # discard: nothing listens, entries stay unreplied
 IMAGE = "ctt/bb:1"
 DOCKER_CLI = "/usr/bin/docker"  # Debian's client, matching its daemon
@@ -100,8 +104,9 @@ def node_up() -> None:
     sh("ip", "-n", NODE, "link", "add", DOCKER_BR, "type", "bridge")
     sh("ip", "-n", NODE, "addr", "add", f"{DOCKER_GW}/24", "dev", DOCKER_BR)
     sh("ip", "-n", NODE, "link", "set", DOCKER_BR, "up")
-    # conntrack on in the node whatever the runtimes add
-    in_node("iptables", "-I", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
+    # conntrack on in the node (both families) whatever the runtimes add
+    for tool in ("iptables", "ip6tables"):
+        in_node(tool, "-I", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
 
 
 def _wait(ok, what: str, log: Path | None = None, timeout: float = 40) -> None:
@@ -151,7 +156,8 @@ class Docker:
         d = json.loads(self.cli("inspect", name).stdout)[0]
         nets = d["NetworkSettings"]["Networks"] or {}
         return {"name": name, "pid": d["State"]["Pid"], "id": d["Id"],
-                "ips": [n["IPAddress"] for n in nets.values() if n.get("IPAddress")]}
+                "ips": [n["IPAddress"] for n in nets.values() if n.get("IPAddress")],
+                "ip6s": [n["GlobalIPv6Address"] for n in nets.values() if n.get("GlobalIPv6Address")]}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -321,11 +327,12 @@ def udp_flows(netns_path: str, src: str, dst: str, n: int, first_port: int,
     table on the local output path: EPERM) still counts as sent. Returns
     the source ports used."""
     ports = []
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
     with netns.entered(netns_path):
         for i in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(fam, socket.SOCK_DGRAM)
             try:
-                s.bind((src, first_port + i))
+                _bind(s, (src, first_port + i))
                 try:
                     s.sendto(b"x", (dst, dport))
                 except PermissionError:
@@ -336,9 +343,23 @@ def udp_flows(netns_path: str, src: str, dst: str, n: int, first_port: int,
     return ports
 
 
+def _bind(s: socket.socket, addr: tuple) -> None:
+    """bind, waiting up to 5 s for an IPv6 address still in duplicate
+    address detection (tentative: EADDRNOTAVAIL)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            s.bind(addr)
+            return
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def node_entries() -> list[dict]:
     """The node's table as `conntrack -L -o xml`-free text: [{src, dst, rsrc, sport, dport}]."""
-    out = in_node("conntrack", "-L", check=False).stdout
+    out = "".join(in_node("conntrack", "-L", "-f", f, check=False).stdout for f in ("ipv4", "ipv6"))
     rows = []
     for line in out.splitlines():
         kv = [w.split("=", 1) for w in line.split() if "=" in w]

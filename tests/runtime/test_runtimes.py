@@ -10,7 +10,8 @@ One node namespace runs a private dockerd, containerd and Podman
            counts as d-bridge, the namespace's owner), d-user (a user-defined
            network), d-host (--network host: the node itself, named as the
            node, never as a container), d-pub (publishes 18080/udp: the
-           client's flows to it are DNATed, d-pub is their destination side)
+           client's flows to it are DNATed, d-pub is their destination side),
+           d-v6 (an IPv6-enabled user network: IPv6 flows)
   containerd  shop/api-0 and shop/db-0 (sandbox + app container joining its
            namespace), kube-system/agent-0 (hostNetwork: the node)
   Podman   p-web (rootful, netavark)
@@ -33,7 +34,7 @@ from tracer.kernel.attribution import collect
 
 # flows each one sends: all different, so that a count can only match its owner
 N = {"d-bridge": 11, "d-side": 13, "d-user": 12, "d-host": 14, "d-pub": 15, "shop/api-0": 16,
-     "shop/db-0": 17, "kube-system/agent-0": 18, "p-web": 19}
+     "shop/db-0": 17, "kube-system/agent-0": 18, "p-web": 19, "d-v6": 21}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,12 @@ def world():
             w["who"]["d-user"] = d.run("d-user", "--network", "ctnet")
             w["who"]["d-host"] = d.run("d-host", "--network", "host")
             w["who"]["d-pub"] = d.run("d-pub", "-p", "18080:80/udp")
+            try:                             # IPv6: a dual-stack user network
+                d.cli("network", "create", "--ipv6", "--subnet", R.V6_SUBNET4, "--subnet", R.V6_SUBNET,
+                      "-o", f"com.docker.network.bridge.name={R.V6_NET}", "ctnet6")
+                w["who"]["d-v6"] = d.run("d-v6", "--network", "ctnet6")
+            except RuntimeError as e:
+                w["skip"]["docker-ipv6"] = str(e)
         except R.RuntimeUnavailable as e:
             w["skip"]["docker"] = str(e)
         try:
@@ -111,6 +118,8 @@ def sender(world, name):
         return x["netns"], x["ip"], R.POD_GW
     if name == "d-side":
         return f"/proc/{x['pid']}/ns/net", world["who"]["d-bridge"]["ips"][0], R.DOCKER_GW
+    if name == "d-v6":
+        return f"/proc/{x['pid']}/ns/net", x["ip6s"][0], R.V6_GW
     gw = {"d-bridge": R.DOCKER_GW, "d-user": R.USER_GW, "p-web": R.PODMAN_GW}[name]
     return f"/proc/{x['pid']}/ns/net", x["ips"][0], gw
 
@@ -125,7 +134,7 @@ def send(world, name, n, first_port):
 # the name cttrace must give each sender's flows, source side
 EXPECT = {"d-bridge": "d-bridge", "d-side": "d-bridge", "d-user": "d-user", "d-host": R.NODE,
           "d-pub": R.CLIENT, "shop/api-0": "shop/api-0", "shop/db-0": "shop/db-0",
-          "kube-system/agent-0": R.NODE, "p-web": "p-web"}
+          "kube-system/agent-0": R.NODE, "p-web": "p-web", "d-v6": "d-v6"}
 
 
 def run_json(*args, timeout=60):
@@ -137,6 +146,8 @@ def run_json(*args, timeout=60):
 def test_entries_named_by_container_and_pod(world):
     present = [n for n in N if n in world["who"]]
     assert present, f"no runtime could start: {world['skip']}"
+    if "docker" in world:                    # say it, never skip it silently
+        assert "d-v6" in world["who"], f"Docker could not make an IPv6 network: {world['skip']}"
     for i, name in enumerate(present):
         send(world, name, N[name], 20000 + 100 * i)
     table = R.node_entries()
@@ -158,7 +169,7 @@ def test_entries_named_by_container_and_pod(world):
             # whatever else the kernel holds from them (compared below)
             srcs = {sender(world, x)[1] for x in present if EXPECT[x] == name}
             if name == R.NODE:       # the node's other addresses (its bridges' IGMP reports)
-                srcs |= {R.DOCKER_GW, R.USER_GW, R.POD_GW, R.PODMAN_GW}
+                srcs |= {R.DOCKER_GW, R.USER_GW, R.POD_GW, R.PODMAN_GW, R.V6_GW4, R.V6_GW}
             assert rows[name]["entries"] == sum(by_src[s] for s in srcs), (group, name, rows[name])
             assert rows[name]["entries"] >= n
         if "d-pub" in world["who"]:
@@ -243,7 +254,7 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
     (d-user's SNAT exhaustion) and the destination side of drops sent to
     a published port (the client's flows to d-pub's), in one run of top,
     drops, serve and capture."""
-    senders = [n for n in ("d-bridge", "d-user", "shop/api-0", "shop/db-0", "p-web", "d-host")
+    senders = [n for n in ("d-bridge", "d-user", "shop/api-0", "shop/db-0", "p-web", "d-host", "d-v6")
                if n in world["who"]]
     assert senders, f"no runtime could start: {world['skip']}"
     port = free_port()

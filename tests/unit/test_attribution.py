@@ -285,6 +285,41 @@ def test_podman_rootful(tmp_path):
     assert n.meta["pweb"]["runtime"] == "podman"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (state files owned by another user: chown)")
+def test_podman_rootless_state_is_another_users(tmp_path):
+    """Rootless Podman's state (a user's home, found from that user's
+    conmon; the vfs driver's layout here) names its containers' namespaces
+    only when they are inside a user namespace, and its addresses rank
+    lowest: a hostile user's containers.json pointing at a root-owned
+    namespace names nothing, and takes no address from a rootful one."""
+    h = Host(tmp_path)
+    root = tmp_path / "home" / ".local" / "share" / "containers" / "storage"
+    base = root / "vfs-containers"
+    own, hostile = "ab" * 32, "cd" * 32
+    mine = h.netns_dir / "netns-rl"          # the user's (in their user namespace)
+    mine.write_text("")
+    victim = h.netns_dir / "netns-rootful"   # the host's user namespace
+    victim.write_text("")
+    h.users[str(mine)] = 777
+    h.addrs[str(mine)] = ["10.0.2.100", "198.19.251.5"]
+    h.addrs[str(victim)] = ["198.19.251.5"]
+    for cid, name, path in ((own, "rl-web", mine), (hostile, "evil", victim)):
+        (base / cid / "userdata").mkdir(parents=True)
+        (base / cid / "userdata" / "config.json").write_text(json.dumps({
+            "annotations": {"io.container.manager": "libpod"},
+            "linux": {"namespaces": [{"type": "network", "path": str(path)}]}}))
+    (base / "containers.json").write_text(json.dumps([{"id": own, "names": ["rl-web"]},
+                                                      {"id": hostile, "names": ["evil"]}]))
+    for p in [root, *root.rglob("*")]:
+        os.chown(p, 4321, 4321)
+    h.pid(13, "conmon", ns="host", cmdline=b"conmon\0-b\0" + str(base / own / "userdata").encode() + b"\0")
+    n = h.collect(podman_root=None)
+    assert n.by_netns[os.stat(mine).st_ino] == "rl-web" and n.meta["rl-web"]["runtime"] == "podman-rootless"
+    assert n.by_ip["10.0.2.100"] == "rl-web"
+    assert n.by_ip["198.19.251.5"] == "netns-rootful"          # the named namespace's, not the user's
+    assert "evil" not in n.by_netns.values() and "evil" not in n.meta
+
+
 def test_foreign_user_namespace_cannot_steal_a_pod_address(tmp_path):
     h = Host(tmp_path)
     cni = h.netns_dir / "cni-1"

@@ -63,6 +63,9 @@ DOCKER_CONF = "/etc/docker/daemon.json"
 CONTAINERD_STATE = "/run/containerd"
 PODMAN = "/var/lib/containers/storage"
 PODMAN_CONF = "/etc/containers/storage.conf"
+PODMAN_DRIVERS = ("overlay", "vfs")     # <graph root>/<driver>-containers/containers.json
+_BUNDLE = re.compile(r"/(?:overlay|vfs)-containers/")
+MAX_ROOTS = 64               # graph roots taken from conmon command lines (any user runs conmon)
 CRI_NS = "io.containerd.runtime.v2.task/k8s.io"
 MAX_STATE = 4 << 20          # bytes: a runtime state file bigger than this is skipped
 MAX_NAME = 200               # characters kept of a name
@@ -263,9 +266,9 @@ def podman_roots(daemons: list, conf: str = PODMAN_CONF) -> list[str]:
         roots.append(g)
     for comm, argv, *_ in daemons:
         b = _flag(argv, "-b", "--bundle") if comm == "conmon" else None
-        if b and "/overlay-containers/" in b:
-            roots.append(b.split("/overlay-containers/")[0])
-    return list(dict.fromkeys(roots))
+        if b and _BUNDLE.search(b):
+            roots.append(_BUNDLE.split(b)[0])
+    return list(dict.fromkeys(roots))[:MAX_ROOTS + 2]
 
 
 def docker(root: str = DOCKER, proc: str = "/proc", skipped: list | None = None) -> list[dict]:
@@ -333,8 +336,17 @@ def cri(root: str, skipped: list | None = None) -> list[dict]:
 
 
 def podman(root: str, skipped: list | None = None) -> list[dict]:
-    """[{id, name, own_netns, netns_path}] of a Podman graph root."""
-    base = os.path.join(root, "overlay-containers")
+    """[{id, name, own_netns, netns_path}] of a Podman graph root (the
+    overlay driver's containers, else the vfs driver's)."""
+    out = []
+    for driver in PODMAN_DRIVERS:
+        base = os.path.join(root, f"{driver}-containers")
+        if os.path.isdir(base):
+            out += _podman_listed(base, skipped)
+    return out
+
+
+def _podman_listed(base: str, skipped: list | None) -> list[dict]:
     listed = _read_json(os.path.join(base, "containers.json"), skipped)
     out = []
     for c in _l(listed):
@@ -498,13 +510,26 @@ def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/pro
             b.path(ino, p["netns_path"], R_RUNTIME_NS)
     # Podman
     for r in roots(podman_root, podman_roots(daemons, podman_conf)):
+        try:
+            rootless = os.stat(r).st_uid not in (0, os.geteuid())   # another user's state
+        except OSError:
+            continue
         for c in podman(r, skipped):
-            meta = {"runtime": "podman", "namespace": "", "pod": "", "container": c["name"]}
             ino = _inode(c["netns_path"]) if c["netns_path"] else None
+            if not c["own_netns"] or ino is None or ino in pod_netns:
+                continue
+            if rootless:
+                # a user's own state (rootless Podman): it names only
+                # namespaces inside a user namespace, and its addresses
+                # rank lowest (module docstring)
+                u = userns(c["netns_path"])
+                if u is None or u == b.host_userns:
+                    continue
+            meta = {"runtime": "podman-rootless" if rootless else "podman", "namespace": "", "pod": "",
+                    "container": c["name"]}
             b.n.meta[c["name"]] = meta
-            if c["own_netns"] and ino is not None and ino not in pod_netns:
-                b.netns(ino, c["name"], meta)
-                b.path(ino, c["netns_path"], R_RUNTIME_NS)
+            b.netns(ino, c["name"], meta)
+            b.path(ino, c["netns_path"], R_FOREIGN if rootless else R_RUNTIME_NS)
     # Docker: the runtime writes its addresses down
     daemon_ns = docker_netns(daemons, docker_conf)
     dockers = [{**d, "daemon_netns": daemon_ns.get(r, host)}

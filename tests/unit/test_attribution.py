@@ -222,6 +222,7 @@ def test_published_ports_name_the_destination_side(tmp_path):
     assert at.published(node, "udp", "198.19.255.1", 5353) == "asked"          # one address beats any
     assert at.published(node, "udp", "198.19.255.9", 5353) == "any"
     assert at.published(node, "udp", "198.19.255.1", None) is None
+    assert at.published(node, "udp", "172.19.0.3", 18080) is None     # a container's address: not the node's
     # no published port: where NAT changed the destination, that address's owner
     assert at.destination(node, "udp", "10.0.0.1", 53, ("10.0.0.2", 1, "172.19.0.4", 53)) == "any"
     assert at.destination(node, "udp", "172.19.0.4", 53, ("10.0.0.2", 1, "172.19.0.4", 53)) is None

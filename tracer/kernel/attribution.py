@@ -661,6 +661,9 @@ class Attribution:
         if not binds:
             return None
         dst = _norm(dst) or dst
+        owner = self.names.by_ip.get(dst)
+        if owner is not None and owner != self.names.by_netns.get(netns):
+            return None     # another namespace's address: not the node's, never DNATed (--dst-type LOCAL)
         for hip, name in binds:
             if hip == dst:
                 return name

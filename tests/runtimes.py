@@ -357,6 +357,14 @@ def _bind(s: socket.socket, addr: tuple) -> None:
             time.sleep(0.1)
 
 
+def wait_dad(timeout: float = 10) -> None:
+    """Until no IPv6 address in the node is tentative (duplicate address
+    detection: a gateway address still in it answers no neighbour
+    solicitation, and the containers' packets to it are never sent)."""
+    _wait(lambda: "tentative" not in in_node("ip", "-6", "addr", check=False).stdout,
+          "IPv6 duplicate address detection in the node", timeout=timeout)
+
+
 def node_entries() -> list[dict]:
     """The node's table as `conntrack -L -o xml`-free text: [{src, dst, rsrc, sport, dport}]."""
     out = "".join(in_node("conntrack", "-L", "-f", f, check=False).stdout for f in ("ipv4", "ipv6"))

@@ -66,7 +66,8 @@ def world():
                 d.cli("network", "create", "--ipv6", "--subnet", R.V6_SUBNET4, "--subnet", R.V6_SUBNET,
                       "-o", f"com.docker.network.bridge.name={R.V6_NET}", "ctnet6")
                 w["who"]["d-v6"] = d.run("d-v6", "--network", "ctnet6")
-            except RuntimeError as e:
+                R.wait_dad()
+            except (RuntimeError, R.RuntimeUnavailable) as e:
                 w["skip"]["docker-ipv6"] = str(e)
         except R.RuntimeUnavailable as e:
             w["skip"]["docker"] = str(e)
@@ -150,8 +151,13 @@ def test_entries_named_by_container_and_pod(world):
         assert "d-v6" in world["who"], f"Docker could not make an IPv6 network: {world['skip']}"
     for i, name in enumerate(present):
         send(world, name, N[name], 20000 + 100 * i)
-    table = R.node_entries()
-    by_src = Counter(r["src"] for r in table)
+    # (an IPv6 flow's first packet waits for neighbour discovery: milliseconds)
+    deadline = time.monotonic() + 3
+    while True:
+        by_src = Counter(r["src"] for r in R.node_entries())
+        if all(by_src[sender(world, n)[1]] >= N[n] for n in present) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     want: Counter = Counter()
     for name in present:
         want[EXPECT[name]] += N[name]

@@ -14,11 +14,14 @@ One node namespace runs a private dockerd, containerd and Podman
            d-v6 (an IPv6-enabled user network: IPv6 flows)
   containerd  shop/api-0 and shop/db-0 (sandbox + app container joining its
            namespace), kube-system/agent-0 (hostNetwork: the node)
-  Podman   p-web (rootful, netavark)
+  Podman   p-web (rootful, netavark); rootless (user ctrt-rl): rl-net (a user
+           network: its entries are in the user's rootless namespace) and
+           rl-slirp (slirp4netns: the node sees slirp4netns' sockets)
 """
 
 import gzip
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -33,6 +36,7 @@ from tests.host.conftest import CTTRACE, wait_ready
 from tracer.kernel.attribution import collect
 
 # flows each one sends: all different, so that a count can only match its owner
+N_RL = 23                            # flows of each rootless Podman container
 N = {"d-bridge": 11, "d-side": 13, "d-user": 12, "d-host": 14, "d-pub": 15, "shop/api-0": 16,
      "shop/db-0": 17, "kube-system/agent-0": 18, "p-web": 19, "d-v6": 21}
 
@@ -89,6 +93,14 @@ def world():
             w["who"]["p-web"] = p.run("p-web")
         except R.RuntimeUnavailable as e:
             w["skip"]["podman"] = str(e)
+        try:
+            rl = R.RootlessPodman(base, tar)
+            rts.append(rl)
+            w["rootless"] = rl
+            w["who"]["rl-net"] = rl.run("rl-net", "rlnet")
+            w["who"]["rl-slirp"] = rl.run("rl-slirp", "slirp4netns")
+        except R.RuntimeUnavailable as e:
+            w["skip"]["rootless"] = str(e)
         w["setup_s"] = time.monotonic() - t0
         yield w
     finally:
@@ -415,3 +427,38 @@ def test_rename_and_new_address_are_followed(world):
         assert n.by_ip["198.19.253.77"] == "d-user-2" and ip not in n.by_ip
     if "docker" not in world and "podman" not in world:
         pytest.skip(f"neither Docker nor Podman could start: {world['skip']}")
+
+
+def test_rootless_podman_named_where_its_entries_are(world):
+    """Rootless Podman: rl-net's flows make entries in its user's rootless
+    namespace (netavark's NAT there), named rl-net when cttrace follows
+    that namespace; rl-slirp's flows leave through slirp4netns' sockets in
+    the node: the node's own entries, named as the node, never rl-slirp."""
+    need(world, "rootless")
+    rl, x, sl = world["rootless"], world["who"]["rl-net"], world["who"]["rl-slirp"]
+    n = collect()
+    assert n.by_ip[x["ips"][0]] == "rl-net" and n.meta["rl-net"]["runtime"] == "podman-rootless"
+    assert n.by_netns[os.stat(f"/proc/{x['pid']}/ns/net").st_ino] == "rl-net"
+    assert n.by_netns[os.stat(f"/proc/{sl['pid']}/ns/net").st_ino] == "rl-slirp"
+    # the rootless namespace: the one aardvark-dns (the network's DNS) runs in
+    (dns,) = rl.pids("aardvark-dns")
+    R.udp_flows(f"/proc/{x['pid']}/ns/net", x["ips"][0], R.RL_GW, N_RL, 21000)
+    time.sleep(0.3)
+    held = R.sh("nsenter", "-t", dns, "-n", "conntrack", "-L").stdout
+    # entries whose original source is rl-net's address (the first src= of a line)
+    truth = sum(1 for l in held.splitlines() if l.split("src=", 1)[-1].split(" ", 1)[0] == x["ips"][0])
+    assert truth >= N_RL, held
+    f = run_json("top", "--netns", str(dns), "--json", "--once", "-g", "container", "-t", "50",
+                 "--interval", "0.5")[-1]
+    rows = {r["key"]: r for r in f["top"]}
+    assert rows["rl-net"]["entries"] == truth, rows
+    # slirp4netns: the node's own sockets
+    R.udp_flows(f"/proc/{sl['pid']}/ns/net", sl["ips"][0], R.UP_CLIENT, N_RL, 21100)
+    deadline = time.monotonic() + 3
+    while sum(1 for r in R.node_entries() if (r["src"], r["dst"], r["dport"]) == (R.UP_NODE, R.UP_CLIENT, 9)) \
+            < N_RL and time.monotonic() < deadline:
+        time.sleep(0.1)
+    f = run_json("top", "--netns", R.NODE, "--json", "--once", "-g", "src", "-t", "100", "--interval", "0.5")[-1]
+    tops = {s["src"]: s for s in f["top_sources"]}
+    assert tops[R.UP_NODE]["container"] == R.NODE and tops[R.UP_NODE]["entries"] >= N_RL, tops.get(R.UP_NODE)
+    assert sl["ips"][0] not in tops and "rl-slirp" not in {s["container"] for s in tops.values()}

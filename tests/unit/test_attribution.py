@@ -289,36 +289,47 @@ def test_podman_rootful(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (state files owned by another user: chown)")
 def test_podman_rootless_state_is_another_users(tmp_path):
     """Rootless Podman's state (a user's home, found from that user's
-    conmon; the vfs driver's layout here) names its containers' namespaces
-    only when they are inside a user namespace, and its addresses rank
-    lowest: a hostile user's containers.json pointing at a root-owned
-    namespace names nothing, and takes no address from a rootful one."""
+    conmon; the vfs driver's layout here): the namespace is the one of
+    conmon's child (config.json's path is a bind mount in the user's own
+    mount namespace only), named only inside a user namespace, its
+    addresses ranked lowest. A hostile user's containers.json pointing at
+    a root-owned namespace names nothing, takes no address from a named
+    one; another user's conmon cannot name this user's containers."""
     h = Host(tmp_path)
     root = tmp_path / "home" / ".local" / "share" / "containers" / "storage"
     base = root / "vfs-containers"
-    own, hostile = "ab" * 32, "cd" * 32
-    mine = h.netns_dir / "netns-rl"          # the user's (in their user namespace)
-    mine.write_text("")
+    own, hostile, other = "ab" * 32, "cd" * 32, "ef" * 32
     victim = h.netns_dir / "netns-rootful"   # the host's user namespace
     victim.write_text("")
-    h.users[str(mine)] = 777
-    h.addrs[str(mine)] = ["10.0.2.100", "198.19.251.5"]
     h.addrs[str(victim)] = ["198.19.251.5"]
-    for cid, name, path in ((own, "rl-web", mine), (hostile, "evil", victim)):
+    for cid, name, path in ((own, "rl-web", "/run/user/4321/netns/netns-1"), (hostile, "evil", victim),
+                            (other, "rl-other", "/run/user/4321/netns/netns-2")):
         (base / cid / "userdata").mkdir(parents=True)
         (base / cid / "userdata" / "config.json").write_text(json.dumps({
             "annotations": {"io.container.manager": "libpod"},
             "linux": {"namespaces": [{"type": "network", "path": str(path)}]}}))
     (base / "containers.json").write_text(json.dumps([{"id": own, "names": ["rl-web"]},
-                                                      {"id": hostile, "names": ["evil"]}]))
+                                                      {"id": hostile, "names": ["evil"]},
+                                                      {"id": other, "names": ["rl-other"]}]))
     for p in [root, *root.rglob("*")]:
         os.chown(p, 4321, 4321)
-    h.pid(13, "conmon", ns="host", cmdline=b"conmon\0-b\0" + str(base / own / "userdata").encode() + b"\0")
+    kid = h.pid(14, "sleep", ns="rl")
+    h.users[kid] = 777
+    h.addrs[kid] = ["10.0.2.100", "198.19.251.5"]
+    for pid, cid, child, uid in ((13, own, 14, 4321), (15, other, 16, 0)):
+        h.pid(pid, "conmon", ns="host", cmdline=b"conmon\0-c\0" + cid.encode() + b"\0-b\0"
+              + str(base / cid / "userdata").encode() + b"\0")
+        (h.proc / str(pid) / "task" / str(pid)).mkdir(parents=True)
+        (h.proc / str(pid) / "task" / str(pid) / "children").write_text(f"{child} ")
+        os.chown(h.proc / str(pid), uid, uid)
+    h.pid(16, "sleep", ns="other")
+    h.users[str(h.proc / "16" / "ns" / "net")] = 778
     n = h.collect(podman_root=None)
-    assert n.by_netns[os.stat(mine).st_ino] == "rl-web" and n.meta["rl-web"]["runtime"] == "podman-rootless"
+    assert n.by_netns[h.ino("rl")] == "rl-web" and n.meta["rl-web"]["runtime"] == "podman-rootless"
     assert n.by_ip["10.0.2.100"] == "rl-web"
     assert n.by_ip["198.19.251.5"] == "netns-rootful"          # the named namespace's, not the user's
     assert "evil" not in n.by_netns.values() and "evil" not in n.meta
+    assert "rl-other" not in n.by_netns.values()                # root's conmon does not name the user's
 
 
 def test_foreign_user_namespace_cannot_steal_a_pod_address(tmp_path):

@@ -365,11 +365,11 @@ def _podman_listed(base: str, skipped: list | None) -> list[dict]:
 
 
 def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "conmon")
-              ) -> tuple[dict[int, dict], list[tuple[str, list[str], int | None]]]:
+              ) -> tuple[dict[int, dict], list[tuple]]:
     """({netns inode: {pid, comm, container_id}} for the first process of
-    each namespace, [(comm, argv, netns inode)] of the runtime daemons)."""
+    each namespace, [(comm, argv, netns inode, pid)] of the runtime daemons)."""
     out: dict[int, dict] = {}
-    found: list[tuple[str, list[str], int | None]] = []
+    found: list[tuple] = []
     try:
         pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
     except OSError:
@@ -382,7 +382,7 @@ def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "c
             if comm in daemons:
                 with open(f"{proc}/{pid}/cmdline", "rb") as f:
                     found.append((comm, [a.decode("utf-8", "replace")
-                                         for a in f.read(65536).split(b"\0")], ino))
+                                         for a in f.read(65536).split(b"\0")], ino, pid))
             if ino is None or ino in out:
                 continue
             with open(f"{proc}/{pid}/cgroup", "rb") as f:
@@ -391,6 +391,30 @@ def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "c
             continue
         out[ino] = {"pid": pid, "comm": comm, "container_id": m.group(1) if m else None}
     return out, found
+
+
+def conmon_children(daemons: list, proc: str = "/proc") -> dict[str, tuple[int, int]]:
+    """{container id: (its process' pid, the uid conmon runs as)}: each
+    conmon's (-c) first child (conmon is the container's subreaper), read
+    from /proc/PID/task/PID/children. A rootless container's namespace is
+    bind-mounted in its user's mount namespace only: its path in the
+    container's config.json means nothing from here, the process' does."""
+    out: dict[str, tuple[int, int]] = {}
+    for comm, argv, *rest in daemons:
+        if comm != "conmon" or len(rest) < 2:
+            continue
+        cid, pid = _flag(argv, "-c", "--cid"), rest[1]
+        if not cid or not re.fullmatch(r"[0-9a-f]{12,128}", cid):
+            continue
+        try:
+            with open(f"{proc}/{pid}/task/{pid}/children", "rb") as f:
+                kids = f.read(4096).split()
+            uid = os.stat(f"{proc}/{pid}").st_uid
+        except OSError:
+            continue
+        if kids and kids[0].isdigit():
+            out[cid] = (int(kids[0]), uid)
+    return out
 
 
 def addresses(netns_path: str) -> list[str]:
@@ -509,12 +533,19 @@ def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/pro
             pod_netns.add(ino)
             b.path(ino, p["netns_path"], R_RUNTIME_NS)
     # Podman
+    kids = conmon_children(daemons, proc)
     for r in roots(podman_root, podman_roots(daemons, podman_conf)):
         try:
-            rootless = os.stat(r).st_uid not in (0, os.geteuid())   # another user's state
+            owner = os.stat(r).st_uid
         except OSError:
             continue
+        rootless = owner not in (0, os.geteuid())   # another user's state
         for c in podman(r, skipped):
+            kid = kids.get(c["id"])
+            if kid is not None and kid[1] == owner and c["own_netns"]:
+                # the running container's own process (its conmon runs as
+                # the owner of this state: no one else's conmon names it)
+                c["netns_path"] = f"{proc}/{kid[0]}/ns/net"
             ino = _inode(c["netns_path"]) if c["netns_path"] else None
             if not c["own_netns"] or ino is None or ino in pod_netns:
                 continue

@@ -17,7 +17,13 @@ daemon asked anything):
   (names; `podman rename` rewrites it) and <graph root>/overlay-containers/
   <id>/userdata/config.json (OCI spec, the network namespace in /run/netns).
   Graph roots: /var/lib/containers/storage, `graphroot` in
-  /etc/containers/storage.conf, and each running conmon's bundle (-b);
+  /etc/containers/storage.conf, and each running conmon's bundle (-b).
+  Rootless Podman: the user's graph root (vfs-containers too), found from
+  that user's conmon; a running container's namespace is that of its
+  conmon's first child (the config.json path is a bind mount in the
+  user's mount namespace only), taken only from a conmon running as the
+  state's owner; another user's state names only namespaces inside a user
+  namespace, and its addresses rank lowest;
 - named namespaces: /run/netns/<name>;
 - any process: /proc/<pid>/ns/net, cgroup and comm.
 Addresses of a namespace whose runtime does not write them down (CRI pods,

@@ -352,7 +352,7 @@ class RootlessPodman:
         self.cli("run", "-d", "--ulimit", "nofile=1024:1024", "--name", name, "--network", network,
                  IMAGE, "sleep", "3600")
         d = json.loads(self.cli("inspect", name).stdout)[0]
-        nets = d["NetworkSettings"]["Networks"] or {}
+        nets = d["NetworkSettings"].get("Networks") or {}
         ips = [n["IPAddress"] for n in nets.values() if n.get("IPAddress")]
         if not ips and d["NetworkSettings"].get("IPAddress"):     # slirp4netns
             ips = [d["NetworkSettings"]["IPAddress"]]

@@ -354,8 +354,10 @@ class RootlessPodman:
         d = json.loads(self.cli("inspect", name).stdout)[0]
         nets = d["NetworkSettings"].get("Networks") or {}
         ips = [n["IPAddress"] for n in nets.values() if n.get("IPAddress")]
-        if not ips and d["NetworkSettings"].get("IPAddress"):     # slirp4netns
-            ips = [d["NetworkSettings"]["IPAddress"]]
+        if not ips:                                  # slirp4netns: inspect may not say it
+            out = sh("nsenter", "-t", d["State"]["Pid"], "-n", "ip", "-4", "-o", "addr", "show",
+                     "scope", "global").stdout
+            ips = [l.split()[3].split("/")[0] for l in out.splitlines()]
         return {"name": name, "pid": d["State"]["Pid"], "ips": ips}
 
     def pids(self, comm: str | None = None) -> list[int]:

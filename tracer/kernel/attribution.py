@@ -399,13 +399,13 @@ def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "c
     return out, found
 
 
-def conmon_children(daemons: list, proc: str = "/proc") -> dict[str, tuple[int, int]]:
-    """{container id: (its process' pid, the uid conmon runs as)}: each
+def conmon_children(daemons: list, proc: str = "/proc") -> dict[tuple[str, int], int]:
+    """{(container id, the uid conmon runs as): its process' pid}: each
     conmon's (-c) first child (conmon is the container's subreaper), read
     from /proc/PID/task/PID/children. A rootless container's namespace is
     bind-mounted in its user's mount namespace only: its path in the
     container's config.json means nothing from here, the process' does."""
-    out: dict[str, tuple[int, int]] = {}
+    out: dict[tuple[str, int], int] = {}
     for comm, argv, *rest in daemons:
         if comm != "conmon" or len(rest) < 2:
             continue
@@ -419,7 +419,7 @@ def conmon_children(daemons: list, proc: str = "/proc") -> dict[str, tuple[int, 
         except OSError:
             continue
         if kids and kids[0].isdigit():
-            out[cid] = (int(kids[0]), uid)
+            out[(cid, uid)] = int(kids[0])
     return out
 
 
@@ -547,11 +547,11 @@ def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/pro
             continue
         rootless = owner not in (0, os.geteuid())   # another user's state
         for c in podman(r, skipped):
-            kid = kids.get(c["id"])
-            if kid is not None and kid[1] == owner and c["own_netns"]:
+            kid = kids.get((c["id"], owner))
+            if kid is not None and c["own_netns"]:
                 # the running container's own process (its conmon runs as
                 # the owner of this state: no one else's conmon names it)
-                c["netns_path"] = f"{proc}/{kid[0]}/ns/net"
+                c["netns_path"] = f"{proc}/{kid}/ns/net"
             ino = _inode(c["netns_path"]) if c["netns_path"] else None
             if not c["own_netns"] or ino is None or ino in pod_netns:
                 continue

@@ -15,6 +15,8 @@ stage's dockerd), and every address is in this project's test ranges:
   198.19.253.0/24  a user-defined Docker network (cttd1)
   198.19.254.0/24  the pods' bridge (cttc0; the test plays the CNI plugin)
   198.19.251.0/24  Podman's network (cttp0)
+  198.19.250.0/24 and fd00:c7:7::/64  an IPv6-enabled Docker network (cttd2)
+  198.19.248.0/24  rootless Podman's user network (in that user's rootless namespace)
 
 No registry: the image is a busybox-static rootfs made here, imported with
 `docker import` and `podman import`; containerd runs it from a copy of
@@ -23,6 +25,7 @@ that rootfs (`ctr run --rootfs`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -42,6 +45,9 @@ DOCKER_BR, DOCKER_GW = "cttd0", "198.19.252.1"
 USER_NET, USER_SUBNET, USER_GW = "cttd1", "198.19.253.0/24", "198.19.253.1"
 POD_BR, POD_GW = "cttc0", "198.19.254.1"
 PODMAN_BR, PODMAN_SUBNET, PODMAN_GW = "cttp0", "198.19.251.0/24", "198.19.251.1"
+V6_NET, V6_SUBNET4, V6_GW4 = "cttd2", "198.19.250.0/24", "198.19.250.1"
+V6_SUBNET, V6_GW = "fd00:c7:7::/64", "fd00:c7:7::1"
+RL_SUBNET, RL_GW = "198.19.248.0/24", "198.19.248.1"
 GEN_PORT = 9                    # discard: nothing listens, entries stay unreplied
 IMAGE = "ctt/bb:1"
 DOCKER_CLI = "/usr/bin/docker"  # Debian's client, matching its daemon
@@ -100,8 +106,9 @@ def node_up() -> None:
     sh("ip", "-n", NODE, "link", "add", DOCKER_BR, "type", "bridge")
     sh("ip", "-n", NODE, "addr", "add", f"{DOCKER_GW}/24", "dev", DOCKER_BR)
     sh("ip", "-n", NODE, "link", "set", DOCKER_BR, "up")
-    # conntrack on in the node whatever the runtimes add
-    in_node("iptables", "-I", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
+    # conntrack on in the node (both families) whatever the runtimes add
+    for tool in ("iptables", "ip6tables"):
+        in_node(tool, "-I", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
 
 
 def _wait(ok, what: str, log: Path | None = None, timeout: float = 40) -> None:
@@ -151,7 +158,8 @@ class Docker:
         d = json.loads(self.cli("inspect", name).stdout)[0]
         nets = d["NetworkSettings"]["Networks"] or {}
         return {"name": name, "pid": d["State"]["Pid"], "id": d["Id"],
-                "ips": [n["IPAddress"] for n in nets.values() if n.get("IPAddress")]}
+                "ips": [n["IPAddress"] for n in nets.values() if n.get("IPAddress")],
+                "ip6s": [n["GlobalIPv6Address"] for n in nets.values() if n.get("GlobalIPv6Address")]}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -294,6 +302,93 @@ class Podman:
         _umount_under(self.t)
 
 
+class RootlessPodman:
+    """Rootless Podman (Debian 12: uidmap's newuidmap, slirp4netns,
+    netavark in the rootless namespace): a user made here (ctrt-rl), its
+    home and runtime dir under the temp dir, run from the node (so that
+    slirp4netns' sockets are the node's). Two containers: rl-slirp
+    (slirp4netns: the node sees slirp4netns' own sockets) and rl-net (a
+    user network, RL_SUBNET: netavark's bridge and NAT rules live in the
+    user's rootless namespace, where its entries are)."""
+
+    USER = "ctrt-rl"
+
+    def __init__(self, base: Path, tar: Path):
+        for tool, pkg in (("podman", "podman"), ("newuidmap", "uidmap"), ("slirp4netns", "slirp4netns"),
+                          ("setpriv", "util-linux")):
+            if not shutil.which(tool):
+                raise RuntimeUnavailable(f"{tool} is not installed (Debian: {pkg})")
+        self.t = base / "rootless"
+        self.home, self.xdg = self.t / "home", self.t / "run"
+        sh("userdel", "-r", self.USER, check=False)          # a leftover of a killed run
+        _forget_subids(self.USER)
+        sh("useradd", "-M", "-d", self.home, "-s", "/bin/sh", self.USER)
+        self.uid = int(sh("id", "-u", self.USER).stdout)
+        for f in ("/etc/subuid", "/etc/subgid"):     # Debian's useradd adds a range; else one here
+            if not any(l.startswith(self.USER + ":") for l in Path(f).read_text().splitlines()):
+                with open(f, "a") as fh:
+                    fh.write(f"{self.USER}:300000:65536\n")
+        os.chmod(base, 0o711)                        # the user reaches its home below it
+        self.t.mkdir()
+        for d in (self.home, self.xdg):
+            d.mkdir(mode=0o700)
+            os.chown(d, self.uid, self.uid)
+        shutil.copy(tar, self.home / "rootfs.tar")
+        os.chown(self.home / "rootfs.tar", self.uid, self.uid)
+        self.pre = ["nsenter", f"--net=/run/netns/{NODE}", "setpriv", f"--reuid={self.uid}",
+                    f"--regid={self.uid}", "--init-groups", "env", f"HOME={self.home}",
+                    f"XDG_RUNTIME_DIR={self.xdg}", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                    "podman", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+        r = self.cli("info", check=False)
+        if r.returncode != 0:
+            raise RuntimeUnavailable(f"rootless podman info failed: {r.stderr.strip()[-300:]}")
+        self.cli("import", self.home / "rootfs.tar", IMAGE)
+        self.cli("network", "create", "--subnet", RL_SUBNET, "rlnet")
+
+    def cli(self, *args, check=True):
+        return sh(*self.pre, *args, check=check, cwd=self.home)
+
+    def run(self, name: str, network: str) -> dict:
+        self.cli("run", "-d", "--ulimit", "nofile=1024:1024", "--name", name, "--network", network,
+                 IMAGE, "sleep", "3600")
+        d = json.loads(self.cli("inspect", name).stdout)[0]
+        nets = d["NetworkSettings"].get("Networks") or {}
+        ips = [n["IPAddress"] for n in nets.values() if n.get("IPAddress")]
+        if not ips:                                  # slirp4netns: inspect may not say it
+            out = sh("nsenter", "-t", d["State"]["Pid"], "-n", "ip", "-4", "-o", "addr", "show",
+                     "scope", "global").stdout
+            ips = [l.split()[3].split("/")[0] for l in out.splitlines()]
+        return {"name": name, "pid": d["State"]["Pid"], "ips": ips}
+
+    def pids(self, comm: str | None = None) -> list[int]:
+        r = sh("pgrep", "-u", str(self.uid), *([] if comm is None else ["-x", comm]), check=False)
+        return [int(p) for p in r.stdout.split()]
+
+    def stop(self) -> None:
+        self.cli("rm", "-a", "-f", "-t", "0", check=False)
+        self.cli("network", "rm", "-f", "rlnet", check=False)
+        for _ in range(2):                           # the user's own processes, by id (pause, slirp4netns)
+            for p in self.pids():
+                try:
+                    os.kill(p, 9)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.3)
+        sh("userdel", self.USER, check=False)
+        _forget_subids(self.USER)
+        _umount_under(self.t)
+
+
+def _forget_subids(user: str) -> None:
+    for f in ("/etc/subuid", "/etc/subgid"):
+        p = Path(f)
+        if p.exists():
+            lines = p.read_text().splitlines(keepends=True)
+            kept = [l for l in lines if not l.startswith(user + ":")]
+            if kept != lines:
+                p.write_text("".join(kept))
+
+
 def _end(proc: subprocess.Popen, d: Path) -> None:
     """Stop a daemon we started (SIGTERM, then SIGKILL) and unmount what it left under d."""
     if proc.poll() is None:
@@ -321,11 +416,12 @@ def udp_flows(netns_path: str, src: str, dst: str, n: int, first_port: int,
     table on the local output path: EPERM) still counts as sent. Returns
     the source ports used."""
     ports = []
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
     with netns.entered(netns_path):
         for i in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(fam, socket.SOCK_DGRAM)
             try:
-                s.bind((src, first_port + i))
+                _bind(s, (src, first_port + i))
                 try:
                     s.sendto(b"x", (dst, dport))
                 except PermissionError:
@@ -336,16 +432,41 @@ def udp_flows(netns_path: str, src: str, dst: str, n: int, first_port: int,
     return ports
 
 
+def _bind(s: socket.socket, addr: tuple) -> None:
+    """bind, waiting up to 5 s for an IPv6 address still in duplicate
+    address detection (tentative: EADDRNOTAVAIL)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            s.bind(addr)
+            return
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def wait_dad(timeout: float = 10) -> None:
+    """Until no IPv6 address in the node is tentative (duplicate address
+    detection: a gateway address still in it answers no neighbour
+    solicitation, and the containers' packets to it are never sent)."""
+    _wait(lambda: "tentative" not in in_node("ip", "-6", "addr", check=False).stdout,
+          "IPv6 duplicate address detection in the node", timeout=timeout)
+
+
 def node_entries() -> list[dict]:
-    """The node's table as `conntrack -L -o xml`-free text: [{src, dst, rsrc}]."""
-    out = in_node("conntrack", "-L", check=False).stdout
+    """The node's table as `conntrack -L -o xml`-free text: [{src, dst, rsrc, sport, dport}]."""
+    out = "".join(in_node("conntrack", "-L", "-f", f, check=False).stdout for f in ("ipv4", "ipv6"))
     rows = []
     for line in out.splitlines():
         kv = [w.split("=", 1) for w in line.split() if "=" in w]
         srcs = [v for k, v in kv if k == "src"]
         dsts = [v for k, v in kv if k == "dst"]
+        sports = [int(v) for k, v in kv if k == "sport"]
+        dports = [int(v) for k, v in kv if k == "dport"]
         if len(srcs) >= 2:
-            rows.append({"src": srcs[0], "dst": dsts[0], "rsrc": srcs[1]})
+            rows.append({"src": srcs[0], "dst": dsts[0], "rsrc": srcs[1],
+                         "sport": sports[0] if sports else None, "dport": dports[0] if dports else None})
     return rows
 
 
@@ -407,6 +528,8 @@ def host_state() -> str:
     lines += ["netns " + n for n in sorted(os.listdir("/run/netns")) if n.startswith(("netns-", PREFIX))] \
         if os.path.isdir("/run/netns") else []
     lines += [f"ct_max {Path(CT_MAX).read_text().strip()}"]
+    lines += [f"{f} {l}" for f in ("/etc/subuid", "/etc/subgid", "/etc/passwd") if os.path.exists(f)
+              for l in Path(f).read_text().splitlines() if l.startswith(RootlessPodman.USER + ":")]
     return "\n".join(sorted(lines))
 
 

@@ -10,14 +10,18 @@ One node namespace runs a private dockerd, containerd and Podman
            counts as d-bridge, the namespace's owner), d-user (a user-defined
            network), d-host (--network host: the node itself, named as the
            node, never as a container), d-pub (publishes 18080/udp: the
-           client's flows to it are DNATed, d-pub is their destination side)
+           client's flows to it are DNATed, d-pub is their destination side),
+           d-v6 (an IPv6-enabled user network: IPv6 flows)
   containerd  shop/api-0 and shop/db-0 (sandbox + app container joining its
            namespace), kube-system/agent-0 (hostNetwork: the node)
-  Podman   p-web (rootful, netavark)
+  Podman   p-web (rootful, netavark); rootless (user ctrt-rl): rl-net (a user
+           network: its entries are in the user's rootless namespace) and
+           rl-slirp (slirp4netns: the node sees slirp4netns' sockets)
 """
 
 import gzip
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -32,8 +36,9 @@ from tests.host.conftest import CTTRACE, wait_ready
 from tracer.kernel.attribution import collect
 
 # flows each one sends: all different, so that a count can only match its owner
+N_RL = 23                            # flows of each rootless Podman container
 N = {"d-bridge": 11, "d-side": 13, "d-user": 12, "d-host": 14, "d-pub": 15, "shop/api-0": 16,
-     "shop/db-0": 17, "kube-system/agent-0": 18, "p-web": 19}
+     "shop/db-0": 17, "kube-system/agent-0": 18, "p-web": 19, "d-v6": 21}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,15 @@ def world():
             w["who"]["d-user"] = d.run("d-user", "--network", "ctnet")
             w["who"]["d-host"] = d.run("d-host", "--network", "host")
             w["who"]["d-pub"] = d.run("d-pub", "-p", "18080:80/udp")
+            try:                             # IPv6: a dual-stack user network
+                if not os.path.isdir("/proc/sys/net/ipv6"):
+                    raise R.RuntimeUnavailable("this kernel has no IPv6 (/proc/sys/net/ipv6 is missing)")
+                d.cli("network", "create", "--ipv6", "--subnet", R.V6_SUBNET4, "--subnet", R.V6_SUBNET,
+                      "-o", f"com.docker.network.bridge.name={R.V6_NET}", "ctnet6")
+                w["who"]["d-v6"] = d.run("d-v6", "--network", "ctnet6")
+                R.wait_dad()
+            except (RuntimeError, R.RuntimeUnavailable) as e:
+                w["skip"]["docker-ipv6"] = str(e)
         except R.RuntimeUnavailable as e:
             w["skip"]["docker"] = str(e)
         try:
@@ -81,6 +95,14 @@ def world():
             w["who"]["p-web"] = p.run("p-web")
         except R.RuntimeUnavailable as e:
             w["skip"]["podman"] = str(e)
+        try:
+            rl = R.RootlessPodman(base, tar)
+            rts.append(rl)
+            w["rootless"] = rl
+            w["who"]["rl-net"] = rl.run("rl-net", "rlnet")
+            w["who"]["rl-slirp"] = rl.run("rl-slirp", "slirp4netns")
+        except R.RuntimeUnavailable as e:
+            w["skip"]["rootless"] = str(e)
         w["setup_s"] = time.monotonic() - t0
         yield w
     finally:
@@ -111,6 +133,8 @@ def sender(world, name):
         return x["netns"], x["ip"], R.POD_GW
     if name == "d-side":
         return f"/proc/{x['pid']}/ns/net", world["who"]["d-bridge"]["ips"][0], R.DOCKER_GW
+    if name == "d-v6":
+        return f"/proc/{x['pid']}/ns/net", x["ip6s"][0], R.V6_GW
     gw = {"d-bridge": R.DOCKER_GW, "d-user": R.USER_GW, "p-web": R.PODMAN_GW}[name]
     return f"/proc/{x['pid']}/ns/net", x["ips"][0], gw
 
@@ -125,7 +149,7 @@ def send(world, name, n, first_port):
 # the name cttrace must give each sender's flows, source side
 EXPECT = {"d-bridge": "d-bridge", "d-side": "d-bridge", "d-user": "d-user", "d-host": R.NODE,
           "d-pub": R.CLIENT, "shop/api-0": "shop/api-0", "shop/db-0": "shop/db-0",
-          "kube-system/agent-0": R.NODE, "p-web": "p-web"}
+          "kube-system/agent-0": R.NODE, "p-web": "p-web", "d-v6": "d-v6"}
 
 
 def run_json(*args, timeout=60):
@@ -137,10 +161,17 @@ def run_json(*args, timeout=60):
 def test_entries_named_by_container_and_pod(world):
     present = [n for n in N if n in world["who"]]
     assert present, f"no runtime could start: {world['skip']}"
+    if "docker" in world and os.path.isdir("/proc/sys/net/ipv6"):   # never skipped silently
+        assert "d-v6" in world["who"], f"Docker could not make an IPv6 network: {world['skip']}"
     for i, name in enumerate(present):
         send(world, name, N[name], 20000 + 100 * i)
-    table = R.node_entries()
-    by_src = Counter(r["src"] for r in table)
+    # (an IPv6 flow's first packet waits for neighbour discovery: milliseconds)
+    deadline = time.monotonic() + 3
+    while True:
+        by_src = Counter(r["src"] for r in R.node_entries())
+        if all(by_src[sender(world, n)[1]] >= N[n] for n in present) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     want: Counter = Counter()
     for name in present:
         want[EXPECT[name]] += N[name]
@@ -158,7 +189,7 @@ def test_entries_named_by_container_and_pod(world):
             # whatever else the kernel holds from them (compared below)
             srcs = {sender(world, x)[1] for x in present if EXPECT[x] == name}
             if name == R.NODE:       # the node's other addresses (its bridges' IGMP reports)
-                srcs |= {R.DOCKER_GW, R.USER_GW, R.POD_GW, R.PODMAN_GW}
+                srcs |= {R.DOCKER_GW, R.USER_GW, R.POD_GW, R.PODMAN_GW, R.V6_GW4, R.V6_GW}
             assert rows[name]["entries"] == sum(by_src[s] for s in srcs), (group, name, rows[name])
             assert rows[name]["entries"] >= n
         if "d-pub" in world["who"]:
@@ -210,8 +241,40 @@ def stop(p, out):
     return out.read()
 
 
+SNAT_PORTS = (20000, 20001)
+CLASH_FLOWS, PUB_FLOWS = 40, 25
+
+
+def clash_flows(world) -> tuple[int, int]:
+    """SNAT port exhaustion from a real container: in the node, a MASQUERADE
+    rule ahead of Docker's maps d-user's flows out of up0 onto two ports;
+    CLASH_FLOWS new UDP flows to one destination (the client): the first
+    take the two ports, the others clash at confirm (insert_failed). ->
+    (the kernel's insert_failed delta, d-user's refused flows: sent less
+    those the node's table holds)."""
+    x = world["who"]["d-user"]
+    rule = ["POSTROUTING", "-s", f"{x['ips'][0]}/32", "-o", "up0", "-p", "udp", "-j", "MASQUERADE",
+            "--to-ports", f"{SNAT_PORTS[0]}-{SNAT_PORTS[1]}"]
+    R.in_node("iptables", "-t", "nat", "-I", *rule[:1], "1", *rule[1:])
+    try:
+        before = R.node_stats()
+        ports = R.udp_flows(f"/proc/{x['pid']}/ns/net", x["ips"][0], R.UP_CLIENT, CLASH_FLOWS, 45000)
+        time.sleep(0.3)
+        after = R.node_stats()
+    finally:
+        R.in_node("iptables", "-t", "nat", "-D", *rule)
+    assert after["drop"] - before["drop"] == after["insert_failed"] - before["insert_failed"]  # no other cause
+    held = [r for r in R.node_entries() if r["src"] == x["ips"][0] and r["sport"] in ports]
+    assert len(held) == len(SNAT_PORTS), held        # one entry per SNAT port, the others refused
+    return after["insert_failed"] - before["insert_failed"], len(ports) - len(held)
+
+
 def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path):
-    senders = [n for n in ("d-bridge", "d-user", "shop/api-0", "shop/db-0", "p-web", "d-host")
+    """Per container: table-full drops (every sender), clash drops
+    (d-user's SNAT exhaustion) and the destination side of drops sent to
+    a published port (the client's flows to d-pub's), in one run of top,
+    drops, serve and capture."""
+    senders = [n for n in ("d-bridge", "d-user", "shop/api-0", "shop/db-0", "p-web", "d-host", "d-v6")
                if n in world["who"]]
     assert senders, f"no runtime could start: {world['skip']}"
     port = free_port()
@@ -220,9 +283,12 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
              start(tmp_path, "serve", "--netns", R.NODE, "--listen", f"127.0.0.1:{port}",
                    "--interval", "0.5", "--top-k", "50"),
              start(tmp_path, "capture", "--netns", R.NODE, "-o", str(tmp_path / "c.gz"), "-d", "120s")]
-    truth: Counter = Counter()
+    truth: Counter = Counter()               # table-full drops by sender
+    clashes = refused = pub = 0
     try:
-        with R.Limit(admit=0):
+        if "d-user" in world["who"]:
+            clashes, refused = clash_flows(world)
+        with R.Limit(admit=0) as lim:
             for i, name in enumerate(senders):
                 before = R.node_stats()
                 send(world, name, 30 + i, 40000 + 100 * i)
@@ -230,25 +296,52 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
                 after = R.node_stats()
                 truth[EXPECT[name]] += (after["drop"] - after["insert_failed"]) - \
                     (before["drop"] - before["insert_failed"])
+            if "d-pub" in world["who"]:      # inbound: the client hits the published port
+                lim.refill()
+                before = R.node_stats()
+                pub_ports = R.udp_flows(f"/run/netns/{R.CLIENT}", R.UP_CLIENT, R.UP_NODE, PUB_FLOWS,
+                                        46000, dport=18080)
+                time.sleep(0.3)
+                after = R.node_stats()
+                pub = (after["drop"] - after["insert_failed"]) - (before["drop"] - before["insert_failed"])
+                held = [r for r in R.node_entries() if r["src"] == R.UP_CLIENT and r["sport"] in pub_ports]
         time.sleep(2.0)                      # the pump and serve's interval
         metrics = scrape(port)
     finally:
         outs = [stop(p, o) for p, o in procs]
     assert all(truth[EXPECT[n]] > 0 for n in senders), truth
+    if "d-user" in world["who"]:
+        assert clashes == refused > 0, (clashes, refused)
+    if "d-pub" in world["who"]:
+        assert pub == PUB_FLOWS - len(held) > 0, (pub, held)   # the client's flows the table refused
     srcs = {EXPECT[n]: sender(world, n)[1] for n in senders}
     # top: per source, exact, named
+    clash = Counter({"d-user": clashes})
     last = json.loads(outs[0].splitlines()[-1])
     tops = {s["src"]: s for s in last["top_sources"]}
     for name, src in srcs.items():
-        assert tops[src]["drops_total"] == truth[name], (name, tops.get(src))
+        assert tops[src]["drops_total"] == truth[name] + clash[name], (name, tops.get(src))
         assert tops[src]["container"] == name
-    # drops: every drop of a sender's address carries its name
+    # drops: every drop of a sender's address carries its name, by reason
     drops = [json.loads(l) for l in outs[1].splitlines() if l.strip()]
     for name, src in srcs.items():
         mine = [d for d in drops if d["src"] == src]
-        assert len(mine) == truth[name], (name, len(mine))
+        assert Counter(d["reason"] for d in mine) == Counter(
+            {"table_full": truth[name], "insert_failed": clash[name]}) - Counter(), name
         assert {d["container"] for d in mine} == {name}
-        assert {d["reason"] for d in mine} == {"table_full"}
+        assert {d["dst_container"] for d in mine} == {None}     # no published port: no destination side
+    for d in drops:
+        if d["reason"] == "insert_failed":   # after SNAT: the packet as dropped had the node's address
+            assert d["translated"]["src"] == R.UP_NODE and d["translated"]["sport"] in SNAT_PORTS, d
+    # the client's drops to d-pub's published port: the source is the
+    # client, the destination side d-pub, each named apart
+    to_pub = [d for d in drops if d["dport"] == 18080 and d["src"] == R.UP_CLIENT]
+    if "d-pub" in world["who"]:
+        assert len(to_pub) == pub
+        assert {(d["container"], d["dst_container"], d["reason"]) for d in to_pub} == {
+            (R.CLIENT, "d-pub", "table_full")}
+        assert metric(metrics, "cttrace_destination_drops_total", destination="udp/18080",
+                      container="d-pub") == [pub]
     # serve: Kubernetes-style labels, exact counts
     for name, src in srcs.items():
         m = world["who"].get(name, {})
@@ -257,12 +350,19 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
             lab["container"] = m["containers"][0] if len(m["containers"]) == 1 else ""
         else:
             lab["container"] = name
-        assert metric(metrics, "cttrace_source_drops_total", **lab) == [truth[name]], (name, lab)
+        assert metric(metrics, "cttrace_source_drops_total", **lab) == [truth[name] + clash[name]], (name, lab)
     # capture + report
     rep = run_json("report", str(tmp_path / "c.gz"), "--json")[0]
     by = {r["src"]: r for r in rep["top_sources_by_drops"]}
     for name, src in srcs.items():
-        assert by[src]["drops"] == truth[name] and by[src]["container"] == name
+        assert by[src]["drops"] == truth[name] + clash[name] and by[src]["container"] == name
+    cts = {r["name"]: r for r in rep["drops_by_container"]}
+    for name in srcs.keys() - {R.NODE}:      # (the node's other addresses' drops join its row)
+        assert cts[name]["events_by_reason"] == dict(Counter(
+            {"table_full": truth[name], "insert_failed": clash[name]}) - Counter()), cts[name]
+    if "d-pub" in world["who"]:
+        assert rep["drops_by_destination"] == [{"container": "d-pub", "drops": pub, "ports": ["udp/18080"],
+                                                "events_by_reason": {"table_full": pub}}]
 
 
 def test_churn_every_drop_keeps_its_container_name(world, tmp_path):
@@ -329,3 +429,38 @@ def test_rename_and_new_address_are_followed(world):
         assert n.by_ip["198.19.253.77"] == "d-user-2" and ip not in n.by_ip
     if "docker" not in world and "podman" not in world:
         pytest.skip(f"neither Docker nor Podman could start: {world['skip']}")
+
+
+def test_rootless_podman_named_where_its_entries_are(world):
+    """Rootless Podman: rl-net's flows make entries in its user's rootless
+    namespace (netavark's NAT there), named rl-net when cttrace follows
+    that namespace; rl-slirp's flows leave through slirp4netns' sockets in
+    the node: the node's own entries, named as the node, never rl-slirp."""
+    need(world, "rootless")
+    rl, x, sl = world["rootless"], world["who"]["rl-net"], world["who"]["rl-slirp"]
+    n = collect()
+    assert n.by_ip[x["ips"][0]] == "rl-net" and n.meta["rl-net"]["runtime"] == "podman-rootless"
+    assert n.by_netns[os.stat(f"/proc/{x['pid']}/ns/net").st_ino] == "rl-net"
+    assert n.by_netns[os.stat(f"/proc/{sl['pid']}/ns/net").st_ino] == "rl-slirp"
+    # the rootless namespace: the one aardvark-dns (the network's DNS) runs in
+    (dns,) = rl.pids("aardvark-dns")
+    R.udp_flows(f"/proc/{x['pid']}/ns/net", x["ips"][0], R.RL_GW, N_RL, 21000)
+    time.sleep(0.3)
+    held = R.sh("nsenter", "-t", dns, "-n", "conntrack", "-L").stdout
+    # entries whose original source is rl-net's address (the first src= of a line)
+    truth = sum(1 for l in held.splitlines() if l.split("src=", 1)[-1].split(" ", 1)[0] == x["ips"][0])
+    assert truth >= N_RL, held
+    f = run_json("top", "--netns", str(dns), "--json", "--once", "-g", "container", "-t", "50",
+                 "--interval", "0.5")[-1]
+    rows = {r["key"]: r for r in f["top"]}
+    assert rows["rl-net"]["entries"] == truth, rows
+    # slirp4netns: the node's own sockets
+    R.udp_flows(f"/proc/{sl['pid']}/ns/net", sl["ips"][0], R.UP_CLIENT, N_RL, 21100)
+    deadline = time.monotonic() + 3
+    while sum(1 for r in R.node_entries() if (r["src"], r["dst"], r["dport"]) == (R.UP_NODE, R.UP_CLIENT, 9)) \
+            < N_RL and time.monotonic() < deadline:
+        time.sleep(0.1)
+    f = run_json("top", "--netns", R.NODE, "--json", "--once", "-g", "src", "-t", "100", "--interval", "0.5")[-1]
+    tops = {s["src"]: s for s in f["top_sources"]}
+    assert tops[R.UP_NODE]["container"] == R.NODE and tops[R.UP_NODE]["entries"] >= N_RL, tops.get(R.UP_NODE)
+    assert sl["ips"][0] not in tops and "rl-slirp" not in {s["container"] for s in tops.values()}

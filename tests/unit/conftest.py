@@ -64,6 +64,9 @@ class FakeNames:
     def netns(self, inum):
         return None
 
+    def destination(self, netns, proto, dst, dport, translated=None):
+        return {("tcp", 8080): "web-2"}.get((proto, dport))
+
     def start(self):
         return self
 

@@ -186,6 +186,49 @@ def test_docker_data_root_from_daemon_json_and_dockerd_flags(tmp_path):
     assert [n.by_ip[f"172.19.0.{i + 2}"] for i in range(3)] == ["app0", "app1", "app2"]
 
 
+def test_published_ports_name_the_destination_side(tmp_path):
+    """Docker's published ports (NetworkSettings.Ports as bound, else
+    HostConfig.PortBindings as asked) name who a dropped packet was going
+    to, in the namespace of the dockerd that publishes them only."""
+    h = Host(tmp_path)
+    (tmp_path / "priv.json").write_text(json.dumps({"data-root": str(tmp_path / "d1")}))
+    h.pid(10, "dockerd", ns="node", cmdline=b"dockerd\0--config-file\0" + str(tmp_path / "priv.json").encode())
+    ids = ["1" * 64, "2" * 64, "3" * 64, "4" * 64]
+    for i, cid in enumerate(ids):
+        h.pid(100 + i, "app", ns=f"c{i}", cgroup=f"0::/docker-{cid}.scope")
+    pub = docker_cfg("/pub", 100, ["172.19.0.2"])
+    pub["NetworkSettings"]["Ports"] = {"80/udp": [{"HostIp": "0.0.0.0", "HostPort": "18080"},
+                                                  {"HostIp": "::", "HostPort": "18080"}],
+                                       "443/tcp": None}
+    h.docker("d1", ids[0], pub)
+    asked = docker_cfg("/asked", 101, ["172.19.0.3"])
+    asked["_host"]["PortBindings"] = {"53/udp": [{"HostIp": "198.19.255.1", "HostPort": "5353"}]}
+    h.docker("d1", ids[1], asked)
+    any53 = docker_cfg("/any", 102, ["172.19.0.4"])
+    any53["NetworkSettings"]["Ports"] = {"53/udp": [{"HostIp": "", "HostPort": "5353"}],
+                                         "x/udp": [{"HostPort": "1"}], "9/udp": [{"HostPort": "99999"}],
+                                         "8/udp": [{"HostPort": "7", "HostIp": "not an ip"}],
+                                         "7/udp": "junk", "6/udp": [{"HostPort": ["6"]}]}
+    h.docker("d1", ids[2], any53)
+    n = h.collect(docker_root=None)
+    node = h.ino("node")
+    assert set(n.published) == {(node, "udp", 18080), (node, "udp", 5353)}
+    at = A.Attribution()
+    at.names = n
+    assert at.published(node, "udp", "198.19.255.1", 18080) == "pub"
+    assert at.published(node, "udp", "fd00::1", 18080) == "pub"
+    assert at.published(node, "tcp", "198.19.255.1", 18080) is None
+    assert at.published(h.ino("host"), "udp", "198.19.255.1", 18080) is None   # not that dockerd's namespace
+    assert at.published(node, "udp", "198.19.255.1", 5353) == "asked"          # one address beats any
+    assert at.published(node, "udp", "198.19.255.9", 5353) == "any"
+    assert at.published(node, "udp", "198.19.255.1", None) is None
+    assert at.published(node, "udp", "172.19.0.3", 18080) is None     # a container's address: not the node's
+    # no published port: where NAT changed the destination, that address's owner
+    assert at.destination(node, "udp", "10.0.0.1", 53, ("10.0.0.2", 1, "172.19.0.4", 53)) == "any"
+    assert at.destination(node, "udp", "172.19.0.4", 53, ("10.0.0.2", 1, "172.19.0.4", 53)) is None
+    assert at.destination(node, "udp", "198.19.255.1", 18080, None) == "pub"
+
+
 def cri_spec(kind, pod, ns, sandbox, container=None, netns=None, own=True):
     ann = {"io.kubernetes.cri.container-type": kind, "io.kubernetes.cri.sandbox-name": pod,
            "io.kubernetes.cri.sandbox-namespace": ns, "io.kubernetes.cri.sandbox-id": sandbox}
@@ -241,6 +284,52 @@ def test_podman_rootful(tmp_path):
     n = h.collect(podman_root=None)
     assert n.by_ip["198.19.251.5"] == "pweb" and n.by_netns[os.stat(nsp).st_ino] == "pweb"
     assert n.meta["pweb"]["runtime"] == "podman"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (state files owned by another user: chown)")
+def test_podman_rootless_state_is_another_users(tmp_path):
+    """Rootless Podman's state (a user's home, found from that user's
+    conmon; the vfs driver's layout here): the namespace is the one of
+    conmon's child (config.json's path is a bind mount in the user's own
+    mount namespace only), named only inside a user namespace, its
+    addresses ranked lowest. A hostile user's containers.json pointing at
+    a root-owned namespace names nothing, takes no address from a named
+    one; another user's conmon cannot name this user's containers."""
+    h = Host(tmp_path)
+    root = tmp_path / "home" / ".local" / "share" / "containers" / "storage"
+    base = root / "vfs-containers"
+    own, hostile, other = "ab" * 32, "cd" * 32, "ef" * 32
+    victim = h.netns_dir / "netns-rootful"   # the host's user namespace
+    victim.write_text("")
+    h.addrs[str(victim)] = ["198.19.251.5"]
+    for cid, name, path in ((own, "rl-web", "/run/user/4321/netns/netns-1"), (hostile, "evil", victim),
+                            (other, "rl-other", "/run/user/4321/netns/netns-2")):
+        (base / cid / "userdata").mkdir(parents=True)
+        (base / cid / "userdata" / "config.json").write_text(json.dumps({
+            "annotations": {"io.container.manager": "libpod"},
+            "linux": {"namespaces": [{"type": "network", "path": str(path)}]}}))
+    (base / "containers.json").write_text(json.dumps([{"id": own, "names": ["rl-web"]},
+                                                      {"id": hostile, "names": ["evil"]},
+                                                      {"id": other, "names": ["rl-other"]}]))
+    for p in [root, *root.rglob("*")]:
+        os.chown(p, 4321, 4321)
+    kid = h.pid(14, "sleep", ns="rl")
+    h.users[kid] = 777
+    h.addrs[kid] = ["10.0.2.100", "198.19.251.5"]
+    for pid, cid, child, uid in ((13, own, 14, 4321), (15, other, 16, 0)):
+        h.pid(pid, "conmon", ns="host", cmdline=b"conmon\0-c\0" + cid.encode() + b"\0-b\0"
+              + str(base / cid / "userdata").encode() + b"\0")
+        (h.proc / str(pid) / "task" / str(pid)).mkdir(parents=True)
+        (h.proc / str(pid) / "task" / str(pid) / "children").write_text(f"{child} ")
+        os.chown(h.proc / str(pid), uid, uid)
+    h.pid(16, "sleep", ns="other")
+    h.users[str(h.proc / "16" / "ns" / "net")] = 778
+    n = h.collect(podman_root=None)
+    assert n.by_netns[h.ino("rl")] == "rl-web" and n.meta["rl-web"]["runtime"] == "podman-rootless"
+    assert n.by_ip["10.0.2.100"] == "rl-web"
+    assert n.by_ip["198.19.251.5"] == "netns-rootful"          # the named namespace's, not the user's
+    assert "evil" not in n.by_netns.values() and "evil" not in n.meta
+    assert "rl-other" not in n.by_netns.values()                # root's conmon does not name the user's
 
 
 def test_foreign_user_namespace_cannot_steal_a_pod_address(tmp_path):
@@ -300,7 +389,8 @@ json_values = st.recursive(
                          "IPAddress", "GlobalIPv6Address", "HostConfig", "NetworkMode", "annotations",
                          "linux", "namespaces", "type", "path", "id", "names",
                          "io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-name",
-                         "io.kubernetes.cri.sandbox-namespace", "io.container.manager", "x"]),
+                         "io.kubernetes.cri.sandbox-namespace", "io.container.manager", "x",
+                         "Ports", "PortBindings", "HostPort", "HostIp", "80/udp"]),
         kids, max_size=5),
     max_leaves=30)
 
@@ -325,6 +415,8 @@ def test_fuzz_state_files_end_in_names(tmp_path_factory, docker_v, cri_v, podman
     (h.t / "daemon.json").write_text(json.dumps(docker_v))
     n = h.collect()
     assert n.by_ip["172.17.0.9"] == "web"
+    for (_, proto, port), binds in n.published.items():
+        assert proto in ("tcp", "udp", "sctp") and 0 < port < 65536 and all(len(b) == 2 for b in binds)
     for v in list(n.by_ip.values()) + list(n.by_netns.values()) + list(n.meta):
         assert isinstance(v, str) and len(v) <= A.MAX_NAME
         v.encode("utf-8")

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -33,7 +34,7 @@ from tracer.core import doctor, forecast
 from tracer.core.conntrack import F_UNREPLIED
 from tracer.core.events import Counters, Drop, SourceCounts
 from tracer.kernel.stats import TableState
-from tracer.live.exporter import Collector, SourceSeries
+from tracer.live.exporter import Collector, DestinationDrops, SourceSeries
 from tracer.live.session import Options, TracingSession
 from tracer.views.drops import interval_record
 
@@ -102,7 +103,9 @@ def scrape() -> str:
     s.names = type("N", (), {"ip": staticmethod(lambda a: None), "meta": staticmethod(lambda n: {})})()
     s.inum = 1
     reg = CollectorRegistry()
-    reg.register(Collector(s, SourceSeries(), threading.Lock(), "6.18"))
+    dst_drops = DestinationDrops()
+    dst_drops.add([SimpleNamespace(proto="udp", dport=8080, dst_container="web")])
+    reg.register(Collector(s, SourceSeries(), threading.Lock(), "6.18", dst_drops))
     return generate_latest(reg).decode()
 
 

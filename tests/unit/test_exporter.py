@@ -13,7 +13,8 @@ from prometheus_client import generate_latest
 
 from tracer.core.events import Counters, SourceCounts
 from tracer.kernel.stats import TableState
-from tracer.live.exporter import FAMILIES, Collector, SourceSeries, label_value, registry_for, update_series
+from tracer.live.exporter import (FAMILIES, Collector, DestinationDrops, SourceSeries, label_value,
+                                  registry_for, update_series)
 from tracer.live.httpd import MetricsServer
 
 
@@ -65,9 +66,30 @@ def test_every_family_is_declared_once_and_shown():
     lock = threading.Lock()
     text = scrape(fake_session(lock), lock)
     for f in FAMILIES:
-        if f.name != "cttrace_conntrack_forecast_schedule_age_seconds":   # absent before a dump
+        # absent before a dump, and before a drop sent to a published port
+        if f.name not in ("cttrace_conntrack_forecast_schedule_age_seconds", "cttrace_destination_drops"):
             assert re.search(rf"^# TYPE {f.name}(_total)? ", text, re.M), f.name
     assert "process_resident_memory_bytes" in text
+
+
+def test_destination_drops_by_published_port_bounded():
+    """Drops sent to a published port count for its container (labels
+    destination proto/port, container, namespace, pod); K pairs at most,
+    the rest in destination="other"; drops without one are not counted."""
+    lock = threading.Lock()
+    s = fake_session(lock)
+    s.names.meta = lambda n: {"namespace": "shop", "pod": "api-0", "container": "api"} if n == "shop/api-0" else {}
+    dd = DestinationDrops(k=2)
+    mk = lambda port, who: SimpleNamespace(proto="udp", dport=port, dst_container=who)  # noqa: E731
+    dd.add([mk(18080, "d-pub")] * 5 + [mk(53, "shop/api-0")] * 2 + [mk(1, None)] * 9 + [mk(9, "x")] * 3)
+    dd.add([mk(18080, "d-pub")])
+    text = generate_latest(registry_for(Collector(s, SourceSeries(k=5), lock, "6.18", dd))).decode()
+    got = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+           if line.startswith("cttrace_destination_drops_total{")}
+    assert got == {
+        'cttrace_destination_drops_total{container="d-pub",destination="udp/18080",namespace="",pod=""}': 6,
+        'cttrace_destination_drops_total{container="api",destination="udp/53",namespace="shop",pod="api-0"}': 2,
+        'cttrace_destination_drops_total{container="",destination="other",namespace="",pod=""}': 3}
 
 
 def _read_all(c: socket.socket) -> bytes:

@@ -30,9 +30,16 @@ def test_drops_are_filtered_attributed_and_counted(tmp_path, fake_backend, sessi
         assert ready.read_text().strip() == str(os.getpid())
         got = s.pump()
         assert [(x.src, x.container) for x in got] == [("10.0.0.1", "web-1"), ("10.0.0.2", "netns-42")]
+        assert [x.dst_container for x in got] == [None, None]
         assert s.drops_seen == 2 and len(s.recent) == 2
         assert s.counters.drops_by_src(1) == {"10.0.0.1": 3}
     assert be.closed == 1
+
+
+def test_a_drop_sent_to_a_published_port_names_its_destination_side(fake_backend, session):
+    with session(fake_backend([[d(proto="tcp", dport=8080, src="10.0.0.7")]])) as s:
+        (x,) = s.pump()
+        assert (x.container, x.dst_container) == (None, "web-2")
 
 
 def test_only_the_followed_namespace(tmp_path, fake_backend, session):

@@ -63,10 +63,12 @@ def test_drop_line_and_summary_escape(monkeypatch):
     try:
         d = SimpleNamespace(ts=1700000000.25, container=HOSTILE, netns=4026532000, proto="udp",
                             src="198.18.1.11", sport=1000, dst="198.19.0.2", dport=53, reason="table_full",
-                            translated=None)
+                            translated=None, dst_container=None)
         assert drops.line(d) == (f"22:13:20.250000 {safe(HOSTILE)} udp   198.18.1.11:1000 -> "
                                  "198.19.0.2:53  table_full")
-        d.container = None
+        d.dst_container = HOSTILE
+        assert drops.line(d).endswith(f"table_full  to {safe(HOSTILE)}")
+        d.container = d.dst_container = None
         assert drops.line(d) == ("22:13:20.250000 4026532000         udp   198.18.1.11:1000 -> "
                                  "198.19.0.2:53  table_full")
     finally:

@@ -111,3 +111,36 @@ def test_drops_interval_line():
     assert r["top_sources"][0] == {"container": "c1", "src": "198.18.1.11", "drops": 118}
     assert interval_line(r) == "-- 03:21:41 1s: 118 table_full, 3 rule; most from c1 198.18.1.11 (118)"
     assert "\x1b" not in interval_line({**r, "top_sources": r["top_sources"][::-1]})
+
+
+def test_destination_side_of_drops_in_lines_intervals_and_report(tmp_path):
+    """A drop sent to a published port names its destination side apart
+    from its source: the drops line, the interval record, the report."""
+    from tracer.core.events import Drop
+    from tracer.core.report import analyse
+    from tracer.views.drops import interval_line, interval_record, line
+    from tracer.views.report import render, to_html
+    d = Drop(ts=0.0, netns=1, cpu=0, family="ipv4", proto="udp", src="198.19.255.2", sport=5, dst="198.19.255.1",
+             dport=18080, reason="table_full", ct_attached=False, container="client", dst_container="d-pub\x1b")
+    assert line(d).endswith("table_full  to d-pub\\x1b") and d.to_dict()["dst_container"] == "d-pub\x1b"
+    r = interval_record(0.0, 1.0, [d] * 4 + [Drop(**{**d.__dict__, "dst_container": None})])
+    assert r["top_destinations"] == [{"container": "d-pub\x1b", "drops": 4}]
+    assert r["top_sources"] == [{"container": "client", "src": "198.19.255.2", "drops": 5}]
+    assert "; most to d-pub" in interval_line(r) and "\x1b" not in interval_line(r)
+    assert "top_destinations" not in interval_record(0.0, 1.0, [Drop(**{**d.__dict__, "dst_container": None})])
+    p = make_capture(tmp_path / "c")
+    w = Writer(str(tmp_path / "d"), {"host": "h", "kernel": "k", "backend": "tracepoint", "netns": "node",
+                                     "interval": 1.0, "state": {}})
+    for i in range(3):
+        w.write({"k": "drop", "t": 1000.0 + i, **d.to_dict(), "dst_container": "d-pub"})
+    w.write({"k": "drop", "t": 1003.0, **d.to_dict(), "dst_container": None, "reason": "insert_failed"})
+    w.close()
+    rep = analyse(read_capture(str(tmp_path / "d")))
+    assert rep["drops_by_destination"] == [{"container": "d-pub", "drops": 3, "ports": ["udp/18080"],
+                                            "events_by_reason": {"table_full": 3}}]
+    assert [r["name"] for r in rep["drops_by_container"]] == ["client"]     # never mixed with the sources
+    assert "Drops by destination" in to_html(rep) and '<td>udp/18080</td>' in to_html(rep)
+    assert analyse(read_capture(str(p)))["drops_by_destination"] == []
+    console = Console(record=True, width=100)
+    console.print(render(rep))
+    assert "drops by destination" in console.export_text()

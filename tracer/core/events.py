@@ -52,6 +52,7 @@ class Drop:
     translated: tuple[str, int, str, int] | None = None     # (src, sport, dst, dport) after NAT
     fragment: bool = False           # a non-first fragment: no ports
     clash_candidate: bool = False    # an entry that may have clashed at confirm (see tracer/core/classify.py)
+    dst_container: str | None = None     # the destination side: who publishes dst:dport (attribution)
 
     @property
     def netns_key(self) -> tuple[int, int]:
@@ -65,6 +66,7 @@ class Drop:
                 "proto": self.proto, "src": self.src, "sport": self.sport, "dst": self.dst,
                 "dport": self.dport, "netns": self.netns, "cpu": self.cpu,
                 "ct_attached": self.ct_attached, "container": self.container,
+                "dst_container": self.dst_container,
                 "translated": None if t is None else
                 {"src": t[0], "sport": t[1], "dst": t[2], "dport": t[3]},
                 "fragment": self.fragment}

@@ -134,6 +134,7 @@ def analyse(cap: Capture, top: int = 10) -> dict:
         "bursts": runs,
         "drops_by_reason": drops_by_reason(deltas, drops),
         "drops_by_container": by_container,
+        "drops_by_destination": drops_by_destination(drops),
         "entries_by_source": entries_by_source(cap.of("entries"), t0, width, n),
     }
 
@@ -209,6 +210,25 @@ def drops_by_container(exact: Counter, drops: list, names: dict) -> list[dict]:
              "sources": sorted(g["sources"])[:10], "events_by_reason": dict(g["reasons"].most_common())}
             for k, g in groups.items()]
     return sorted(rows, key=lambda r: (-r["drops"], -sum(r["events_by_reason"].values()), r["name"]))
+
+
+def drops_by_destination(drops: list, top: int = 20) -> list[dict]:
+    """Drop events by their destination side (the container publishing the
+    port they were sent to, or the one DNAT had sent them to), apart from
+    the sources: [{container, drops, ports, events_by_reason}]."""
+    groups: dict = {}
+    for d in drops:
+        n = d.get("dst_container")
+        if not n:
+            continue
+        g = groups.setdefault(n, {"drops": 0, "ports": Counter(), "reasons": Counter()})
+        g["drops"] += 1
+        if d.get("dport") is not None:
+            g["ports"][f"{d.get('proto') or '?'}/{d['dport']}"] += 1
+        g["reasons"][d.get("reason", "")] += 1
+    rows = [{"container": k, "drops": g["drops"], "ports": [p for p, _ in g["ports"].most_common(10)],
+             "events_by_reason": dict(g["reasons"].most_common())} for k, g in groups.items()]
+    return sorted(rows, key=lambda r: (-r["drops"], r["container"]))[:top]
 
 
 def entries_by_source(recs: list, t0: float, width: int, n: int) -> dict | None:

@@ -469,6 +469,7 @@ class Flow(Record):
 class Drop(Flow):
     """A Drop (cttrace drops --json fields the analysis reads)."""
     reason: NotRequired[Label | None]
+    dst_container: NotRequired[Label | None]
     netns: NotRequired[int | None]
 
 

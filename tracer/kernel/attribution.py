@@ -17,7 +17,13 @@ daemon asked anything):
   (names; `podman rename` rewrites it) and <graph root>/overlay-containers/
   <id>/userdata/config.json (OCI spec, the network namespace in /run/netns).
   Graph roots: /var/lib/containers/storage, `graphroot` in
-  /etc/containers/storage.conf, and each running conmon's bundle (-b);
+  /etc/containers/storage.conf, and each running conmon's bundle (-b).
+  Rootless Podman: the user's graph root (vfs-containers too), found from
+  that user's conmon; a running container's namespace is that of its
+  conmon's first child (the config.json path is a bind mount in the
+  user's mount namespace only), taken only from a conmon running as the
+  state's owner; another user's state names only namespaces inside a user
+  namespace, and its addresses rank lowest;
 - named namespaces: /run/netns/<name>;
 - any process: /proc/<pid>/ns/net, cgroup and comm.
 Addresses of a namespace whose runtime does not write them down (CRI pods,
@@ -63,6 +69,9 @@ DOCKER_CONF = "/etc/docker/daemon.json"
 CONTAINERD_STATE = "/run/containerd"
 PODMAN = "/var/lib/containers/storage"
 PODMAN_CONF = "/etc/containers/storage.conf"
+PODMAN_DRIVERS = ("overlay", "vfs")     # <graph root>/<driver>-containers/containers.json
+_BUNDLE = re.compile(r"/(?:overlay|vfs)-containers/")
+MAX_ROOTS = 64               # graph roots taken from conmon command lines (any user runs conmon)
 CRI_NS = "io.containerd.runtime.v2.task/k8s.io"
 MAX_STATE = 4 << 20          # bytes: a runtime state file bigger than this is skipped
 MAX_NAME = 200               # characters kept of a name
@@ -87,6 +96,9 @@ class Names:
     by_netns: dict[int, str] = field(default_factory=dict)
     # name -> {runtime, namespace, pod, container} (Kubernetes-style labels)
     meta: dict[str, dict] = field(default_factory=dict)
+    # published ports: (netns inode of the daemon, proto, host port) ->
+    # [(host address, "" for any; the publishing container's name)]
+    published: dict[tuple, list] = field(default_factory=dict)
     skipped: int = 0                  # state files that could not be used
 
 
@@ -183,23 +195,65 @@ def _toml(path: str) -> dict:
 
 
 # --- the runtimes' state ------------------------------------------------------
-def docker_roots(daemons: list[tuple[str, list[str]]], conf: str = DOCKER_CONF) -> list[str]:
+def _docker_root(argv: list[str], conf: str) -> str:
+    """The data root a dockerd command line uses."""
+    r = _flag(argv, "--data-root", "-g")
+    if r:
+        return r
+    d = _d(_read_json(_flag(argv, "--config-file") or conf))
+    r = d.get("data-root") or d.get("graph")
+    return r if isinstance(r, str) and r else DOCKER
+
+
+def docker_roots(daemons: list, conf: str = DOCKER_CONF) -> list[str]:
     """Docker data roots: the default, daemon.json's, each running dockerd's."""
     roots = [DOCKER]
-    for path in [conf] + [c for comm, argv in daemons if comm == "dockerd"
-                          for c in [_flag(argv, "--config-file")] if c]:
-        d = _d(_read_json(path))
-        r = d.get("data-root") or d.get("graph")
-        if isinstance(r, str):
-            roots.append(r)
-    roots += [r for comm, argv in daemons if comm == "dockerd" for r in [_flag(argv, "--data-root", "-g")] if r]
+    d = _d(_read_json(conf))
+    r = d.get("data-root") or d.get("graph")
+    if isinstance(r, str):
+        roots.append(r)
+    roots += [_docker_root(x[1], conf) for x in daemons if x[0] == "dockerd"]
     return list(dict.fromkeys(roots))
 
 
-def cri_roots(daemons: list[tuple[str, list[str]]]) -> list[str]:
+def docker_netns(daemons: list, conf: str = DOCKER_CONF) -> dict[str, int]:
+    """{data root: network namespace inode of the dockerd using it} (its
+    published ports are DNATed in that namespace)."""
+    return {_docker_root(x[1], conf): x[2] for x in daemons
+            if x[0] == "dockerd" and len(x) > 2 and x[2] is not None}
+
+
+def _ports(cfg: dict, host_cfg: dict) -> list[tuple[str, str, int]]:
+    """[(proto, host address or "", host port)] a container publishes:
+    NetworkSettings.Ports (what dockerd bound, ports it chose included),
+    else HostConfig.PortBindings (what was asked)."""
+    bound = _d(_d(cfg.get("NetworkSettings")).get("Ports"))
+    if not bound:
+        bound = _d(host_cfg.get("PortBindings") or _d(cfg.get("HostConfig")).get("PortBindings"))
+    out = []
+    for spec, binds in list(bound.items())[:4096]:
+        m = re.fullmatch(r"(\d{1,5})/(tcp|udp|sctp)", spec) if isinstance(spec, str) else None
+        if m is None:
+            continue
+        for b in _l(binds)[:64]:
+            b = _d(b)
+            hp, hip = b.get("HostPort"), b.get("HostIp") or ""
+            try:
+                port = int(hp)
+            except (TypeError, ValueError):
+                continue
+            if not 0 < port < 65536 or not isinstance(hip, str):
+                continue
+            hip = "" if hip in ("", "0.0.0.0", "::") else _norm(hip)
+            if hip is not None:
+                out.append((m.group(2), hip, port))
+    return list(dict.fromkeys(out))
+
+
+def cri_roots(daemons: list) -> list[str]:
     """containerd's k8s.io task dirs: the default, each running containerd's."""
     states = [CONTAINERD_STATE]
-    for comm, argv in daemons:
+    for comm, argv, *_ in daemons:
         if comm != "containerd":
             continue
         s = _flag(argv, "--state")
@@ -210,22 +264,22 @@ def cri_roots(daemons: list[tuple[str, list[str]]]) -> list[str]:
     return [os.path.join(s, CRI_NS) for s in dict.fromkeys(states)]
 
 
-def podman_roots(daemons: list[tuple[str, list[str]]], conf: str = PODMAN_CONF) -> list[str]:
+def podman_roots(daemons: list, conf: str = PODMAN_CONF) -> list[str]:
     """Podman graph roots: the default, storage.conf's, each running conmon's."""
     roots = [PODMAN]
     g = _d(_toml(conf).get("storage")).get("graphroot")
     if isinstance(g, str):
         roots.append(g)
-    for comm, argv in daemons:
+    for comm, argv, *_ in daemons:
         b = _flag(argv, "-b", "--bundle") if comm == "conmon" else None
-        if b and "/overlay-containers/" in b:
-            roots.append(b.split("/overlay-containers/")[0])
-    return list(dict.fromkeys(roots))
+        if b and _BUNDLE.search(b):
+            roots.append(_BUNDLE.split(b)[0])
+    return list(dict.fromkeys(roots))[:MAX_ROOTS + 2]
 
 
 def docker(root: str = DOCKER, proc: str = "/proc", skipped: list | None = None) -> list[dict]:
-    """[{id, name, ips, netns, mode}] of a Docker data root's running
-    containers (mode: HostConfig.NetworkMode)."""
+    """[{id, name, ips, netns, mode, ports}] of a Docker data root's running
+    containers (mode: HostConfig.NetworkMode; ports: _ports())."""
     out = []
     base = os.path.join(root, "containers")
     for cid in _ids(base):
@@ -246,7 +300,7 @@ def docker(root: str = DOCKER, proc: str = "/proc", skipped: list | None = None)
             if not isinstance(mode, str) or not mode:
                 mode = "host" if "host" in nets else ""
             out.append({"id": cid, "name": (clean(cfg.get("Name")) or cid[:12]).lstrip("/") or cid[:12],
-                        "ips": ips, "mode": mode,
+                        "ips": ips, "mode": mode, "ports": _ports(cfg, host_cfg),
                         "netns": _inode(f"{proc}/{pid}/ns/net")
                         if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None})
         except (TypeError, ValueError, AttributeError):
@@ -288,8 +342,17 @@ def cri(root: str, skipped: list | None = None) -> list[dict]:
 
 
 def podman(root: str, skipped: list | None = None) -> list[dict]:
-    """[{id, name, own_netns, netns_path}] of a Podman graph root."""
-    base = os.path.join(root, "overlay-containers")
+    """[{id, name, own_netns, netns_path}] of a Podman graph root (the
+    overlay driver's containers, else the vfs driver's)."""
+    out = []
+    for driver in PODMAN_DRIVERS:
+        base = os.path.join(root, f"{driver}-containers")
+        if os.path.isdir(base):
+            out += _podman_listed(base, skipped)
+    return out
+
+
+def _podman_listed(base: str, skipped: list | None) -> list[dict]:
     listed = _read_json(os.path.join(base, "containers.json"), skipped)
     out = []
     for c in _l(listed):
@@ -308,11 +371,11 @@ def podman(root: str, skipped: list | None = None) -> list[dict]:
 
 
 def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "conmon")
-              ) -> tuple[dict[int, dict], list[tuple[str, list[str]]]]:
+              ) -> tuple[dict[int, dict], list[tuple]]:
     """({netns inode: {pid, comm, container_id}} for the first process of
-    each namespace, [(comm, argv)] of the runtime daemons)."""
+    each namespace, [(comm, argv, netns inode, pid)] of the runtime daemons)."""
     out: dict[int, dict] = {}
-    found: list[tuple[str, list[str]]] = []
+    found: list[tuple] = []
     try:
         pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
     except OSError:
@@ -321,11 +384,11 @@ def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "c
         try:
             with open(f"{proc}/{pid}/comm", "rb") as f:
                 comm = clean(f.read(256).strip()) or "?"
+            ino = _inode(f"{proc}/{pid}/ns/net")
             if comm in daemons:
                 with open(f"{proc}/{pid}/cmdline", "rb") as f:
                     found.append((comm, [a.decode("utf-8", "replace")
-                                         for a in f.read(65536).split(b"\0")]))
-            ino = _inode(f"{proc}/{pid}/ns/net")
+                                         for a in f.read(65536).split(b"\0")], ino, pid))
             if ino is None or ino in out:
                 continue
             with open(f"{proc}/{pid}/cgroup", "rb") as f:
@@ -334,6 +397,30 @@ def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "c
             continue
         out[ino] = {"pid": pid, "comm": comm, "container_id": m.group(1) if m else None}
     return out, found
+
+
+def conmon_children(daemons: list, proc: str = "/proc") -> dict[tuple[str, int], int]:
+    """{(container id, the uid conmon runs as): its process' pid}: each
+    conmon's (-c) first child (conmon is the container's subreaper), read
+    from /proc/PID/task/PID/children. A rootless container's namespace is
+    bind-mounted in its user's mount namespace only: its path in the
+    container's config.json means nothing from here, the process' does."""
+    out: dict[tuple[str, int], int] = {}
+    for comm, argv, *rest in daemons:
+        if comm != "conmon" or len(rest) < 2:
+            continue
+        cid, pid = _flag(argv, "-c", "--cid"), rest[1]
+        if not cid or not re.fullmatch(r"[0-9a-f]{12,128}", cid):
+            continue
+        try:
+            with open(f"{proc}/{pid}/task/{pid}/children", "rb") as f:
+                kids = f.read(4096).split()
+            uid = os.stat(f"{proc}/{pid}").st_uid
+        except OSError:
+            continue
+        if kids and kids[0].isdigit():
+            out[(cid, uid)] = int(kids[0])
+    return out
 
 
 def addresses(netns_path: str) -> list[str]:
@@ -452,16 +539,38 @@ def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/pro
             pod_netns.add(ino)
             b.path(ino, p["netns_path"], R_RUNTIME_NS)
     # Podman
+    kids = conmon_children(daemons, proc)
     for r in roots(podman_root, podman_roots(daemons, podman_conf)):
+        try:
+            owner = os.stat(r).st_uid
+        except OSError:
+            continue
+        rootless = owner not in (0, os.geteuid())   # another user's state
         for c in podman(r, skipped):
-            meta = {"runtime": "podman", "namespace": "", "pod": "", "container": c["name"]}
+            kid = kids.get((c["id"], owner))
+            if kid is not None and c["own_netns"]:
+                # the running container's own process (its conmon runs as
+                # the owner of this state: no one else's conmon names it)
+                c["netns_path"] = f"{proc}/{kid}/ns/net"
             ino = _inode(c["netns_path"]) if c["netns_path"] else None
+            if not c["own_netns"] or ino is None or ino in pod_netns:
+                continue
+            if rootless:
+                # a user's own state (rootless Podman): it names only
+                # namespaces inside a user namespace, and its addresses
+                # rank lowest (module docstring)
+                u = userns(c["netns_path"])
+                if u is None or u == b.host_userns:
+                    continue
+            meta = {"runtime": "podman-rootless" if rootless else "podman", "namespace": "", "pod": "",
+                    "container": c["name"]}
             b.n.meta[c["name"]] = meta
-            if c["own_netns"] and ino is not None and ino not in pod_netns:
-                b.netns(ino, c["name"], meta)
-                b.path(ino, c["netns_path"], R_RUNTIME_NS)
+            b.netns(ino, c["name"], meta)
+            b.path(ino, c["netns_path"], R_FOREIGN if rootless else R_RUNTIME_NS)
     # Docker: the runtime writes its addresses down
-    dockers = [d for r in roots(docker_root, docker_roots(daemons, docker_conf)) for d in docker(r, proc, skipped)]
+    daemon_ns = docker_netns(daemons, docker_conf)
+    dockers = [{**d, "daemon_netns": daemon_ns.get(r, host)}
+               for r in roots(docker_root, docker_roots(daemons, docker_conf)) for d in docker(r, proc, skipped)]
     by_id = {d["id"]: d for d in dockers}
     for ino, p in procs.items():
         d = by_id.get(p["container_id"])
@@ -470,6 +579,8 @@ def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/pro
     for d in dockers:
         meta = {"runtime": "docker", "namespace": "", "pod": "", "container": d["name"]}
         b.n.meta[d["name"]] = meta
+        for proto, hip, port in d["ports"]:
+            b.n.published.setdefault((d["daemon_netns"], proto, port), []).append((hip, d["name"]))
         if d["mode"] == "host" or d["mode"].startswith("container:"):
             continue                          # the host's, or another container's namespace
         b.netns(d["netns"], d["name"])
@@ -526,7 +637,9 @@ class Attribution:
             return
         self.refreshes += 1
         self.cost = time.monotonic() - now
-        out = Names(skipped=fresh.skipped)
+        # published ports: the present ones only (a port an exited container
+        # published may be another's now)
+        out = Names(skipped=fresh.skipped, published=fresh.published)
         for kind, cur, dst in (("ip", fresh.by_ip, out.by_ip), ("netns", fresh.by_netns, out.by_netns),
                                ("meta", fresh.meta, out.meta)):
             seen = self._seen[kind]
@@ -573,6 +686,38 @@ class Attribution:
         n = self.names.by_netns.get(inode)
         if n is None:
             self._miss()
+        return n
+
+    def published(self, netns: int, proto: str, dst: str, dport: int | None) -> str | None:
+        """The container publishing dst:dport/proto in the namespace netns
+        (a Docker daemon's: where its DNAT rules are), or None. A binding
+        to one address wins over one to any address."""
+        if dport is None:
+            return None
+        binds = self.names.published.get((netns, proto, dport))
+        if not binds:
+            return None
+        dst = _norm(dst) or dst
+        owner = self.names.by_ip.get(dst)
+        if owner is not None and owner != self.names.by_netns.get(netns):
+            return None     # another namespace's address: not the node's, never DNATed (--dst-type LOCAL)
+        for hip, name in binds:
+            if hip == dst:
+                return name
+        for hip, name in binds:
+            if hip == "":
+                return name
+        return None
+
+    def destination(self, netns: int, proto: str, dst: str, dport: int | None,
+                    translated: tuple | None = None) -> str | None:
+        """Who a dropped packet was going to: the container publishing its
+        destination port (a table-full drop comes before DNAT: the tuple
+        still has the node's address), else, where NAT had changed the
+        destination, that address's owner. Never its source's side."""
+        n = self.published(netns, proto, dst, dport)
+        if n is None and translated is not None and translated[2] != dst:
+            n = self.names.by_ip.get(_norm(translated[2]) or translated[2])
         return n
 
     def meta(self, name: str | None) -> dict:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -34,6 +34,29 @@ from tracer.live.httpd import MetricsServer
 
 METRICS = ("inserts", "deletes", "drops")
 LABEL_MAX = 256          # characters of a label value (names come from other people's files)
+
+
+class DestinationDrops:
+    """Drop events by destination side (the container publishing the port
+    they were sent to: session.Drop.dst_container), at most K labelled
+    (container, proto/port) pairs; the others count in destination="other".
+    From the events: drops over --rate are not among them
+    (cttrace_events_lost_total{kind="over_rate_limit"} says how many)."""
+
+    def __init__(self, k: int = 20):
+        self.k = k
+        self.counts: dict[tuple[str, str], int] = {}
+        self.other = 0
+
+    def add(self, drops) -> None:
+        for d in drops:
+            if not d.dst_container:
+                continue
+            key = (f"{d.proto}/{d.dport}", d.dst_container)
+            if key in self.counts or len(self.counts) < self.k:
+                self.counts[key] = self.counts.get(key, 0) + 1
+            else:
+                self.other += 1
 
 
 class SourceSeries:
@@ -130,6 +153,9 @@ class Snapshot:
     who: Callable            # address -> (container, namespace, pod) labels (attribution)
     dnat: list               # [(reply source address, DNATed entries)], top K
     dnat_other: int          # DNATed entries of the other addresses
+    dst_drops: dict = field(default_factory=dict)   # {(proto/port, container): drops} (DestinationDrops)
+    dst_drops_other: int = 0
+    meta: Callable = lambda name: {}                # container -> its labels (attribution)
 
 
 @dataclass
@@ -272,6 +298,19 @@ def _destination_entries(s: Snapshot):
     yield ("other", "", "", ""), s.dnat_other
 
 
+@family("cttrace_destination_drops", "counter", "Drop events by destination side: the container "
+        "publishing the port they were sent to (top K; the rest in destination=\"other\")",
+        ("destination", *WHO))
+def _destination_drops(s: Snapshot):
+    if not s.dst_drops and not s.dst_drops_other:
+        return
+    for (port, name), n in sorted(s.dst_drops.items()):
+        m = s.meta(name)
+        yield (port, m.get("container", name) if m.get("pod") else name, m.get("namespace", ""),
+               m.get("pod", "")), n
+    yield ("other", "", "", ""), s.dst_drops_other
+
+
 @family("cttrace_events_lost", "counter", "Events lost on their way to cttrace (counts stay exact)", ("kind",))
 def _lost(s: Snapshot):
     yield ("perf",), s.lost["events"]
@@ -306,9 +345,11 @@ class Collector:
     (live counts, series, the last sample's counters, the forecast) under
     its lock: no kernel read there."""
 
-    def __init__(self, session, series: SourceSeries, lock: threading.Lock, kernel_release: str):
+    def __init__(self, session, series: SourceSeries, lock: threading.Lock, kernel_release: str,
+                 dst_drops: DestinationDrops | None = None):
         self.session = session
         self.series = series
+        self.dst_drops = dst_drops or DestinationDrops(series.k)
         self.lock = lock
         self.kernel = kernel_release
 
@@ -329,7 +370,9 @@ class Collector:
                 sampled=s.rates.prev.t if s.rates.prev else 0, forecast=s.forecast(st),
                 sched_age=None if sched is None else max(s.feed.clock() - sched.t0, 0.0),
                 backend=s.backend.name, kernel_release=self.kernel, netns=s.inum,
-                who=_who(s.names), dnat=dnat, dnat_other=sum(dn.values()) - sum(n for _, n in dnat))
+                who=_who(s.names), dnat=dnat, dnat_other=sum(dn.values()) - sum(n for _, n in dnat),
+                dst_drops=dict(self.dst_drops.counts), dst_drops_other=self.dst_drops.other,
+                meta=s.names.meta)
 
     def collect(self):
         snap = self.snapshot()
@@ -374,14 +417,15 @@ def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None
     exits non-zero: never a silent stale endpoint)."""
     lock = threading.Lock()
     series = SourceSeries(k=k)
-    reg = registry_for(Collector(session, series, lock, kernel))
+    dst_drops = DestinationDrops(k)
+    reg = registry_for(Collector(session, series, lock, kernel, dst_drops))
     with MetricsServer(listen[0], listen[1], lambda: generate_latest(reg), CONTENT_TYPE_LATEST):
         next_sample = next_prune = time.monotonic()
         if on_ready:
             on_ready()
         while not session.stopping:
             with lock:
-                session.pump()
+                dst_drops.add(session.pump())
                 now = time.monotonic()
                 if now >= next_sample:
                     session.sample()

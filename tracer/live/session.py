@@ -206,6 +206,7 @@ class TracingSession:
         for d in self.backend.poll(timeout_ms):
             if self.wanted(d):
                 d.container = self.container_of(d)
+                d.dst_container = self.names.destination(d.netns, d.proto, d.dst, d.dport, d.translated)
                 self.recent.appendleft(d)
                 out.append(d)
         self.drops_seen += len(out)

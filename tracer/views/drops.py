@@ -21,6 +21,8 @@ def line(d: Drop) -> str:
     if d.translated:                 # NAT had changed the packet: as it was dropped
         ts, tsp, td, tdp = d.translated
         out += f"  (as {ts}:{tsp} -> {td}:{tdp})"
+    if d.dst_container:              # the destination side: who publishes dst:dport
+        out += f"  to {safe(d.dst_container)}"
     return out
 
 
@@ -29,14 +31,21 @@ def interval_record(t: float, seconds: float, drops: list) -> dict:
     --summary` record (docs/json.md) and what interval_line prints."""
     reasons: dict = {}
     who: dict = {}
+    to: dict = {}
     for d in drops:
         reasons[d.reason] = reasons.get(d.reason, 0) + 1
         k = (d.container or "", d.src)
         who[k] = who.get(k, 0) + 1
+        if d.dst_container:
+            to[d.dst_container] = to.get(d.dst_container, 0) + 1
     top = sorted(who.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-    return {"type": "interval", "t": round(t, 3), "seconds": round(seconds, 3), "drops": len(drops),
-            "by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-            "top_sources": [{"container": c or None, "src": s, "drops": n} for (c, s), n in top]}
+    out = {"type": "interval", "t": round(t, 3), "seconds": round(seconds, 3), "drops": len(drops),
+           "by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+           "top_sources": [{"container": c or None, "src": s, "drops": n} for (c, s), n in top]}
+    if to:                           # the destination side, apart from the sources
+        out["top_destinations"] = [{"container": c, "drops": n}
+                                   for c, n in sorted(to.items(), key=lambda kv: (-kv[1], kv[0]))[:3]]
+    return out
 
 
 def interval_line(r: dict) -> str:
@@ -47,6 +56,9 @@ def interval_line(r: dict) -> str:
     if r["top_sources"]:
         w = r["top_sources"][0]
         out += f"; most from {safe(w['container']) + ' ' if w['container'] else ''}{w['src']} ({w['drops']:,})"
+    if r.get("top_destinations"):
+        w = r["top_destinations"][0]
+        out += f"; most to {safe(w['container'])} ({w['drops']:,})"
     return out
 
 

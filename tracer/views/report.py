@@ -59,6 +59,13 @@ def render(rep: dict):
         for r in rep[key]:
             tab.add_row(text(r["src"]), f"{r[col]:,}", text(r.get("container")))
         parts.append(tab)
+    if rep.get("drops_by_destination"):      # the destination side, never mixed with the sources
+        tab = Table(title=Text("drops by destination (published ports)"), title_justify="left")
+        for col, just in (("container", "left"), ("drops", "right"), ("ports", "left")):
+            tab.add_column(col, justify=just)
+        for r in rep["drops_by_destination"]:
+            tab.add_row(text(r["container"]), f"{r['drops']:,}", text(", ".join(r["ports"])))
+        parts.append(tab)
     for f in rep["findings"]:            # critical first (doctor.diagnose)
         body = text(f"{f['message']}\nevidence: {f['evidence']}\n", newlines=True)
         if f.get("cuts"):
@@ -242,6 +249,10 @@ def to_html(rep: dict) -> str:
              for r in rep.get("drops_by_container", [])]
     containers = table(by_ct, [("container or source", "name", False), ("drops", "drops", True),
                                ("addresses", "sources", False), ("drop events by reason", "events", False)])
+    by_dst = [{**r, "ports": ", ".join(r["ports"])} for r in rep.get("drops_by_destination", [])]
+    dests = ("<h2>Drops by destination (published ports)</h2>" + table(
+        by_dst, [("container", "container", False), ("drops", "drops", True), ("ports", "ports", False)])
+        if by_dst else "")
     zone = esc(axis.zone())
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -257,7 +268,7 @@ backend {esc(c['backend'])} · netns {esc(c['netns'])} · {c['records']:,} recor
 <p class="note">One point per {width} s; hover over a chart for its values. Red bands: drop bursts.</p>
 {''.join(charts)}{bursts_html}</section>
 <section id="drops"><h2>Drops by reason</h2>{reasons}
-<h2>Drops by container</h2>{containers if by_ct else '<p>No drops.</p>'}</section>
+<h2>Drops by container</h2>{containers if by_ct else '<p>No drops.</p>'}{dests}</section>
 <section id="sources"><h2>Top sources</h2><div class="cols">
 <div><h3>by new entries</h3>{table(rep['top_sources_by_inserts'], [('source', 'src', False), ('inserts', 'inserts', True), ('container', 'container', False)])}</div>
 <div><h3>by drops</h3>{table(rep['top_sources_by_drops'], [('source', 'src', False), ('drops', 'drops', True), ('container', 'container', False)])}</div>

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tracer.core.events import Counters, Drop, SourceCounts
+from tracer.core.frame import top_frame
 from tracer.kernel.ctevents import EventBatch
 from tracer.live import source as livetable
 from tracer.live.session import Options, TracingSession
@@ -174,7 +175,8 @@ def utc(monkeypatch):
 
 @pytest.fixture
 def session_frame(make_session, fake_backend, live_feed, monkeypatch):
-    """session_frame() -> a real TracingSession.frame(): a fake backend's
+    """session_frame() -> top's frame (tracer/core/frame.top_frame) of a real
+    TracingSession's live_state(): a fake backend's
     exact counts (4 table-full drops of 198.18.0.1, one drop event), a live
     table feed over a fake dump (30 entries of 198.18.0.1, 10 of
     198.18.0.2), two samples of the kernel's per-CPU counters a second
@@ -206,5 +208,5 @@ def session_frame(make_session, fake_backend, live_feed, monkeypatch):
             s.sample()
             now[0] += 1.0
             s.sample()
-            return s.frame("src", "entries", 10)
+            return top_frame(s.live_state(), "src", "entries", 10)
     return make

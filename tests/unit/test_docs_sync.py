@@ -191,7 +191,7 @@ def check(heading: str, objs: list) -> None:
 
 
 def test_top_json_keys(session_frame):
-    f = session_frame(events_mode=2)              # a real TracingSession.frame()
+    f = session_frame(events_mode=2)              # top_frame() of a real session's live_state()
     f.pop("history", None)                        # as cli/top.py prints it: the sparklines are for the screen
     json.dumps(f)
     check("`top --json`", [f])

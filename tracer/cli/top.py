@@ -12,6 +12,7 @@ import time
 import click
 
 from tracer.core.aggregate import GROUPS, SORTS
+from tracer.core.frame import top_frame
 from tracer.cli import session
 from tracer.cli.options import flow_filters, netns_option, ready_file_option, tracing_options
 
@@ -67,7 +68,7 @@ def _lines(s, view, interval, top_n, end, as_json, once) -> None:
         if s.stopping:
             break
         s.sample()
-        f = s.frame(view["group"], view["sort"], top_n)
+        f = top_frame(s.live_state(), view["group"], view["sort"], top_n)
         if as_json:
             f.pop("history", None)
             click.echo(json.dumps(f))
@@ -121,7 +122,7 @@ def _interactive(s, view, interval, top_n, end) -> None:
             while not s.stopping and (end is None or time.monotonic() < end):
                 # paused: the numbers stay, but a new grouping or sort is applied
                 if not view["paused"] or shown is None or shape != (view["group"], view["sort"]):
-                    shown = s.frame(view["group"], view["sort"], top_n, view["paused"])
+                    shown = top_frame(s.live_state(), view["group"], view["sort"], top_n, view["paused"])
                     shape = (view["group"], view["sort"])
                 shown["paused"] = view["paused"]
                 live.update(render(shown, show_help=view["help"]), refresh=True)

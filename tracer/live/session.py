@@ -4,7 +4,7 @@
         while not s.stopping:
             s.wait(interval)          # pump drops and table events every 50 ms
             s.sample()                # the kernel's counters and the probes' maps
-            render(s.frame(...))
+            render(top_frame(s.live_state(), ...))   # tracer/core/frame.py
 
 The session owns, and closes in one place, whatever the command asked for:
 the backend (BPF probes), the live table (ctnetlink events, subscribed
@@ -31,9 +31,10 @@ from tracer.core import counters, forecast
 from tracer.kernel import netns as ns
 from tracer.kernel import procmem
 from tracer.kernel import stats as kstats
-from tracer.core.aggregate import Rates, Sample, top_rows
+from tracer.core.aggregate import Rates, Sample
 from tracer.core.events import Counters, Drop
 from tracer.core.filters import Filter
+from tracer.core.frame import LiveState
 from tracer.backends import BackendError, choose, make
 from tracer.kernel import ctnetlink, features
 from tracer.kernel.attribution import Attribution
@@ -333,66 +334,16 @@ class TracingSession:
         return out
 
     # --- the live view's data ----------------------------------------------------
-    def _drops_by_who(self, n: int) -> dict:
-        """Drops since the start by source (exact, the probes' per-source
-        counts) and by container (the sources grouped by their name)."""
-        by_src = sorted(self.rates.src_drops.items(), key=lambda kv: (-kv[1], kv[0]))
-        rows = [{"src": s, "container": self.names.ip(s), "drops": d} for s, d in by_src if d > 0]
-        groups: dict = {}
-        for r in rows:
-            g = groups.setdefault(r["container"] or r["src"], {"drops": 0, "sources": []})
-            g["drops"] += r["drops"]
-            g["sources"].append(r["src"])
-        cont = [{"name": k, "drops": g["drops"], "sources": len(g["sources"])}
-                for k, g in sorted(groups.items(), key=lambda kv: (-kv[1]["drops"], kv[0]))]
-        return {"drops_by_source": rows[:n], "drops_by_container": cont[:n]}
-
-    def frame(self, group: str, sort: str, n: int, paused: bool = False) -> dict:
-        """Everything `top` shows (and `top --json` prints), from the state."""
-        r = self.rates.last
+    def live_state(self) -> LiveState:
+        """What the live view shows, now (tracer/core/frame.py builds top's
+        frame from it)."""
         st = self.state
-        t = r.get("table", {})
-        live = self.feed.entries
-        name_of = self.names.ip
-        rows = top_rows(live, r, group, sort, n, name_of,
-                        self.names.pod if group == "pod" else None)
-        src_rows = rows if group == "src" else top_rows(live, r, "src", "entries", n, name_of)
-        tot = self.rates.totals
-        reasons = {k: v for k, v in sorted(self.counters.reasons_by_netns.get(self.inum, {}).items(),
-                                           key=lambda kv: -kv[1]) if v}
-        return {
-            "ts": time.time(), "netns": self.inum,
-            "netns_name": self.names.netns(self.inum) or (self.opts.netns or "current"),
-            "backend": self.backend.name, "blind_spots": self.backend.blind_spots,
-            "count": st.count, "max": st.max, "buckets": st.buckets, "tracked": len(live),
-            "freshness": self.feed.status(),
-            "interval": r.get("seconds", 0.0),
-            "rates": {"inserts": t.get("inserts", 0.0), "deletes": t.get("deletes", 0.0),
-                      "drops": t.get("table_full", 0.0), "table_full": t.get("table_full", 0.0),
-                      "early_drops": t.get("early_drop", 0.0),
-                      "insert_failed": t.get("insert_failed", 0.0), "invalid": t.get("invalid", 0.0)},
-            "group": group, "sort": sort, "paused": paused,
-            "top": [{**x, "key": str(x["key"])} for x in rows],
-            "top_sources": [{"src": x["key"], "entries": x["entries"],
-                             "inserts_per_s": x["inserts_per_s"], "deletes_per_s": x["deletes_per_s"],
-                             "drops_per_s": x["drops_per_s"], "drops_total": x["drops_total"],
-                             "container": x["container"]}
-                            for x in src_rows],
-            # the destination side: DNATed entries by the address their reply
-            # comes from (published ports, Services, NodePorts)
-            "top_dnat_destinations": [{"dst": a, "entries": c, "container": name_of(a), "side": "destination"}
-                                      for a, c in sorted(live.dnat.items(),
-                                                          key=lambda kv: (-kv[1], kv[0]))[:n]],
-            # exact, since the session started: the kernel's counters and the probes' maps
-            "totals": {"table_full": tot["table_full"], "early_drops": tot["early_drop"],
-                       "insert_failed": tot["insert_failed"],
-                       "inserts": tot["inserts"], "deletes": tot["deletes"],
-                       "rule": reasons.get("rule", 0), "lost_events": self.counters.lost},
-            # exact, since the session started: the probes' maps (docs/json.md)
-            "drops_by_reason": reasons,
-            **self._drops_by_who(n),
-            "drops": [d.to_dict() for d in list(self.recent)[:8]],
-            "lost": self.lost(),
-            "history": {"fill": list(self.rates.fill_hist), "drops": list(self.rates.table_full_hist)},
-            "forecast": self.forecast(),
-        }
+        return LiveState(
+            ts=time.time(), netns=self.inum,
+            netns_name=self.names.netns(self.inum) or (self.opts.netns or "current"),
+            backend=self.backend.name, blind_spots=self.backend.blind_spots,
+            count=st.count, max=st.max, buckets=st.buckets,
+            live=self.feed.entries, freshness=self.feed.status(), rates=self.rates,
+            reasons=dict(self.counters.reasons_by_netns.get(self.inum, {})),
+            lost_events=self.counters.lost, lost=self.lost(), recent=list(self.recent),
+            forecast=self.forecast(), names=self.names)

@@ -9,6 +9,7 @@ import pytest
 
 from tracer.core.events import Counters, Drop, SourceCounts
 from tracer.core.frame import top_frame
+from tracer.kernel.attribution import Names
 from tracer.kernel.ctevents import EventBatch
 from tracer.live import source as livetable
 from tracer.live.session import Options, TracingSession
@@ -57,13 +58,22 @@ class FakeBackend:
 
 
 class FakeNames:
+    """Attribution's interface: 10.0.0.1 is web-1 from the start; `late`
+    names become known at the next refresh()."""
     stopped = False
 
+    def __init__(self, late=None):
+        self.names = Names(by_ip={"10.0.0.1": "web-1"})
+        self.late = dict(late or {})
+
     def ip(self, a):
-        return {"10.0.0.1": "web-1"}.get(a)
+        return self.names.by_ip.get(a)
 
     def netns(self, inum):
         return None
+
+    def refresh(self):
+        self.names.by_ip.update(self.late)
 
     def start(self):
         return self
@@ -162,6 +172,11 @@ def live_feed(monkeypatch):
 @pytest.fixture
 def fake_reader():
     return FakeReader
+
+
+@pytest.fixture
+def fake_events():
+    return FakeEvents
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ ignore record kinds they do not know, and files without it read as before):
           dump every few intervals (none when the table is too big to dump
           often: ENTRIES_MAX_COUNT)
 Files are created with mode 0600 (they hold addresses), never through a
-symbolic link and never over an existing file unless asked (overwrite=True:
-a new file renamed over the old name). The reader accepts a truncated last
+symbolic link and never over an existing file unless asked (overwrite=True);
+they are written to a temporary file beside the name and take the name
+only when complete (synced): a full disk or a crash leaves the old file. The reader accepts a truncated last
 record (a capture cut short) and says so; it reads files from other hosts,
 so it bounds what it decompresses (limit_for: 100 times the compressed size,
 at least 64 MiB, at most 2 GiB), the length of one record (32 MiB for the
@@ -58,17 +59,28 @@ class CaptureError(Exception):
 
 
 class Writer:
-    """A new capture file, mode 0600. It never follows a symbolic link and
-    never replaces an existing file unless overwrite=True; then the new file
-    is made under a temporary name in the same directory and renamed over
-    the old name (a link there is replaced, never written through)."""
+    """A new capture file, mode 0600, written to a temporary file in the
+    same directory (O_CREAT|O_EXCL|O_NOFOLLOW) that takes the name only
+    when complete: close() finishes the gzip stream, syncs it and renames
+    it over `path` (overwrite=True) or links it there (never over a file
+    made meanwhile). It never follows a symbolic link (a link at `path` is
+    replaced, never written through) and never replaces an existing file
+    unless overwrite=True. On any failure (a full disk, a crash) whatever
+    was at `path` stays as it was; discard() removes the temporary file."""
 
     def __init__(self, path: str, header: dict, overwrite: bool = False):
-        fd = create_private(path, overwrite)
+        _refuse_existing(path, overwrite)
+        self.path, self.overwrite = path, overwrite
+        self.tmp, fd = _temp_next_to(path, 0o600)
         self._raw = os.fdopen(fd, "wb")
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
         self.records = 0
-        self.write({"format": FORMAT, "version": VERSION, "revision": REVISION, **header})
+        try:
+            os.fchmod(fd, 0o600)
+            self.write({"format": FORMAT, "version": VERSION, "revision": REVISION, **header})
+        except OSError as e:
+            self.discard()
+            raise CaptureError(f"{path}: cannot write: {e.strerror}; nothing was changed") from None
 
     def write(self, rec: dict) -> None:
         self._gz.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
@@ -78,33 +90,46 @@ class Writer:
         self._gz.flush(zlib.Z_SYNC_FLUSH)     # a cut-short capture stays readable up to here
 
     def close(self) -> None:
-        self._gz.close()
-        self._raw.close()
+        """Complete the file (gzip trailer, fsync) and give it its name.
+        A failure discards it (CaptureError): the old file is untouched."""
+        try:
+            self._gz.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            _publish(self.tmp, self.path, self.overwrite)
+        except OSError as e:
+            self.discard()
+            raise CaptureError(f"{self.path}: cannot write: {e.strerror}; nothing was changed") from None
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Give up: the temporary file is removed, `path` is left as it was."""
+        for f in (self._gz, self._raw):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
+        _unlink_quietly(self.tmp)
 
 
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def create_private(path: str, overwrite: bool = False, mode: int = 0o600) -> int:
-    """A file descriptor on a new file at `path` (mode 0600 by default),
-    created with O_CREAT|O_EXCL|O_NOFOLLOW: never through a symbolic link,
-    never over an existing file. With overwrite=True an existing file (or
-    link) at `path` is replaced by rename, never written through; a
-    directory is still refused. Errors are one-line CaptureErrors."""
-    what = _refuse_existing(path, overwrite)
+def _publish(tmp: str, path: str, overwrite: bool) -> None:
+    """A complete temporary file takes its name: renamed over `path` when
+    replacing, linked there when not (never over a file made meanwhile)."""
+    if overwrite:
+        os.rename(tmp, path)
+        return
     try:
-        if not what:
-            try:
-                fd = os.open(path, _NEW, mode)
-            except FileExistsError:          # made meanwhile: same refusal
-                raise CaptureError(f"{path} already exists: not overwriting it; choose another "
-                                   "name or use --force to replace it") from None
-        else:
-            fd = _replace(path, mode)
-        os.fchmod(fd, mode)
-    except OSError as e:
-        raise CaptureError(f"{path}: cannot create: {e.strerror}") from None
-    return fd
+        os.link(tmp, path)
+    except FileExistsError:
+        raise CaptureError(f"{path} already exists: not overwriting it; choose another "
+                           "name or use --force to replace it") from None
+    os.unlink(tmp)
 
 
 def _existing(path: str) -> str | None:
@@ -119,18 +144,6 @@ def _existing(path: str) -> str | None:
     if stat.S_ISDIR(st.st_mode):
         return "directory"
     return "a file" if stat.S_ISREG(st.st_mode) else "not a regular file"
-
-
-def _replace(path: str, mode: int) -> int:
-    """A new file under a random name next to `path`, renamed over it."""
-    tmp, fd = _temp_next_to(path, mode)
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    return fd
 
 
 def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) -> None:
@@ -153,15 +166,7 @@ def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) 
             os.fsync(fd)
         finally:
             os.close(fd)
-        if overwrite:
-            os.rename(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise CaptureError(f"{path} already exists: not overwriting it; choose another "
-                                   "name or use --force to replace it") from None
-            os.unlink(tmp)
+        _publish(tmp, path, overwrite)
     except OSError as e:
         _unlink_quietly(tmp)
         raise CaptureError(f"{path}: cannot write: {e.strerror}; nothing was changed") from None

@@ -39,9 +39,11 @@ from tracer.backends import BackendError, choose, make
 from tracer.kernel import ctnetlink, features
 from tracer.kernel.attribution import Attribution
 from tracer.kernel.ctevents import CtEvents
+from tracer.formats.capture import CaptureError, write_ready_file
 from tracer.live.source import LiveSource
 
 PUMP_S = 0.05          # how often events are taken in while waiting
+ENTRY_BATCH = 20_000   # raw entry events handed over per pump, at most
 RATE_INTERVALS = 5     # the forecast's insert rate: over the last 5 intervals
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -56,13 +58,14 @@ class Options:
     rate: int = 2000                   # drop events per second and CPU (counts stay exact)
     netns: str | None = None           # the namespace whose table is followed (None: ours)
     follow_entries: bool = False       # follow the live table's entries (top, serve)
-    entry_events: bool = False         # hand raw insert/delete events to the command (capture)
+    entry_events: bool = False         # hand raw insert/delete events to `entry_sink` (capture)
     drop_netns: tuple[str, ...] = ()   # only drops in these namespaces (names or PIDs)
     only_followed_netns: bool = False     # only drops in `netns` (top, capture, serve)
     flt: Filter = field(default_factory=Filter)
     reasons: tuple[str, ...] = ()      # only drops with these reasons
     recent: int = 12                   # latest drops kept for views
     ready_file: str | None = None
+    ready_at_open: bool = True         # False: the command calls ready() (capture: after its first record)
 
 
 class TracingSession:
@@ -75,6 +78,7 @@ class TracingSession:
         self.names = names
         self.feed = None                    # LiveSource (the live table's feed) when opts.follow_entries
         self.events = None                  # CtEvents when opts.entry_events
+        self.entry_sink = None              # ... each pump's batch of them goes here (live/recorder.py)
         self.inum: int | None = None        # inode of the followed namespace
         self._ns_fd: int | None = None      # the followed namespace, held open (ns.pin)
         self.netns_ref: str | None = None   # how the edges enter it: /proc/self/fd/N
@@ -144,14 +148,22 @@ class TracingSession:
         self.released = procmem.release_after_compile()
         self.names.start()
         self.sample()
-        if o.ready_file:
-            from tracer.formats.capture import CaptureError, write_ready_file
+        if o.ready_at_open:
             try:
-                write_ready_file(o.ready_file)
-            except CaptureError as e:
+                self.ready()
+            except SessionError:
                 self.close()
-                raise SessionError(str(e)) from None
+                raise
         return self
+
+    def ready(self) -> None:
+        """Write the ready-file (our PID), if one was asked for: at the end
+        of open(), or when the command says so (ready_at_open=False)."""
+        if self.opts.ready_file:
+            try:
+                write_ready_file(self.opts.ready_file)
+            except CaptureError as e:
+                raise SessionError(str(e)) from None
 
     def choose(self) -> tuple[str, str]:
         """A backend for this kernel: (backend name, why it was chosen)."""
@@ -201,8 +213,8 @@ class TracingSession:
         return (not o.reasons or d.reason in o.reasons) and o.flt.drop(d)
 
     def pump(self, timeout_ms: int = 0) -> list[Drop]:
-        """Take in what arrived: drop events (returned, attributed, filtered)
-        and the live table's events."""
+        """Take in what arrived: drop events (returned, attributed, filtered),
+        the live table's events and the raw entry events (to entry_sink)."""
         out = []
         for d in self.backend.poll(timeout_ms):
             if self.wanted(d):
@@ -212,6 +224,9 @@ class TracingSession:
         self.drops_seen += len(out)
         if self.feed is not None:
             self.feed.pump()
+        if self.events is not None and self.entry_sink is not None:
+            # bounded: the loop keeps its schedule; the rest waits in the socket
+            self.entry_sink(self.events.poll(0, max_events=ENTRY_BATCH))
         return out
 
     def wait(self, seconds: float, on_tick=None) -> list[Drop]:

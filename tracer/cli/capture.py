@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict
 
 import click
+from rich.progress import Progress
 
 from tracer.cli import abort, say, session
 from tracer.cli.options import backend_option, duration, netns_option, ready_file_option
@@ -82,7 +83,6 @@ def _progress(total: float):
     """A transient progress bar on a terminal: update(done, counts); (None, None) ends it."""
     if not sys.stderr.isatty():
         return None
-    from rich.progress import Progress
     p = Progress(transient=True)
     p.start()
     task = p.add_task("capturing", total=total)

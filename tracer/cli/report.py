@@ -6,8 +6,13 @@ import json
 import os
 
 import click
+from rich.console import Console
 
 from tracer.cli import abort, warn
+from tracer.cli.snapshot import snapshot
+from tracer.core.report import analyse
+from tracer.formats.capture import CaptureError, read_capture, write_new
+from tracer.views.report import render, to_html
 
 
 @click.command()
@@ -29,9 +34,6 @@ def report(path, as_json, html_path, force, top):
     """
     if html_path is not None and not html_path:
         abort("--html needs a file name", 2)
-    from tracer.formats.capture import CaptureError, read_capture, write_new
-    from tracer.core.report import analyse
-    from tracer.views.report import render, to_html
 
     try:
         cap = read_capture(path)
@@ -40,7 +42,6 @@ def report(path, as_json, html_path, force, top):
             if html_path:
                 warn("--html is for captures; analysing the table export without it")
             ctx = click.get_current_context()
-            from tracer.cli.snapshot import snapshot
             ctx.invoke(snapshot, path=path, as_json=as_json, top=top)
             return
         abort(str(e))
@@ -63,5 +64,4 @@ def report(path, as_json, html_path, force, top):
     if as_json:
         click.echo(json.dumps(rep))
     else:
-        from rich.console import Console
         Console().print(view)

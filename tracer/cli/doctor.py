@@ -8,7 +8,6 @@ import os
 from dataclasses import asdict
 
 import click
-from rich.console import Console
 
 from tracer.cli import abort, warn
 from tracer.cli.options import MAX_JOBS
@@ -19,7 +18,6 @@ from tracer.formats.export import InputError
 from tracer.kernel import ctnetlink, netns as ns
 from tracer.kernel.attribution import collect
 from tracer.kernel.host import SettingsError, parse_settings, read_export, read_live
-from tracer.views.doctor import render
 
 
 @click.command()
@@ -81,6 +79,9 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
             st.pop("rules", None)
             out = json.dumps({"findings": [f.to_dict() for f in findings], "state": st})
         else:
+            # rich and the view only for text: at the top they made `snapshot --file
+            # --json` (100k lines) ~100 ms slower and 10 MiB bigger
+            from tracer.views.doctor import render
             out = render(findings, state)
     except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError, MemoryError) as e:
         # states are validated (tracer/core/schema.py); this is the last net
@@ -89,6 +90,7 @@ def doctor(netns, window, capture_path, export_path, sysctls_path, sysctl_values
     if as_json:
         click.echo(out)
         return
+    from rich.console import Console      # text only, as the view above
     Console().print(out)
 
 

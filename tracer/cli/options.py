@@ -10,7 +10,7 @@ import click
 
 from tracer.backends import NAMES as BACKENDS
 from tracer.core.conntrack import DCCP_STATES, SCTP_STATES, TCP_STATES, parse_proto
-from tracer.formats.capture import CaptureError, check_ready_file
+from tracer.formats.files import ReadyFileError, check_ready_file
 
 
 def port_numbers(ctx, param, values):
@@ -113,7 +113,7 @@ def ready_file(ctx, param, value):
         raise click.BadParameter("give a file name")
     try:
         check_ready_file(value)
-    except CaptureError as e:
+    except ReadyFileError as e:
         raise click.BadParameter(str(e).removeprefix(f"--ready-file {value} ")) from None
     return value
 

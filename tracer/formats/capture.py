@@ -36,8 +36,6 @@ import gzip
 import json
 import os
 import re
-import secrets
-import stat
 import zlib
 from dataclasses import dataclass, field
 from typing import Annotated, NotRequired, TypedDict
@@ -45,7 +43,7 @@ from typing import Annotated, NotRequired, TypedDict
 from tracer.core import counters, schema
 from tracer.core.hoststate import HostState
 from tracer.core.schema import Max, Range
-from tracer.formats.files import open_input
+from tracer.formats.files import kind_of, open_input, temp_next_to, unlink_quietly
 
 FORMAT = "cttrace-capture"
 VERSION = 1
@@ -71,7 +69,7 @@ class Writer:
     def __init__(self, path: str, header: dict, overwrite: bool = False):
         _refuse_existing(path, overwrite)
         self.path, self.overwrite = path, overwrite
-        self.tmp, fd = _temp_next_to(path, 0o600)
+        self.tmp, fd = temp_next_to(path, 0o600, CaptureError)
         self._raw = os.fdopen(fd, "wb")
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
         self.records = 0
@@ -112,10 +110,7 @@ class Writer:
                 f.close()
             except (OSError, ValueError):
                 pass
-        _unlink_quietly(self.tmp)
-
-
-_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        unlink_quietly(self.tmp)
 
 
 def _publish(tmp: str, path: str, overwrite: bool) -> None:
@@ -132,20 +127,6 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
-def _existing(path: str) -> str | None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return None                          # os.open will say what is wrong
-    if stat.S_ISLNK(st.st_mode):
-        return f"a symbolic link to {os.readlink(path)}"
-    if stat.S_ISDIR(st.st_mode):
-        return "directory"
-    return "a file" if stat.S_ISREG(st.st_mode) else "not a regular file"
-
-
 def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) -> None:
     """Write a whole text file (an HTML report: the capture's addresses,
     names and rules, so mode 0600 like the capture) with the same refusals
@@ -156,7 +137,7 @@ def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) 
     meanwhile), so a full disk leaves the old file as it was."""
     _refuse_existing(path, overwrite)
     data = text.encode("utf-8")
-    tmp, fd = _temp_next_to(path, mode)
+    tmp, fd = temp_next_to(path, mode, CaptureError)
     try:
         try:
             os.fchmod(fd, mode)
@@ -168,69 +149,23 @@ def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) 
             os.close(fd)
         _publish(tmp, path, overwrite)
     except OSError as e:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise CaptureError(f"{path}: cannot write: {e.strerror}; nothing was changed") from None
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
 def _refuse_existing(path: str, overwrite: bool) -> str | None:
     """What is at `path` (None: nothing), after refusing a directory, or
     an existing file unless overwrite."""
-    what = _existing(path)
+    what = kind_of(path)
     if what == "directory":
         raise CaptureError(f"{path} is a directory; give a file name")
     if what and not overwrite:
         raise CaptureError(f"{path} already exists ({what}): not overwriting it; choose another "
                            "name or use --force to replace it")
     return what
-
-
-def _temp_next_to(path: str, mode: int) -> tuple[str, int]:
-    """(name, fd) of a new private file beside `path` (O_EXCL|O_NOFOLLOW)."""
-    d, base = os.path.split(path)
-    for _ in range(100):
-        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}.tmp")
-        try:
-            return tmp, os.open(tmp, _NEW, mode)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise CaptureError(f"{path}: cannot create a file in {d or '.'}: {e.strerror}") from None
-    raise CaptureError(f"{path}: cannot make a temporary file next to it")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def check_ready_file(path: str) -> None:
-    """Fail now (before probes attach) if the ready-file cannot be written:
-    a directory, or a directory we cannot create files in."""
-    if _existing(path) == "directory":
-        raise CaptureError(f"--ready-file {path} is a directory; give a file name")
-    tmp, fd = _temp_next_to(path, 0o644)
-    os.close(fd)
-    os.unlink(tmp)
-
-
-def write_ready_file(path: str) -> None:
-    """Our PID in `path`, written to a temporary file beside it and renamed
-    over it: never through a symbolic link, never truncating the file
-    that was there (another user's file in a sticky directory cannot be
-    replaced: that is an error)."""
-    tmp, fd = _temp_next_to(path, 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.rename(tmp, path)
-    except OSError as e:
-        _unlink_quietly(tmp)
-        raise CaptureError(f"--ready-file {path}: cannot write: {e.strerror}") from None
 
 
 @dataclass

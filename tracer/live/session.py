@@ -39,7 +39,7 @@ from tracer.backends import BackendError, choose, make
 from tracer.kernel import ctnetlink, features
 from tracer.kernel.attribution import Attribution
 from tracer.kernel.ctevents import CtEvents
-from tracer.formats.capture import CaptureError, write_ready_file
+from tracer.formats.files import ReadyFileError, write_ready_file
 from tracer.live.source import LiveSource
 
 PUMP_S = 0.05          # how often events are taken in while waiting
@@ -162,7 +162,7 @@ class TracingSession:
         if self.opts.ready_file:
             try:
                 write_ready_file(self.opts.ready_file)
-            except CaptureError as e:
+            except ReadyFileError as e:
                 raise SessionError(str(e)) from None
 
     def choose(self) -> tuple[str, str]:

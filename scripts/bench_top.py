@@ -88,7 +88,7 @@ def main():
         idle = (cpu(p.pid) - c0) / (time.perf_counter() - t0)
         old = Path(L.CT_MAX).read_text().strip()
         before = lab.node_stats()
-        lab._save_sysctl(L.CT_MAX, old)
+        lab.save_sysctl(L.CT_MAX, old)
         try:
             Path(L.CT_MAX).write_text(str(max(lab.node_count(), 1)))
             c0, t0 = cpu(p.pid), time.perf_counter()
@@ -98,7 +98,7 @@ def main():
             busy = (cpu(p.pid) - c0) / wall
         finally:
             Path(L.CT_MAX).write_text(old)
-            lab._forget_sysctl(L.CT_MAX)
+            lab.forget_sysctl(L.CT_MAX)
         kdrop = lab.node_stats()["drop"] - before["drop"]
         time.sleep(2.5)
         p.send_signal(signal.SIGINT)

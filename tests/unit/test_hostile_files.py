@@ -56,12 +56,12 @@ def test_force_on_a_full_disk_keeps_the_old_report(tmp_path, monkeypatch):
 
 def test_report_without_force_never_replaces_a_file_made_meanwhile(tmp_path, monkeypatch):
     out = tmp_path / "r.html"
-    real = capmod._refuse_existing
+    real = capmod.refuse_existing
 
     def race(path, overwrite):               # the check passes, then someone makes the file
         real(path, overwrite)
         out.write_text("theirs")
-    monkeypatch.setattr(capmod, "_refuse_existing", race)
+    monkeypatch.setattr(capmod, "refuse_existing", race)
     with pytest.raises(CaptureError, match="already exists"):
         capmod.write_new(str(out), "<html>")
     assert out.read_text() == "theirs"

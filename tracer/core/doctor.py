@@ -101,7 +101,7 @@ def context(h: HostState) -> Context:
 def _fill(c: Context) -> Iterator[Finding]:
     h = c.h
     mx = h.max or 0
-    limit = f"nf_conntrack_count={h.count or 0} nf_conntrack_max={mx}" + _scope(h)
+    limit = f"nf_conntrack_count={h.count or 0} nf_conntrack_max={mx}" + scope_note(h)
     if mx and c.fill >= 0.9:
         yield Finding("table_full", CRITICAL, f"the conntrack table is {100 * c.fill:.0f}% full", limit,
                       c.raise_fix)
@@ -205,7 +205,7 @@ def _top_src(src) -> str:
 _SYSCTL = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
-def _sysctl_fix(name, value) -> str:
+def sysctl_fix(name, value) -> str:
     """`sysctl -w net.netfilter.nf_conntrack_NAME=VALUE` from a validated
     name and a whole number, else why not."""
     try:
@@ -288,7 +288,7 @@ def _forecast(c: Context) -> Iterator[Finding]:
                 + (f"; idle {c['proposed']:,} s or more: {who.summary(cut)} (who it cuts: below)" if cut else
                    f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else "")
                 + assumed,
-                _sysctl_fix(name, c["proposed"]) + "\n"
+                sysctl_fix(name, c["proposed"]) + "\n"
                 f"# it cuts flows idle longer than {c['proposed']} s: the applications above must "
                 "send within that time (keep-alives) or reconnect", cut)
     # early drop only evicts entries that are not ASSURED
@@ -316,7 +316,7 @@ def _time_to_full(h: HostState, new_max: int, raise_fix: str) -> Iterator[Findin
     new = a.get("new_kind")
     sysctl = a.get("idle", {}).get(new, {}).get("sysctl") if new else None
     model = (f"new entries +{ins:,} in {h.window:.1f} s ({f['rate']:,.1f}/s, band {f['rate_low']:,.1f}-"
-             f"{f['rate_high']:,.1f}/s); nf_conntrack_count={cnt:,} nf_conntrack_max={mx:,}{_scope(h)}; expiring "
+             f"{f['rate_high']:,.1f}/s); nf_conntrack_count={cnt:,} nf_conntrack_max={mx:,}{scope_note(h)}; expiring "
              f"unless refreshed: {soon['10s']:,} in 10 s, {soon['1m']:,} in 1 min, {soon['10m']:,} in "
              f"10 min; new entries are {new or 'unknown'}"
              + (f" and live {life:,} s (nf_conntrack_{sysctl})" if life else "")
@@ -417,7 +417,8 @@ def _export_arg(name: str) -> str:
     return name
 
 
-def _scope(h: HostState) -> str:
+def scope_note(h: HostState) -> str:
+    """What the evidence says of the limit's scope ("" in the host's own namespace)."""
     if h.max_scope == "netns":
         if h.max_own:
             return (f" (this namespace's own setting is {h.max_own:,}, capped by the initial "

@@ -67,7 +67,7 @@ class Writer:
     was at `path` stays as it was; discard() removes the temporary file."""
 
     def __init__(self, path: str, header: dict, overwrite: bool = False):
-        _refuse_existing(path, overwrite)
+        refuse_existing(path, overwrite)
         self.path, self.overwrite = path, overwrite
         self.tmp, fd = temp_next_to(path, 0o600, CaptureError)
         self._raw = os.fdopen(fd, "wb")
@@ -135,7 +135,7 @@ def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) 
     O_CREAT|O_EXCL|O_NOFOLLOW and synced; only a complete file takes the
     name (rename when replacing, link when not: never over a file made
     meanwhile), so a full disk leaves the old file as it was."""
-    _refuse_existing(path, overwrite)
+    refuse_existing(path, overwrite)
     data = text.encode("utf-8")
     tmp, fd = temp_next_to(path, mode, CaptureError)
     try:
@@ -156,7 +156,7 @@ def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) 
         raise
 
 
-def _refuse_existing(path: str, overwrite: bool) -> str | None:
+def refuse_existing(path: str, overwrite: bool) -> str | None:
     """What is at `path` (None: nothing), after refusing a directory, or
     an existing file unless overwrite."""
     what = kind_of(path)

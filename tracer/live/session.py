@@ -286,10 +286,10 @@ class TracingSession:
         r = self.rates.update(s)
         if r.get("seconds") and live is not None:
             self.net_hist.append(r["table"]["inserts"] - r["table"]["deletes"])
-            self.ins_hist.append(self._inserted(prev, s, r["seconds"]))
+            self.ins_hist.append(self.inserted(prev, s, r["seconds"]))
         return r
 
-    def _inserted(self, p: Sample, s: Sample, dt: float) -> tuple[float, float, str]:
+    def inserted(self, p: Sample, s: Sample, dt: float) -> tuple[float, float, str]:
         """New entries in the interval p -> s: from NEW events where the
         kernel sends them and none were lost; else the kernel's insert
         counter where it counts (recent kernels leave it at 0); else the
@@ -319,7 +319,7 @@ class TracingSession:
         if sched is None or st is None or not self.ins_hist:
             return forecast.live_forecast(None, now, None, None, None)
         # forget only buckets that ended before the last sample: the next
-        # interval's count growth adds back what expired since (_inserted)
+        # interval's count growth adds back what expired since (inserted)
         prev = self.rates.prev
         sched.prune(min(now, prev.t) if prev is not None else now)
         secs = sum(x[0] for x in self.ins_hist)

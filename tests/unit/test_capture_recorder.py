@@ -139,3 +139,14 @@ def test_writer_names_the_file_only_when_complete(tmp_path, monkeypatch):
     with pytest.raises(CaptureError, match=r"c.ctcap: cannot write: Input/output error; nothing was changed"):
         w.close()
     assert p.read_text() == "old" and sorted(x.name for x in tmp_path.iterdir()) == ["c.ctcap"]
+
+
+def test_without_hard_links_the_complete_file_is_renamed(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+    monkeypatch.setattr(os, "link", no_links)
+    p = tmp_path / "c.ctcap"
+    w = Writer(str(p), HDR)
+    w.write({"k": "end", "t": 1001.0})
+    w.close()
+    assert read_capture(str(p)).of("end") and sorted(x.name for x in tmp_path.iterdir()) == ["c.ctcap"]

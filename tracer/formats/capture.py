@@ -119,11 +119,19 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
     if overwrite:
         os.rename(tmp, path)
         return
+    exists = CaptureError(f"{path} already exists: not overwriting it; choose another "
+                          "name or use --force to replace it")
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise CaptureError(f"{path} already exists: not overwriting it; choose another "
-                           "name or use --force to replace it") from None
+        raise exists from None
+    except OSError:
+        # a file system without hard links (vfat, some FUSE): a rename, once
+        # nothing is there (a file made in between these two calls is replaced)
+        if os.path.lexists(path):
+            raise exists from None
+        os.rename(tmp, path)
+        return
     os.unlink(tmp)
 
 

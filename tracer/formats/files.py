@@ -6,7 +6,6 @@ ready-file the tracing commands write once they trace."""
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from typing import BinaryIO
 
@@ -53,7 +52,7 @@ def temp_next_to(path: str, mode: int, error: type[Exception]) -> tuple[str, int
     `error` (one line) when none can be made."""
     d, base = os.path.split(path)
     for _ in range(100):
-        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(d, f".{base}.{os.urandom(4).hex()}.tmp")
         try:
             return tmp, os.open(tmp, NEW_FILE, mode)
         except FileExistsError:

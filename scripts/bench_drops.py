@@ -109,7 +109,7 @@ def main():
         old = Path(L.CT_MAX).read_text().strip()
         p, err = start_tracer(tmp)
         before = lab.node_stats()
-        lab._save_sysctl(L.CT_MAX, old)
+        lab.save_sysctl(L.CT_MAX, old)
         try:
             Path(L.CT_MAX).write_text(str(max(lab.node_count(), 1)))
             c0, t0 = cpu_seconds(p.pid), time.perf_counter()
@@ -119,7 +119,7 @@ def main():
             wall, cpu = time.perf_counter() - t0, cpu_seconds(p.pid) - c0
         finally:
             Path(L.CT_MAX).write_text(old)
-            lab._forget_sysctl(L.CT_MAX)
+            lab.forget_sysctl(L.CT_MAX)
         after = lab.node_stats()
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)

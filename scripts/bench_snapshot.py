@@ -17,6 +17,11 @@ live: makes a network namespace holding N real UDP entries, then times
 `cttrace snapshot --netns NS --json > /dev/null` on that same table.
 
 Each timing is the median of --repeat runs.
+
+--baseline TREE: also times TREE's own cttrace (another worktree, e.g. of an
+older commit, with its own .venv) on the same input, interleaved with ours
+run by run, and prints the ratio ours / baseline per run: its median and
+spread (min-max).
 """
 
 import argparse
@@ -74,6 +79,24 @@ def median_run(cmd, repeat, shell=False):
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 
+def versus(args, cmd_of) -> None:
+    """Ours against --baseline, interleaved: cmd_of(cttrace) -> argv."""
+    other = str(Path(args.baseline).resolve() / ".venv" / "bin" / "cttrace")
+    ratios, mine, theirs = [], [], []
+    for _ in range(args.repeat):
+        a, pa = timed(cmd_of(CTTRACE))
+        b, pb = timed(cmd_of(other))
+        mine.append((a, pa))
+        theirs.append((b, pb))
+        ratios.append(a / b)
+    r = sorted(ratios)
+    print(f"  vs baseline {args.baseline}: ours {statistics.median(x for x, _ in mine):.2f} s "
+          f"(peak RSS {max(p for _, p in mine) / 2**20:.0f} MiB), baseline "
+          f"{statistics.median(x for x, _ in theirs):.2f} s (peak RSS {max(p for _, p in theirs) / 2**20:.0f} MiB)"
+          f"; ratio ours/baseline median {statistics.median(r):.3f} (min {r[0]:.3f}, max {r[-1]:.3f}, "
+          f"{len(r)} runs)")
+
+
 def bench_file(args):
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "table.txt"
@@ -87,10 +110,14 @@ def bench_file(args):
         each = [median_run(["sh", "-c", c.replace("{f}", str(f))], args.repeat)[0] for c in ONE_LINERS]
         ours, peak = median_run([CTTRACE, "snapshot", "--file", str(f), "--json"], args.repeat)
         ours1, peak1 = median_run([CTTRACE, "snapshot", "--file", str(f), "--json", "--jobs", "1"], args.repeat)
-    print(f"table file: {args.lines:,} lines, {size / 1e6:.0f} MB, {os.cpu_count()} CPUs")
-    print(f"one-liners back to back: {base:.2f} s  (each: {', '.join(f'{x:.2f}' for x in each)})")
-    print(f"cttrace snapshot --json: {ours:.2f} s, peak RSS {peak / 2**20:.0f} MiB  -> ratio {ours / base:.2f}")
-    print(f"  with --jobs 1:         {ours1:.2f} s, peak RSS {peak1 / 2**20:.0f} MiB  -> ratio {ours1 / base:.2f}")
+        print(f"table file: {args.lines:,} lines, {size / 1e6:.0f} MB, {os.cpu_count()} CPUs")
+        print(f"one-liners back to back: {base:.2f} s  (each: {', '.join(f'{x:.2f}' for x in each)})")
+        print(f"cttrace snapshot --json: {ours:.2f} s, peak RSS {peak / 2**20:.0f} MiB  -> ratio {ours / base:.2f}")
+        print(f"  with --jobs 1:         {ours1:.2f} s, peak RSS {peak1 / 2**20:.0f} MiB  -> ratio {ours1 / base:.2f}")
+        if args.baseline:
+            for jobs in ([], ["--jobs", "1"]):
+                print(f"snapshot --file --json {' '.join(jobs)}".rstrip())
+                versus(args, lambda c: [c, "snapshot", "--file", str(f), "--json", *jobs])
 
 
 def bench_live(args):
@@ -115,12 +142,14 @@ def bench_live(args):
                                    capture_output=True, text=True, check=True).stdout
             import json
             total = json.loads(check)["total"]
+            print(f"live table: {count:,} entries (made in {made:.1f} s); cttrace saw {total:,}")
+            print(f"conntrack -L -o extended > /dev/null: {base:.2f} s")
+            print(f"cttrace snapshot --netns --json:      {ours:.2f} s, peak RSS {peak / 2**20:.0f} MiB "
+                  f"-> ratio {ours / base:.2f}")
+            if args.baseline:
+                versus(args, lambda c: [c, "snapshot", "--netns", ns.name, "--json"])
     finally:
         open(maxpath, "w").write(old_max)
-    print(f"live table: {count:,} entries (made in {made:.1f} s); cttrace saw {total:,}")
-    print(f"conntrack -L -o extended > /dev/null: {base:.2f} s")
-    print(f"cttrace snapshot --netns --json:      {ours:.2f} s, peak RSS {peak / 2**20:.0f} MiB "
-          f"-> ratio {ours / base:.2f}")
 
 
 def main():
@@ -129,9 +158,11 @@ def main():
     f = sub.add_parser("file")
     f.add_argument("--lines", type=int, default=1_000_000)
     f.add_argument("--repeat", type=int, default=3)
+    f.add_argument("--baseline", metavar="TREE", help="Also time TREE/.venv/bin/cttrace (ratio ours/baseline).")
     live = sub.add_parser("live")
     live.add_argument("--entries", type=int, default=200_000)
     live.add_argument("--repeat", type=int, default=3)
+    live.add_argument("--baseline", metavar="TREE", help="Also time TREE/.venv/bin/cttrace (ratio ours/baseline).")
     a = ap.parse_args()
     bench_file(a) if a.what == "file" else bench_live(a)
 

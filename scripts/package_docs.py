@@ -29,7 +29,7 @@ from tracer.cli import COMMANDS, main
 SECTION = "8"        # administration: most commands need root
 
 
-def _roff(text: str) -> str:
+def roff(text: str) -> str:
     """Text safe for roff: backslashes escaped, no line read as a request."""
     out = []
     for line in text.replace("\\", "\\e").split("\n"):
@@ -64,8 +64,8 @@ def split_help(help_text: str) -> tuple[list[str], list[str]]:
 def _paragraph(p: str) -> list[str]:
     if p.startswith("\b"):          # click's "keep these lines as they are"
         body = p[1:].strip("\n")
-        return [".PP", ".nf", _roff("\n".join(l.strip() for l in body.split("\n"))), ".fi"]
-    return [".PP", _roff(" ".join(l.strip() for l in p.split("\n")))]
+        return [".PP", ".nf", roff("\n".join(l.strip() for l in body.split("\n"))), ".fi"]
+    return [".PP", roff(" ".join(l.strip() for l in p.split("\n")))]
 
 
 def page(name: str | None = None) -> str:
@@ -80,9 +80,9 @@ def page(name: str | None = None) -> str:
     date = time.strftime("%Y-%m-%d", time.gmtime(epoch))
     paragraphs, examples = split_help(cmd.help)
     out = [f'.TH {title.upper()} {SECTION} {date} "cttrace {__version__}" "cttrace manual"',
-           ".SH NAME", f"{title} \\- {_roff(cmd.get_short_help_str(limit=200).rstrip('.'))}",
+           ".SH NAME", f"{title} \\- {roff(cmd.get_short_help_str(limit=200).rstrip('.'))}",
            ".SH SYNOPSIS", f".B {ctx.command_path}",
-           _roff(" ".join(cmd.collect_usage_pieces(ctx))),
+           roff(" ".join(cmd.collect_usage_pieces(ctx))),
            ".SH DESCRIPTION"]
     for p in paragraphs:
         out += _paragraph(p)
@@ -91,18 +91,18 @@ def page(name: str | None = None) -> str:
     if opts:
         out.append(".SH OPTIONS")
         for switches, text in opts:
-            out += [".TP", f"\\fB{_roff(switches)}\\fR", _roff(text)]
+            out += [".TP", f"\\fB{roff(switches)}\\fR", roff(text)]
     if name is None:
         out.append(".SH COMMANDS")
         for c in COMMANDS:
             sub = main.get_command(root, c)
             out += [".TP", f"\\fB{c}\\fR",
-                    f"{_roff(sub.get_short_help_str(limit=200))} See \\fBcttrace\\-{c}\\fR({SECTION})."]
+                    f"{roff(sub.get_short_help_str(limit=200))} See \\fBcttrace\\-{c}\\fR({SECTION})."]
     if not examples:
         raise SystemExit(f"package_docs: {title}'s help has no 'Examples:' block")
-    out += [".SH EXAMPLES", ".nf", _roff("\n".join(examples)), ".fi"]
+    out += [".SH EXAMPLES", ".nf", roff("\n".join(examples)), ".fi"]
     others = ["cttrace"] + [f"cttrace-{c}" for c in COMMANDS]
-    see = [f"\\fB{_roff(o)}\\fR({SECTION})" for o in others if o != title]
+    see = [f"\\fB{roff(o)}\\fR({SECTION})" for o in others if o != title]
     out += [".SH SEE ALSO", ", ".join(see + ["\\fBconntrack\\fR(8)"])]
     return "\n".join(out) + "\n"
 

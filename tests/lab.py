@@ -468,7 +468,7 @@ COMMIT
         """The node's per-CPU conntrack counters, summed."""
         with netns.entered(self.node):
             with open("/proc/thread-self/net/stat/nf_conntrack") as f:
-                return _sum_stat(f.read())
+                return sum_stat(f.read())
 
     def node_entries(self) -> list[tuple[Flow, str]]:
         """(original tuple, TCP state or '') of every entry in the node's table,
@@ -672,7 +672,7 @@ COMMIT
         if root_count and limit < root_count + 100:
             raise LabError(f"this host's own table holds {root_count} entries: lowering "
                            f"nf_conntrack_max to {limit} would drop its traffic; raise admit")
-        self._save_sysctl(CT_MAX, old)
+        self.save_sysctl(CT_MAX, old)
         before = self.node_stats()
         t0 = time.perf_counter()
         with netns.entered(self.node):
@@ -684,7 +684,7 @@ COMMIT
         finally:
             Path(CT_MAX).write_text(old)
             os.close(stat_fd)
-            self._forget_sysctl(CT_MAX)
+            self.forget_sysctl(CT_MAX)
         after = self.node_stats()
         return TableFull(k=k, limit=limit, admitted=rep.flows, dropped=rep.failed,
                          kernel_drop=after["drop"] - before["drop"],
@@ -698,13 +698,13 @@ COMMIT
         except (OSError, ValueError):
             return path, {}
 
-    def _save_sysctl(self, path: str, value: str) -> None:
+    def save_sysctl(self, path: str, value: str) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         f, st = self._state()
         st.setdefault("sysctl", {}).setdefault(path, value)
         f.write_text(json.dumps(st))
 
-    def _forget_sysctl(self, path: str) -> None:
+    def forget_sysctl(self, path: str) -> None:
         f, st = self._state()
         st.get("sysctl", {}).pop(path, None)
         f.write_text(json.dumps(st))
@@ -715,7 +715,7 @@ def _restore(ns: str, rules: str) -> None:
                    check=True, capture_output=True)
 
 
-def _sum_stat(text: str) -> dict[str, int]:
+def sum_stat(text: str) -> dict[str, int]:
     lines = text.split("\n")
     names = lines[0].split()
     total = dict.fromkeys(names, 0)
@@ -734,7 +734,7 @@ class _DropWatch:
         self.last = self.read()
 
     def read(self) -> int:
-        return _sum_stat(os.pread(self.fd, 1 << 16, 0).decode())["drop"]
+        return sum_stat(os.pread(self.fd, 1 << 16, 0).decode())["drop"]
 
     def moved(self) -> bool:
         now = self.read()

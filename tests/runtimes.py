@@ -473,7 +473,7 @@ def node_entries() -> list[dict]:
 def node_stats() -> dict[str, int]:
     with netns.entered(NODE):
         text = Path("/proc/thread-self/net/stat/nf_conntrack").read_text()
-    return L._sum_stat(text)
+    return L.sum_stat(text)
 
 
 def node_count() -> int:

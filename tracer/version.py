@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 COMMIT_FILE = os.path.join(HERE, "COMMIT")
 
 
-def _from_git(root: str) -> str | None:
+def from_git(root: str) -> str | None:
     if not os.path.exists(os.path.join(root, ".git")):
         return None
     try:
@@ -41,7 +41,7 @@ def _from_file() -> str | None:
 
 
 def commit() -> str | None:
-    return _from_git(os.path.dirname(HERE)) or _from_file()
+    return from_git(os.path.dirname(HERE)) or _from_file()
 
 
 def describe() -> str:

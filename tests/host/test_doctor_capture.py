@@ -50,7 +50,7 @@ def test_tracked_vxlan_is_found_and_fixed(lab):
 def test_full_table_drops_and_top_container(lab):
     c1 = lab.containers[0]
     old = Path(L.CT_MAX).read_text().strip()
-    lab._save_sysctl(L.CT_MAX, old)
+    lab.save_sysctl(L.CT_MAX, old)
     try:
         Path(L.CT_MAX).write_text(str(lab.node_count() + 120))
         r = lab.udp_flows(c1, 200, timeout=0.2)
@@ -69,7 +69,7 @@ def test_full_table_drops_and_top_container(lab):
             t.join()
     finally:
         Path(L.CT_MAX).write_text(old)
-        lab._forget_sysctl(L.CT_MAX)
+        lab.forget_sysctl(L.CT_MAX)
     assert found["table_full"]["severity"] == "critical"
     assert "dropping_now" in found or "dropped_before" in found
     assert c1 in found["heavy_source"]["message"]

@@ -109,7 +109,7 @@ def test_snat_exhaustion_now_is_critical(lab):
 def test_full_table_is_still_a_full_table(lab):
     c1 = lab.containers[0]
     old = Path(L.CT_MAX).read_text().strip()
-    lab._save_sysctl(L.CT_MAX, old)
+    lab.save_sysctl(L.CT_MAX, old)
     before = lab.node_stats()
     try:
         Path(L.CT_MAX).write_text(str(lab.node_count() + 100))
@@ -129,7 +129,7 @@ def test_full_table_is_still_a_full_table(lab):
             t.join()
     finally:
         Path(L.CT_MAX).write_text(old)
-        lab._forget_sysctl(L.CT_MAX)
+        lab.forget_sysctl(L.CT_MAX)
     after = lab.node_stats()
     assert found["table_full"]["severity"] == "critical"
     assert found["dropping_now"]["severity"] == "critical"

@@ -124,7 +124,7 @@ def all_causes(lab, observe) -> None:
     # the other causes first, then (while they run) the table takes only 30
     # more entries (a global limit: restored after) and the full generator starts
     old = Path(L.CT_MAX).read_text().strip()
-    lab._save_sysctl(L.CT_MAX, old)
+    lab.save_sysctl(L.CT_MAX, old)
     try:
         for t in threads[:-1]:
             t.start()
@@ -135,7 +135,7 @@ def all_causes(lab, observe) -> None:
             t.join(300)
     finally:
         Path(L.CT_MAX).write_text(old)
-        lab._forget_sysctl(L.CT_MAX)
+        lab.forget_sysctl(L.CT_MAX)
     after = lab.node_stats()
     events, reasons, err = stop()
 

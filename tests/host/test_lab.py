@@ -88,7 +88,7 @@ def test_down_cleans_up_after_a_crash():
     server_pid = int(subprocess.run(["ip", "netns", "pids", lab.peer], capture_output=True,
                                     text=True).stdout.split()[0])
     # a crash in the middle of the table-full scenario: limit lowered, saved
-    lab._save_sysctl(L.CT_MAX, old.strip())
+    lab.save_sysctl(L.CT_MAX, old.strip())
     Path(L.CT_MAX).write_text("1000")
     lab.server = None                    # the process "died": nobody will terminate it
     done = L.lab_down(PREFIX)

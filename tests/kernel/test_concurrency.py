@@ -72,7 +72,7 @@ def test_concurrent_senders_table_full_exact_namespace(backend, lab4):
          "-j", "DROP", ns=lab.node)
     ct_max = "/proc/sys/net/netfilter/nf_conntrack_max"
     old = open(ct_max).read().strip()
-    lab._save_sysctl(ct_max, old)
+    lab.save_sysctl(ct_max, old)
     try:
         for rnd in range(ROUNDS):
             drain(backend)
@@ -111,5 +111,5 @@ def test_concurrent_senders_table_full_exact_namespace(backend, lab4):
     finally:
         with open(ct_max, "w") as f:
             f.write(old)
-        lab._forget_sysctl(ct_max)
+        lab.forget_sysctl(ct_max)
         lab.release()

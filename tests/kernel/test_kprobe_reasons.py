@@ -84,7 +84,7 @@ def test_refused_create_hides_no_rule_drop(backend):
         drain(backend)
         c0 = backend.counters()
         with netns.entered(ns):
-            k0 = L._sum_stat(open("/proc/thread-self/net/stat/nf_conntrack").read())
+            k0 = L.sum_stat(open("/proc/thread-self/net/stat/nf_conntrack").read())
         os.sched_setaffinity(0, {cpu})           # the refusal and the drops on one CPU
         Path(L.CT_MAX).write_text("1")
         refused = L.sh("conntrack", "-I", "-p", "tcp", "-s", "198.18.9.3", "-d", "198.18.9.2",
@@ -100,7 +100,7 @@ def test_refused_create_hides_no_rule_drop(backend):
                     except OSError:
                         pass                      # EPERM: dropped on the way out
                     sent += 1
-            k1 = L._sum_stat(open("/proc/thread-self/net/stat/nf_conntrack").read())
+            k1 = L.sum_stat(open("/proc/thread-self/net/stat/nf_conntrack").read())
     finally:
         Path(L.CT_MAX).write_text(old_max)
         os.sched_setaffinity(0, old_cpus)

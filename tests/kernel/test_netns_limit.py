@@ -35,5 +35,5 @@ def test_no_kernel_of_the_matrix_has_a_per_namespace_limit():
             assert hoststate.max_scope() == "global"
         h = hoststate.read_live(ns.name, window=0.1)
         assert h.max_scope == "global" and h.max == glob and h.max_global is None
-        from tracer.core.doctor import _scope
-        assert "the limit is global on this kernel" in _scope(h)
+        from tracer.core.doctor import scope_note
+        assert "the limit is global on this kernel" in scope_note(h)

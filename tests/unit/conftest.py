@@ -8,6 +8,8 @@ import time
 import pytest
 
 from tracer.core.events import Counters, Drop, SourceCounts
+from tracer.core.frame import top_frame
+from tracer.kernel.attribution import Names
 from tracer.kernel.ctevents import EventBatch
 from tracer.live import source as livetable
 from tracer.live.session import Options, TracingSession
@@ -56,16 +58,25 @@ class FakeBackend:
 
 
 class FakeNames:
+    """Attribution's interface: 10.0.0.1 is web-1 from the start; `late`
+    names become known at the next refresh()."""
     stopped = False
 
+    def __init__(self, late=None):
+        self.names = Names(by_ip={"10.0.0.1": "web-1"})
+        self.late = dict(late or {})
+
     def ip(self, a):
-        return {"10.0.0.1": "web-1"}.get(a)
+        return self.names.by_ip.get(a)
 
     def netns(self, inum):
         return None
 
     def destination(self, netns, proto, dst, dport, translated=None):
         return {("tcp", 8080): "web-2"}.get((proto, dport))
+
+    def refresh(self):
+        self.names.by_ip.update(self.late)
 
     def start(self):
         return self
@@ -167,6 +178,11 @@ def fake_reader():
 
 
 @pytest.fixture
+def fake_events():
+    return FakeEvents
+
+
+@pytest.fixture
 def utc(monkeypatch):
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
@@ -177,7 +193,8 @@ def utc(monkeypatch):
 
 @pytest.fixture
 def session_frame(make_session, fake_backend, live_feed, monkeypatch):
-    """session_frame() -> a real TracingSession.frame(): a fake backend's
+    """session_frame() -> top's frame (tracer/core/frame.top_frame) of a real
+    TracingSession's live_state(): a fake backend's
     exact counts (4 table-full drops of 198.18.0.1, one drop event), a live
     table feed over a fake dump (30 entries of 198.18.0.1, 10 of
     198.18.0.2), two samples of the kernel's per-CPU counters a second
@@ -209,5 +226,5 @@ def session_frame(make_session, fake_backend, live_feed, monkeypatch):
             s.sample()
             now[0] += 1.0
             s.sample()
-            return s.frame("src", "entries", 10)
+            return top_frame(s.live_state(), "src", "entries", 10)
     return make

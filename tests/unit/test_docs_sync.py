@@ -48,14 +48,14 @@ pytestmark = pytest.mark.usefixtures("utc")
 # ---- finding ids ---------------------------------------------------------
 
 def code_finding_ids() -> set[str]:
-    """Every id the doctor's rules can add: `add("id", ...)` and
-    `add(f"..{x}..", ...)` in tracer/core (doctor.py, nat.py, and any
+    """Every id the doctor's rules can give: `Finding("id", ...)` and
+    `Finding(f"..{x}..", ...)` in tracer/core (doctor.py, nat.py, and any
     module that adds findings)."""
     expand = {"tag": [tag for _, tag in doctor.TUNNELS.values()],
               "name": list(forecast.CANDIDATES)}
     ids = set()
     for path in (ROOT / "tracer" / "core").glob("*.py"):
-        for m in re.finditer(r'\badd\(\s*(f?)"([a-z0-9_{}]+)"', path.read_text()):
+        for m in re.finditer(r'\bFinding\(\s*(f?)"([a-z0-9_{}]+)"', path.read_text()):
             f, text = m.groups()
             var = re.search(r"\{(\w+)\}", text) if f else None
             if var is None:
@@ -194,7 +194,7 @@ def check(heading: str, objs: list) -> None:
 
 
 def test_top_json_keys(session_frame):
-    f = session_frame(events_mode=2)              # a real TracingSession.frame()
+    f = session_frame(events_mode=2)              # top_frame() of a real session's live_state()
     f.pop("history", None)                        # as cli/top.py prints it: the sparklines are for the screen
     json.dumps(f)
     check("`top --json`", [f])

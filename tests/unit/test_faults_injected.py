@@ -33,6 +33,6 @@ def test_ctnetlink_subsystem_missing(err):
     """nfnetlink loaded, its conntrack subsystem not: the kernel answers the
     dump request with an error message (nfnetlink_rcv_msg: EOPNOTSUPP)."""
     with pytest.raises(ctnetlink.NetlinkError) as e:
-        ctnetlink._raise_for(err)
+        ctnetlink.raise_for(err)
     assert str(e.value) == ("ctnetlink is not available in this kernel "
                             "(load it: modprobe nf_conntrack_netlink)")

@@ -60,7 +60,7 @@ def test_address_cache_is_bounded():
     f = Filter(src=["10.0.0.0/8"])
     for i in range(100_500):
         f.drop(drop(src=f"11.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"))
-    assert len(f._in) <= 100_001
+    assert f.cached <= 100_001
 
 
 def test_snapshot_columns_and_rows_agree():

@@ -189,7 +189,7 @@ def test_events_off_counts_the_growth():
     from tracer.core.aggregate import Sample
     p = Sample(t=20.0, inserts={}, deletes={}, drops={}, kernel={}, count=2000, max=None)
     q = Sample(t=30.0, inserts={}, deletes={}, drops={}, kernel={}, count=1500, max=None)
-    assert s._inserted(p, q, 10.0) == (10.0, 500.0, "count growth")   # 1,000 expired at ~25.5 s
+    assert s.inserted(p, q, 10.0) == (10.0, 500.0, "count growth")   # 1,000 expired at ~25.5 s
 
 
 def test_top_header_shows_the_band_and_the_schedule_age():
@@ -229,8 +229,8 @@ def test_folded_sources_do_not_make_the_insert_rate_negative():
                kernel={}, count=100, max=10000)
     q = Sample(t=20.0, inserts=Counter({"b": 30, "c": 3}), deletes=Counter(), drops={},
                kernel={}, count=100, max=10000)
-    assert s._inserted(p, q, 10.0) == (10.0, 23.0, "events")     # b +20, c folded then +3
-    s.ins_hist.append(s._inserted(p, q, 10.0))
+    assert s.inserted(p, q, 10.0) == (10.0, 23.0, "events")     # b +20, c folded then +3
+    s.ins_hist.append(s.inserted(p, q, 10.0))
     f = s.forecast(now=20.0)
     assert f["rate"] == pytest.approx(2.3) and f["rate_low"] >= 0
 
@@ -248,7 +248,7 @@ def test_a_scrape_between_samples_keeps_what_the_next_interval_counts():
     s.rates.prev = p
     s.forecast(now=17.0)                         # a scrape at 17 s
     q = Sample(t=20.0, inserts={}, deletes={}, drops={}, kernel={}, count=1000, max=None)
-    assert s._inserted(p, q, 10.0) == (10.0, 1000.0, "count growth")
+    assert s.inserted(p, q, 10.0) == (10.0, 1000.0, "count growth")
 
 
 def test_serve_forecast_gauges():

@@ -32,9 +32,9 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setattr(H, "MODULES", str(mods))
     monkeypatch.setattr(H, "RUN_DIR", str(run))
     before = os.environ.pop("BCC_KERNEL_SOURCE", None)
-    H._ensured.clear()
+    H.forget()
     yield src, mods, run
-    H._ensured.clear()
+    H.forget()
     # ensure() sets it in os.environ itself (monkeypatch cannot undo that):
     # cttrace processes started by later tests would inherit a gone tree
     os.environ.pop("BCC_KERNEL_SOURCE", None)

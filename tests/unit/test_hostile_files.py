@@ -15,7 +15,8 @@ from tracer.cli import main
 from tracer.core.events import Counters, SourceCounts
 from tracer.formats import capture as capmod
 from tracer.formats import export
-from tracer.formats.capture import CaptureError, check_ready_file, write_ready_file
+from tracer.formats.capture import CaptureError
+from tracer.formats.files import ReadyFileError, check_ready_file, write_ready_file
 from tracer.kernel import netns as ns
 from tracer.views.drops import summary
 
@@ -55,12 +56,12 @@ def test_force_on_a_full_disk_keeps_the_old_report(tmp_path, monkeypatch):
 
 def test_report_without_force_never_replaces_a_file_made_meanwhile(tmp_path, monkeypatch):
     out = tmp_path / "r.html"
-    real = capmod._refuse_existing
+    real = capmod.refuse_existing
 
     def race(path, overwrite):               # the check passes, then someone makes the file
         real(path, overwrite)
         out.write_text("theirs")
-    monkeypatch.setattr(capmod, "_refuse_existing", race)
+    monkeypatch.setattr(capmod, "refuse_existing", race)
     with pytest.raises(CaptureError, match="already exists"):
         capmod.write_new(str(out), "<html>")
     assert out.read_text() == "theirs"
@@ -99,7 +100,7 @@ def test_unwritable_ready_file_fails_before_anything_attaches(tmp_path, cmd):
         assert r.exit_code == 2, r.output
         assert "Invalid value for '--ready-file'" in r.output and why in r.output
     assert _run(cmd, *extra, "--ready-file", "").exit_code == 2
-    with pytest.raises(CaptureError):
+    with pytest.raises(ReadyFileError):
         check_ready_file(str(tmp_path / "missing" / "r"))
 
 

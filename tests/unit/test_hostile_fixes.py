@@ -108,10 +108,10 @@ def test_iptables_chain_and_interface_are_validated():
 
 
 def test_shorter_timeout_sysctl_name_is_validated():
-    from tracer.core.doctor import _sysctl_fix
-    assert _sysctl_fix("udp_timeout", 10) == "sysctl -w net.netfilter.nf_conntrack_udp_timeout=10"
-    assert _sysctl_fix("x=1; rm -rf /", 10).startswith("# no command for sysctl -w")
-    assert _sysctl_fix("udp_timeout", "10; id").startswith("# no command")
+    from tracer.core.doctor import sysctl_fix
+    assert sysctl_fix("udp_timeout", 10) == "sysctl -w net.netfilter.nf_conntrack_udp_timeout=10"
+    assert sysctl_fix("x=1; rm -rf /", 10).startswith("# no command for sysctl -w")
+    assert sysctl_fix("udp_timeout", "10; id").startswith("# no command")
 
 
 def _capture(path, state):

@@ -33,7 +33,7 @@ def test_every_command_has_a_page_with_examples_and_options(tmp_path):
 
 
 def test_help_text_cannot_inject_roff_requests():
-    out = docs._roff(".so /etc/shadow\n'bp\nback\\slash")
+    out = docs.roff(".so /etc/shadow\n'bp\nback\\slash")
     assert out.splitlines() == ["\\&.so /etc/shadow", "\\&'bp", "back\\eslash"]
 
 

@@ -1,5 +1,5 @@
-"""`top`'s view fed by a real TracingSession.frame() (not a hand-made
-frame): a fake backend's exact counts, a live table feed over a fake dump,
+"""`top`'s view fed by the frame a real TracingSession hands over
+(top_frame(session.live_state()), not a hand-made frame): a fake backend's exact counts, a live table feed over a fake dump,
 two samples of the kernel's per-CPU counters, then the rendered screen."""
 
 import io

@@ -30,7 +30,7 @@ def test_version_from_a_checkout_names_its_commit():
 
 
 def test_version_from_a_build_reads_the_commit_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(version, "_from_git", lambda root: None)
+    monkeypatch.setattr(version, "from_git", lambda root: None)
     f = tmp_path / "COMMIT"
     monkeypatch.setattr(version, "COMMIT_FILE", str(f))
     assert version.describe() == f"cttrace {__version__}"          # no file: the version alone

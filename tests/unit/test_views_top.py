@@ -1,5 +1,5 @@
 """The `top` view rendered from hand-made frames (the shape of
-TracingSession.frame) through rich's recording console."""
+tracer/core/frame.top_frame) through rich's recording console."""
 
 import copy
 import io

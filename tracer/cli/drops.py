@@ -12,6 +12,11 @@ import click
 from tracer.cli import abort, say, session
 from tracer.core.events import REASONS
 from tracer.cli.options import flow_filters, ready_file_option, tracing_options
+from tracer.backends import BackendError, choose, make
+from tracer.core.filters import Filter
+from tracer.kernel import features
+from tracer.live.session import Options
+from tracer.views.drops import interval_line, interval_record, line, summary
 
 
 @click.command()
@@ -48,10 +53,6 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
       sudo cttrace drops --reason table_full --json
       sudo cttrace drops --netns 4242 --duration 30
     """
-    from tracer.core.filters import Filter
-    from tracer.live.session import Options
-    from tracer.views.drops import interval_line, interval_record, line, summary
-
     opts = Options(backend=backend, rate=rate, drop_netns=netns, reasons=reason, ready_file=ready_file,
                    flt=Filter(protos=proto, ports=port, src=src, dst=dst))
     if dump_bpf:
@@ -100,8 +101,6 @@ def drops(as_json, duration, ready_file, netns, proto, port, src, dst, reason, b
 
 
 def _dump_bpf(opts) -> None:
-    from tracer.kernel import features
-    from tracer.backends import BackendError, choose, make
     name, why = choose(features.detect(full=False), opts.backend)
     if name is None:
         abort(why)

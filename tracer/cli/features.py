@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import click
+from tracer.backends import choose
+from tracer.backends.kprobe import fentry_status
+from tracer.kernel import features as feat
 
 
 @click.command()
@@ -18,12 +21,9 @@ def features(as_json, quick):
       sudo cttrace features
       sudo cttrace features --quick --json      # no compile, for scripts
     """
-    from tracer.kernel import features as feat
-    from tracer.backends import choose
     f = feat.detect(full=not quick)
     backend, why = choose(f)
     try:
-        from tracer.backends.kprobe import fentry_status
         ok, fwhy = fentry_status()
         f.checks["fentry_backend"] = feat.Check(ok, fwhy)
     except Exception as e:       # BCC missing: already said by the bcc check

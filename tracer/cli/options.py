@@ -9,6 +9,8 @@ import ipaddress
 import click
 
 from tracer.backends import NAMES as BACKENDS
+from tracer.core.conntrack import DCCP_STATES, SCTP_STATES, TCP_STATES, parse_proto
+from tracer.formats.files import ReadyFileError, check_ready_file
 
 
 def port_numbers(ctx, param, values):
@@ -34,7 +36,6 @@ def cidrs(ctx, param, values):
 
 
 def protos(ctx, param, values):
-    from tracer.core.conntrack import parse_proto
     for v in values:
         try:
             parse_proto(v)
@@ -44,7 +45,6 @@ def protos(ctx, param, values):
 
 
 def states(ctx, param, values):
-    from tracer.core.conntrack import DCCP_STATES, SCTP_STATES, TCP_STATES
     known = set(TCP_STATES) | set(SCTP_STATES) | set(DCCP_STATES)
     for v in values:
         if v.upper() not in known:
@@ -111,10 +111,9 @@ def ready_file(ctx, param, value):
         return None
     if not value:
         raise click.BadParameter("give a file name")
-    from tracer.formats.capture import CaptureError, check_ready_file
     try:
         check_ready_file(value)
-    except CaptureError as e:
+    except ReadyFileError as e:
         raise click.BadParameter(str(e).removeprefix(f"--ready-file {value} ")) from None
     return value
 

@@ -8,6 +8,8 @@ import click
 
 from tracer.cli import abort, say, session
 from tracer.cli.options import listen_address, netns_option, ready_file_option, tracing_options
+from tracer.live.exporter import run
+from tracer.live.session import Options, SessionError
 
 
 @click.command()
@@ -31,19 +33,15 @@ def serve(listen, netns, top_k, interval, ready_file, backend, rate):
       sudo cttrace serve                               # 127.0.0.1:9466
       sudo cttrace serve --listen 0.0.0.0:9466 --top-k 50
     """
-    from tracer.formats.capture import CaptureError, write_ready_file
-    from tracer.live.exporter import run
-    from tracer.live.session import Options
-
-    opts = Options(backend=backend, rate=rate, netns=netns, follow_entries=True, only_followed_netns=True)
+    opts = Options(backend=backend, rate=rate, netns=netns, follow_entries=True, only_followed_netns=True,
+                   ready_file=ready_file, ready_at_open=False)
     with session("serve", opts) as s:
-        def ready():
+        def ready():                 # once listening
             say(f"serving http://{listen[0]}:{listen[1]}/metrics (backend {s.backend.name})")
-            if ready_file:
-                try:
-                    write_ready_file(ready_file)
-                except CaptureError as e:
-                    abort(str(e))
+            try:
+                s.ready()
+            except SessionError as e:
+                abort(str(e))
         try:
             run(s, listen, top_k, interval, on_ready=ready, kernel=platform.release())
         except OSError as e:

@@ -8,12 +8,20 @@ import os
 import select
 import sys
 import time
+import termios
+import tty
 
 import click
+from rich.console import Console
+from rich.live import Live
 
 from tracer.core.aggregate import GROUPS, SORTS
+from tracer.core.frame import top_frame
 from tracer.cli import session
 from tracer.cli.options import flow_filters, netns_option, ready_file_option, tracing_options
+from tracer.core.filters import Filter
+from tracer.live.session import Options
+from tracer.views.top import render
 
 
 @click.command()
@@ -43,9 +51,6 @@ def top(netns, interval, group, sort, top_n, proto, port, src, dst, once, as_jso
       sudo cttrace top --netns 4242 -g container
       sudo cttrace top --json --interval 5    # for scripts
     """
-    from tracer.core.filters import Filter
-    from tracer.live.session import Options
-
     opts = Options(backend=backend, rate=rate, netns=netns, follow_entries=True, only_followed_netns=True,
                    ready_file=ready_file, flt=Filter(protos=proto, ports=port, src=src, dst=dst))
     view = {"group": group, "sort": sort, "paused": False, "help": False}
@@ -59,15 +64,13 @@ def top(netns, interval, group, sort, top_n, proto, port, src, dst, once, as_jso
 
 def _lines(s, view, interval, top_n, end, as_json, once) -> None:
     """Not a terminal (or --json/--once): a frame per interval."""
-    from rich.console import Console
-    from tracer.views.top import render
     console = Console()
     while not s.stopping:
         s.wait(interval if end is None else max(0.0, min(interval, end - time.monotonic())))
         if s.stopping:
             break
         s.sample()
-        f = s.frame(view["group"], view["sort"], top_n)
+        f = top_frame(s.live_state(), view["group"], view["sort"], top_n)
         if as_json:
             f.pop("history", None)
             click.echo(json.dumps(f))
@@ -80,13 +83,6 @@ def _lines(s, view, interval, top_n, end, as_json, once) -> None:
 
 def _interactive(s, view, interval, top_n, end) -> None:
     """Full screen, keys read unbuffered between pumps."""
-    import termios
-    import tty
-
-    from rich.console import Console
-    from rich.live import Live
-    from tracer.views.top import render
-
     fd = sys.stdin.fileno()
     term = termios.tcgetattr(fd)
     tty.setcbreak(fd)
@@ -121,7 +117,7 @@ def _interactive(s, view, interval, top_n, end) -> None:
             while not s.stopping and (end is None or time.monotonic() < end):
                 # paused: the numbers stay, but a new grouping or sort is applied
                 if not view["paused"] or shown is None or shape != (view["group"], view["sort"]):
-                    shown = s.frame(view["group"], view["sort"], top_n, view["paused"])
+                    shown = top_frame(s.live_state(), view["group"], view["sort"], top_n, view["paused"])
                     shape = (view["group"], view["sort"])
                 shown["paused"] = view["paused"]
                 live.update(render(shown, show_help=view["help"]), refresh=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from tracer.core import command as cmd
 from tracer.core import cuts as who
@@ -65,16 +66,19 @@ def _notrack(rules: str, port: int) -> bool:
     return False
 
 
-def diagnose(h: HostState) -> list[Finding]:
-    """The findings for h, critical first (by_severity)."""
-    return by_severity(_rules(h))
+@dataclass(frozen=True)
+class Context:
+    """What several rules need, computed once from a HostState."""
+    h: HostState
+    fill: float          # count / max (0 without a limit)
+    new_max: int         # the limit the fixes propose
+    raise_fix: str       # the commands that raise it, where this kernel sets it
+    clash_now: int       # clash drops over the window (tracer/core/counters.py) ...
+    clash_all: int       # ... and since boot
 
 
-def _rules(h: HostState) -> list[Finding]:
-    out: list[Finding] = []
-    add = lambda *a: out.append(Finding(*a))  # noqa: E731
+def context(h: HostState) -> Context:
     mx, cnt = h.max or 0, h.count or 0
-    fill = cnt / mx if mx else 0.0
     new_max = max(mx * 2, 262144)
     raise_fix = (f"sysctl -w net.netfilter.nf_conntrack_max={new_max}\n"
                  f"echo {new_max // 4} > /sys/module/nf_conntrack/parameters/hashsize\n"
@@ -90,27 +94,41 @@ def _rules(h: HostState) -> list[Finding]:
         if h.max_global and new_max > h.max_global:
             raise_fix += (f"\n# it is capped by the initial namespace's {h.max_global:,}: raise that on "
                           "the host too")
-    limit = f"nf_conntrack_count={cnt} nf_conntrack_max={mx}" + _scope(h)
-    if mx and fill >= 0.9:
-        add("table_full", CRITICAL, f"the conntrack table is {100 * fill:.0f}% full", limit, raise_fix)
-    elif mx and fill >= 0.75:
-        add("table_filling", WARNING, f"the conntrack table is {100 * fill:.0f}% full", limit, raise_fix)
+    return Context(h=h, fill=cnt / mx if mx else 0.0, new_max=new_max, raise_fix=raise_fix,
+                   clash_now=clash_drops(_window_deltas(h)), clash_all=clash_drops(h.stats))
 
-    _forecast(h, add, new_max, raise_fix)
-    clash = _drops(h, add, fill, raise_fix)
-    _nat(h, add, *clash)
 
+def _fill(c: Context) -> Iterator[Finding]:
+    h = c.h
+    mx = h.max or 0
+    limit = f"nf_conntrack_count={h.count or 0} nf_conntrack_max={mx}" + scope_note(h)
+    if mx and c.fill >= 0.9:
+        yield Finding("table_full", CRITICAL, f"the conntrack table is {100 * c.fill:.0f}% full", limit,
+                      c.raise_fix)
+    elif mx and c.fill >= 0.75:
+        yield Finding("table_filling", WARNING, f"the conntrack table is {100 * c.fill:.0f}% full", limit,
+                      c.raise_fix)
+
+
+def _hash_chains(c: Context) -> Iterator[Finding]:
+    h = c.h
+    mx = h.max or 0
     if mx and h.buckets and mx / h.buckets > 8:
-        add("hash_chains", WARNING,
-            f"{mx // h.buckets} entries per hash bucket at the limit: lookups walk long chains",
-            f"nf_conntrack_max={mx} nf_conntrack_buckets={h.buckets}",
-            f"echo {max(mx // 4, h.buckets)} > /sys/module/nf_conntrack/parameters/hashsize")
+        yield Finding("hash_chains", WARNING,
+                      f"{mx // h.buckets} entries per hash bucket at the limit: lookups walk long chains",
+                      f"nf_conntrack_max={mx} nf_conntrack_buckets={h.buckets}",
+                      f"echo {max(mx // 4, h.buckets)} > /sys/module/nf_conntrack/parameters/hashsize")
 
+
+def _timeouts(c: Context) -> Iterator[Finding]:
+    """TCP states whose timeouts keep the table full: ESTABLISHED, TIME_WAIT."""
+    h = c.h
     total = h.total or 0
     est = h.by_state.get("ESTABLISHED", 0)
     t_est = h.sysctls.get("tcp_timeout_established")
     if total >= 100 and est / total >= 0.5 and t_est and t_est >= ESTABLISHED_DEFAULT:
-        add("established_timeout", WARNING,
+        yield Finding(
+            "established_timeout", WARNING,
             f"{100 * est / total:.0f}% of entries are ESTABLISHED and they live {t_est // 86400} days "
             "when idle (kube-proxy uses 1 day)",
             f"{est:,} ESTABLISHED of {total:,}; nf_conntrack_tcp_timeout_established={t_est}"
@@ -120,12 +138,18 @@ def _rules(h: HostState) -> list[Finding]:
     tw = h.by_state.get("TIME_WAIT", 0)
     t_tw = h.sysctls.get("tcp_timeout_time_wait")
     if total >= 100 and tw / total >= 0.3 and t_tw and t_tw > 30:
-        add("time_wait", INFO,
+        yield Finding(
+            "time_wait", INFO,
             f"{100 * tw / total:.0f}% of entries are TIME_WAIT (short connections), kept {t_tw} s",
             f"{tw:,} TIME_WAIT of {total:,}; nf_conntrack_tcp_timeout_time_wait={t_tw}",
             "sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait=30\n"
             "# better: reuse connections (keep-alive, pools) in the busiest clients")
 
+
+def _tunnels(c: Context) -> Iterator[Finding]:
+    """Tunnel traffic (VXLAN, Geneve) tracked without need."""
+    h = c.h
+    total = h.total or 0
     for port, (name, tag) in TUNNELS.items():
         n = h.by_proto_dport.get(f"udp/{port}", 0)
         if n and not _notrack(h.rules, port):
@@ -137,7 +161,8 @@ def _rules(h: HostState) -> list[Finding]:
                 after = (f"; without them {total - n:,} of {total:,} entries stay"
                          + (f", {fc.text(f)}" if f.get("filling") is not None else ""))
             cut = [g for g in (h.ages or {}).get("apps", []) if g.get("app") == f"udp/{port}"]
-            add(f"tracked_{tag}", WARNING,
+            yield Finding(
+                f"tracked_{tag}", WARNING,
                 f"{name} tunnel traffic (udp/{port}) is tracked: {n:,} entries that need no state",
                 f"{n:,} entries with destination port udp/{port}; "
                 + ("an export holds only tracked entries" if h.export else "no NOTRACK rule for it") + after
@@ -148,19 +173,23 @@ def _rules(h: HostState) -> list[Finding]:
                 f"# nftables: nft add table ip raw; nft add chain ip raw pre '{{ type filter hook "
                 f"prerouting priority raw; }}'; nft add rule ip raw pre udp dport {port} notrack", cut)
 
+
+def _heavy_source(c: Context) -> Iterator[Finding]:
+    h = c.h
+    total = h.total or 0
     if total >= 100 and h.by_src:
         src, n = max(h.by_src.items(), key=lambda kv: kv[1])
         if n / total >= 0.3:
             name = h.containers.get(src)
             cut = (h.ages or {}).get("source_apps", {}).get(src, [])
-            add("heavy_source", WARNING if n / total >= 0.5 else INFO,
+            yield Finding(
+                "heavy_source", WARNING if n / total >= 0.5 else INFO,
                 f"{name or src} holds {100 * n / total:.0f}% of the table",
                 f"{n:,} of {total:,} entries have original source {src}" + (f" ({name})" if name else "")
                 + ("; its applications: below" if cut else ""),
                 _top_src(src) + "   # what it opens\n"
                 "# if it is a container on a NATed bridge with heavy traffic: host networking, "
                 "connection reuse, or NOTRACK for its traffic", cut)
-    return out
 
 
 def _top_src(src) -> str:
@@ -176,7 +205,7 @@ def _top_src(src) -> str:
 _SYSCTL = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
-def _sysctl_fix(name, value) -> str:
+def sysctl_fix(name, value) -> str:
     """`sysctl -w net.netfilter.nf_conntrack_NAME=VALUE` from a validated
     name and a whole number, else why not."""
     try:
@@ -227,16 +256,17 @@ def inserts(h: HostState) -> int:
     return max((h.count or 0) - h.ages.get("total", 0), 0) + expired
 
 
-def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
+def _forecast(c: Context) -> Iterator[Finding]:
     """Time to full, what a shorter timeout or a higher limit would do, and
     whether early drop can make room (from the entries' remaining timeouts)."""
+    h, raise_fix = c.h, c.raise_fix
     a = h.ages
     if not a or not (h.max or h.export):
         return
     if h.export:
-        _export(h, add, new_max)
+        yield from _export(h, c.new_max)
     else:
-        _time_to_full(h, add, new_max, raise_fix)
+        yield from _time_to_full(h, c.new_max, raise_fix)
     total, mx, cnt = a.get("total", 0), h.max or 0, h.count or 0
     # shorter timeouts: what they would free now, and whose entries those are
     if total >= 100:
@@ -251,14 +281,14 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
             apps = ", ".join(f"{x['src']} -> {x['dport']} {x['entries']:,}" for x in c.get("by_app", []))
             assumed = (f" (nf_conntrack_{name}={c['current']:,} assumed: the kernel's default; an export "
                        "carries no sysctls, give the host's with --sysctls)" if name in h.assumed else "")
-            add(f"shorter_{name}", INFO,
+            yield Finding(f"shorter_{name}", INFO,
                 f"nf_conntrack_{name}={c['proposed']:,} (now {c['current']:,}) would free "
                 f"{c['freed']:,} entries now ({100 * c['freed'] / total:.0f}% of the table)",
                 f"idle time of {', '.join(c['kinds'])} (timeout - remaining): {idle}"
                 + (f"; idle {c['proposed']:,} s or more: {who.summary(cut)} (who it cuts: below)" if cut else
                    f"; idle {c['proposed']:,} s or more, by source -> destination port: {apps}" if apps else "")
                 + assumed,
-                _sysctl_fix(name, c["proposed"]) + "\n"
+                sysctl_fix(name, c["proposed"]) + "\n"
                 f"# it cuts flows idle longer than {c['proposed']} s: the applications above must "
                 "send within that time (keep-alives) or reconnect", cut)
     # early drop only evicts entries that are not ASSURED
@@ -266,15 +296,15 @@ def _forecast(h: HostState, add, new_max: int, raise_fix: str) -> None:
     why = (f"{a.get('assured', 0):,} of {total:,} entries are ASSURED; the kernel evicts only entries "
            "that are not (early_drop, nf_conntrack_core.c), so new flows are dropped instead")
     if mx and cnt >= 0.9 * mx and total and share >= 0.9:
-        add("early_drop_blocked", WARNING,
+        yield Finding("early_drop_blocked", WARNING,
             f"early drop cannot make room: {100 * share:.0f}% of entries are ASSURED", why, raise_fix)
     elif h.export and total >= 100 and share >= 0.9:
-        add("early_drop_blocked", INFO,
+        yield Finding("early_drop_blocked", INFO,
             f"if this table fills, early drop cannot make room: {100 * share:.0f}% of entries are ASSURED",
             why + (" once it is full" if not mx else f"; it is {100 * cnt / mx:.0f}% full now"), raise_fix)
 
 
-def _time_to_full(h: HostState, add, new_max: int, raise_fix: str) -> None:
+def _time_to_full(h: HostState, new_max: int, raise_fix: str) -> Iterator[Finding]:
     """time_to_full / not_filling from the live (or captured) rates."""
     a = h.ages
     total, mx, cnt = a.get("total", 0), h.max, h.count or 0
@@ -286,7 +316,7 @@ def _time_to_full(h: HostState, add, new_max: int, raise_fix: str) -> None:
     new = a.get("new_kind")
     sysctl = a.get("idle", {}).get(new, {}).get("sysctl") if new else None
     model = (f"new entries +{ins:,} in {h.window:.1f} s ({f['rate']:,.1f}/s, band {f['rate_low']:,.1f}-"
-             f"{f['rate_high']:,.1f}/s); nf_conntrack_count={cnt:,} nf_conntrack_max={mx:,}{_scope(h)}; expiring "
+             f"{f['rate_high']:,.1f}/s); nf_conntrack_count={cnt:,} nf_conntrack_max={mx:,}{scope_note(h)}; expiring "
              f"unless refreshed: {soon['10s']:,} in 10 s, {soon['1m']:,} in 1 min, {soon['10m']:,} in "
              f"10 min; new entries are {new or 'unknown'}"
              + (f" and live {life:,} s (nf_conntrack_{sysctl})" if life else "")
@@ -301,16 +331,16 @@ def _time_to_full(h: HostState, add, new_max: int, raise_fix: str) -> None:
     if f.get("filling"):
         s = f["seconds"]
         sev = CRITICAL if s <= 600 else WARNING if s <= 86400 else INFO
-        add("time_to_full", sev, f"the conntrack table will be {fc.text(f)} at the current insert rate",
+        yield Finding("time_to_full", sev, f"the conntrack table will be {fc.text(f)} at the current insert rate",
             model + cost, raise_fix + "\n# and find who fills it: cttrace top")
     elif f.get("filling") is False and total >= 100:
         lvl = f" at ~{f['steady']:,} of {mx:,}" if f.get("steady") is not None else ""
-        add("not_filling", INFO, f"the conntrack table is not filling: at this rate it levels{lvl}"
+        yield Finding("not_filling", INFO, f"the conntrack table is not filling: at this rate it levels{lvl}"
             + (f" (full in ~{fc.human(f['low'])} at the band's high rate)" if f.get("low") is not None else ""),
             model, "# nothing to do now; `cttrace top` shows the forecast live")
 
 
-def _export(h: HostState, add, new_max: int) -> None:
+def _export(h: HostState, new_max: int) -> Iterator[Finding]:
     """What an export tells about expiry and memory, and what it cannot tell."""
     a = h.ages
     total = a.get("total", 0)
@@ -336,7 +366,7 @@ def _export(h: HostState, add, new_max: int) -> None:
         ("given: " + ", ".join(f"{k}={h.sysctls[k]:,}" for k in given)) if given else "",
         ("assumed, the kernel's defaults: " + ", ".join(f"{k}={h.sysctls[k]:,}" for k in assumed))
         if assumed else "") if x) or "none needed"
-    add("export_no_rates", INFO,
+    yield Finding("export_no_rates", INFO,
         "a table export has no rates: how soon the table fills cannot be told from it",
         f"{total:,} entries with a timeout in {h.export}"
         + (f" ({h.count - total:,} more without one: offloaded)" if (h.count or 0) > total else "")
@@ -370,7 +400,7 @@ def _export(h: HostState, add, new_max: int) -> None:
                          "or the host uses a shorter timeout"
                          + (" (kube-proxy sets 86400)" if d["sysctl"] == "tcp_timeout_established" else ""))
     if wrong:
-        add("export_timeouts", WARNING,
+        yield Finding("export_timeouts", WARNING,
             "the export's remaining timeouts do not fit the timeouts "
             + ("assumed" if h.assumed else "given") + ": idle times of these kinds are unreliable",
             "; ".join(wrong) + " (also seen where entries have a timeout policy of their own, "
@@ -387,7 +417,8 @@ def _export_arg(name: str) -> str:
     return name
 
 
-def _scope(h: HostState) -> str:
+def scope_note(h: HostState) -> str:
+    """What the evidence says of the limit's scope ("" in the host's own namespace)."""
     if h.max_scope == "netns":
         if h.max_own:
             return (f" (this namespace's own setting is {h.max_own:,}, capped by the initial "
@@ -407,28 +438,35 @@ def _delta(h: HostState, name: str) -> int:
     return int(round(h.rates.get(name, 0.0) * h.window))
 
 
-def _drops(h: HostState, add, fill: float, raise_fix: str) -> tuple[int, int]:
-    """Drops now and since boot, split by what the kernel's counters say.
-    Returns the clash drops (now, since boot)."""
-    now = {k: _delta(h, k) for k in ("drop", "insert_failed", "chaintoolong", "early_drop", "invalid")}
+def _window_deltas(h: HostState) -> dict:
+    """The drop counters' increases over the window."""
+    return {k: _delta(h, k) for k in ("drop", "insert_failed", "chaintoolong", "early_drop", "invalid")}
+
+
+def _drops(c: Context) -> Iterator[Finding]:
+    """Drops now and since boot, split by what the kernel's counters say
+    (clashes are _nat's)."""
+    h, raise_fix = c.h, c.raise_fix
+    now = _window_deltas(h)
     w = h.window
-    per_s = lambda n: n / w if w else 0.0            # noqa: E731
-    clash_now, other_now = clash_drops(now), table_full_drops(now)
-    clash_all, other_all = clash_drops(h.stats), table_full_drops(h.stats)
+
+    def per_s(n: int) -> float:
+        return n / w if w else 0.0
+    other_now, other_all = table_full_drops(now), table_full_drops(h.stats)
     split = (f"kernel drop +{now['drop']:,} and insert_failed +{now['insert_failed']:,} in {w:.1f} s "
              f"(a clash at insert counts in both)")
     # A full table is seen as such: entries at (or next to) the limit, or
     # entries being evicted to make room (early_drop happens only when full).
-    fill = max(fill, h.peak_fill or 0.0)             # a capture: its fullest sample
+    fill = max(c.fill, h.peak_fill or 0.0)           # a capture: its fullest sample
     full = fill >= 0.9 or now["early_drop"] > 0
     if other_now > 0 and full:
-        add("dropping_now", CRITICAL,
+        yield Finding("dropping_now", CRITICAL,
             f"new connections are being dropped now: {per_s(other_now):,.0f}/s (table full)",
             f"{split}: {other_now:,} refused with the table {100 * fill:.0f}% full; "
             f"{table_full_drops(h.stats):,} such drops since boot",
             raise_fix + "\n# and find who fills it: cttrace top; cttrace drops --reason table_full")
     elif other_now > 0:
-        add("conntrack_drops", WARNING,
+        yield Finding("conntrack_drops", WARNING,
             f"conntrack dropped {other_now:,} packets in {w:.1f} s with room in the table "
             f"({100 * fill:.0f}% full): not table full",
             f"{split}; invalid +{now['invalid']:,}; a drop with room in the table is a protocol "
@@ -436,7 +474,7 @@ def _drops(h: HostState, add, fill: float, raise_fix: str) -> tuple[int, int]:
             "cttrace drops --reason invalid      # which packets, from whom\n"
             "sysctl -w net.netfilter.nf_conntrack_log_invalid=255   # the kernel logs why (dmesg)")
     elif other_all > 0:
-        add("dropped_before", WARNING,
+        yield Finding("dropped_before", WARNING,
             f"{other_all:,} packets were dropped by conntrack since boot that were not insert "
             "clashes (a full table or a tracker's verdict; none now)",
             f"kernel drop counter {h.stats.get('drop', 0):,}, insert_failed "
@@ -446,17 +484,17 @@ def _drops(h: HostState, add, fill: float, raise_fix: str) -> tuple[int, int]:
                "resolved without a drop, so this is a lower bound"),
             raise_fix)
     if h.stats.get("early_drop", 0) > 0:
-        add("early_drops", WARNING if now["early_drop"] > 0 else INFO,
+        yield Finding("early_drops", WARNING if now["early_drop"] > 0 else INFO,
             f"{h.stats['early_drop']:,} entries were evicted to make room (early drop)",
             f"kernel early_drop counter {h.stats['early_drop']:,}"
             + (f", +{now['early_drop']:,} in {w:.1f} s" if now["early_drop"] else ""),
             raise_fix)
-    return clash_now, clash_all
 
 
-def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
+def _nat(c: Context) -> Iterator[Finding]:
     """SNAT port exhaustion and the UDP DNS race, from the table's NAT
     (reply tuples), the rules' port ranges and the clash counters."""
+    h, clash_now, clash_all = c.h, c.clash_now, c.clash_all
     w = h.window
     rules = nat.parse_rules(h.rules or "")
     rows = []
@@ -483,7 +521,7 @@ def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
         sev = CRITICAL if clash_now > 0 else WARNING
         what = (f"{clash_now:,} new connections failed in {w:.1f} s" if clash_now else
                 f"{clash_all:,} insert failures since boot" if clash_all else "no failure yet")
-        add("snat_port_exhaustion", sev,
+        yield Finding("snat_port_exhaustion", sev,
             f"SNAT port exhaustion: {u0['snat']} has {u0['entries']:,} of {hi0 - lo0 + 1:,} ports "
             f"in use to {u0['dst']}:{u0['dport']}/{u0['proto']} ({what})",
             "; ".join(lines) + f"; {failures}. A port is taken when its reply tuple (destination, "
@@ -504,7 +542,7 @@ def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
                          + f", {d['entries']:,} entries") if d["entries"] else
                         f"{d['service']}:53 (no entry of it in the table now)" for d in dns[:3])
         resolved = _delta(h, "clash_resolve")
-        add("dns_race", CRITICAL if clash_now > 0 else WARNING,
+        yield Finding("dns_race", CRITICAL if clash_now > 0 else WARNING,
             f"DNS lookups through a DNAT'd service ({dns[0]['service']}:53/udp) meet insert "
             "failures: the conntrack race of UDP DNS" + (" (and SNAT port exhaustion, above)" if full else ""),
             f"{svc}; {failures}; "
@@ -517,7 +555,7 @@ def _nat(h: HostState, add, clash_now: int, clash_all: int) -> None:
             _dns_fix(kv, _dns_rules(rules, h.nat.get("snat", []), dns)))
         explained = True
     if clash_all > 0 and not explained:
-        add("insert_failed", CRITICAL if clash_now > 0 else WARNING,
+        yield Finding("insert_failed", CRITICAL if clash_now > 0 else WARNING,
             f"{clash_all:,} packets were dropped because their entry clashed at insert "
             "(two new flows with the same tuple after NAT)",
             failures + (f"; {h.nat.get('snat_entries', 0):,} SNAT'd entries, the fullest "
@@ -596,3 +634,29 @@ def _dns_fix(kv, rules) -> str:
         out.append("# options single-request-reopen is not needed here: this kernel settles the "
                    "same-socket race itself")
     return "\n".join(out)
+
+
+class Rule(NamedTuple):
+    family: str                         # what it looks at
+    ids: tuple[str, ...]                # the finding ids it may give (fnmatch patterns; docs/doctor.md)
+    check: Callable[[Context], Iterable[Finding]]
+
+
+# The rules, in the order their findings are listed within a severity.
+RULES: tuple[Rule, ...] = (
+    Rule("table fill", ("table_full", "table_filling"), _fill),
+    Rule("forecast", ("time_to_full", "not_filling", "export_no_rates", "export_timeouts", "shorter_*",
+                      "early_drop_blocked"), _forecast),
+    Rule("drops", ("dropping_now", "conntrack_drops", "dropped_before", "early_drops"), _drops),
+    Rule("nat", ("snat_port_exhaustion", "dns_race", "insert_failed"), _nat),
+    Rule("hash chains", ("hash_chains",), _hash_chains),
+    Rule("tcp timeouts", ("established_timeout", "time_wait"), _timeouts),
+    Rule("tunnels", ("tracked_*",), _tunnels),
+    Rule("heavy source", ("heavy_source",), _heavy_source),
+)
+
+
+def diagnose(h: HostState) -> list[Finding]:
+    """The findings for h, critical first (by_severity)."""
+    c = context(h)
+    return by_severity([f for rule in RULES for f in rule.check(c)])

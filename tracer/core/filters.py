@@ -36,6 +36,11 @@ class Filter:
                            or self.ports)
         self._in: dict = {}
 
+    @property
+    def cached(self) -> int:
+        """Addresses whose answer is cached (bounded: a cache, not a history)."""
+        return len(self._in)
+
     def describe(self) -> dict:
         out: dict[str, list] = {}
         if self.protos:

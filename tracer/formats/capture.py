@@ -17,8 +17,9 @@ ignore record kinds they do not know, and files without it read as before):
           dump every few intervals (none when the table is too big to dump
           often: ENTRIES_MAX_COUNT)
 Files are created with mode 0600 (they hold addresses), never through a
-symbolic link and never over an existing file unless asked (overwrite=True:
-a new file renamed over the old name). The reader accepts a truncated last
+symbolic link and never over an existing file unless asked (overwrite=True);
+they are written to a temporary file beside the name and take the name
+only when complete (synced): a full disk or a crash leaves the old file. The reader accepts a truncated last
 record (a capture cut short) and says so; it reads files from other hosts,
 so it bounds what it decompresses (limit_for: 100 times the compressed size,
 at least 64 MiB, at most 2 GiB), the length of one record (32 MiB for the
@@ -35,8 +36,6 @@ import gzip
 import json
 import os
 import re
-import secrets
-import stat
 import zlib
 from dataclasses import dataclass, field
 from typing import Annotated, NotRequired, TypedDict
@@ -44,7 +43,7 @@ from typing import Annotated, NotRequired, TypedDict
 from tracer.core import counters, schema
 from tracer.core.hoststate import HostState
 from tracer.core.schema import Max, Range
-from tracer.formats.files import open_input
+from tracer.formats.files import kind_of, open_input, temp_next_to, unlink_quietly
 
 FORMAT = "cttrace-capture"
 VERSION = 1
@@ -58,17 +57,28 @@ class CaptureError(Exception):
 
 
 class Writer:
-    """A new capture file, mode 0600. It never follows a symbolic link and
-    never replaces an existing file unless overwrite=True; then the new file
-    is made under a temporary name in the same directory and renamed over
-    the old name (a link there is replaced, never written through)."""
+    """A new capture file, mode 0600, written to a temporary file in the
+    same directory (O_CREAT|O_EXCL|O_NOFOLLOW) that takes the name only
+    when complete: close() finishes the gzip stream, syncs it and renames
+    it over `path` (overwrite=True) or links it there (never over a file
+    made meanwhile). It never follows a symbolic link (a link at `path` is
+    replaced, never written through) and never replaces an existing file
+    unless overwrite=True. On any failure (a full disk, a crash) whatever
+    was at `path` stays as it was; discard() removes the temporary file."""
 
     def __init__(self, path: str, header: dict, overwrite: bool = False):
-        fd = create_private(path, overwrite)
+        refuse_existing(path, overwrite)
+        self.path, self.overwrite = path, overwrite
+        self.tmp, fd = temp_next_to(path, 0o600, CaptureError)
         self._raw = os.fdopen(fd, "wb")
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
         self.records = 0
-        self.write({"format": FORMAT, "version": VERSION, "revision": REVISION, **header})
+        try:
+            os.fchmod(fd, 0o600)
+            self.write({"format": FORMAT, "version": VERSION, "revision": REVISION, **header})
+        except OSError as e:
+            self.discard()
+            raise CaptureError(f"{path}: cannot write: {e.strerror}; nothing was changed") from None
 
     def write(self, rec: dict) -> None:
         self._gz.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
@@ -78,59 +88,51 @@ class Writer:
         self._gz.flush(zlib.Z_SYNC_FLUSH)     # a cut-short capture stays readable up to here
 
     def close(self) -> None:
-        self._gz.close()
-        self._raw.close()
+        """Complete the file (gzip trailer, fsync) and give it its name.
+        A failure discards it (CaptureError): the old file is untouched."""
+        try:
+            self._gz.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            _publish(self.tmp, self.path, self.overwrite)
+        except OSError as e:
+            self.discard()
+            raise CaptureError(f"{self.path}: cannot write: {e.strerror}; nothing was changed") from None
+        except BaseException:
+            self.discard()
+            raise
 
-
-_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def create_private(path: str, overwrite: bool = False, mode: int = 0o600) -> int:
-    """A file descriptor on a new file at `path` (mode 0600 by default),
-    created with O_CREAT|O_EXCL|O_NOFOLLOW: never through a symbolic link,
-    never over an existing file. With overwrite=True an existing file (or
-    link) at `path` is replaced by rename, never written through; a
-    directory is still refused. Errors are one-line CaptureErrors."""
-    what = _refuse_existing(path, overwrite)
-    try:
-        if not what:
+    def discard(self) -> None:
+        """Give up: the temporary file is removed, `path` is left as it was."""
+        for f in (self._gz, self._raw):
             try:
-                fd = os.open(path, _NEW, mode)
-            except FileExistsError:          # made meanwhile: same refusal
-                raise CaptureError(f"{path} already exists: not overwriting it; choose another "
-                                   "name or use --force to replace it") from None
-        else:
-            fd = _replace(path, mode)
-        os.fchmod(fd, mode)
-    except OSError as e:
-        raise CaptureError(f"{path}: cannot create: {e.strerror}") from None
-    return fd
+                f.close()
+            except (OSError, ValueError):
+                pass
+        unlink_quietly(self.tmp)
 
 
-def _existing(path: str) -> str | None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return None                          # os.open will say what is wrong
-    if stat.S_ISLNK(st.st_mode):
-        return f"a symbolic link to {os.readlink(path)}"
-    if stat.S_ISDIR(st.st_mode):
-        return "directory"
-    return "a file" if stat.S_ISREG(st.st_mode) else "not a regular file"
-
-
-def _replace(path: str, mode: int) -> int:
-    """A new file under a random name next to `path`, renamed over it."""
-    tmp, fd = _temp_next_to(path, mode)
-    try:
+def _publish(tmp: str, path: str, overwrite: bool) -> None:
+    """A complete temporary file takes its name: renamed over `path` when
+    replacing, linked there when not (never over a file made meanwhile)."""
+    if overwrite:
         os.rename(tmp, path)
+        return
+    exists = CaptureError(f"{path} already exists: not overwriting it; choose another "
+                          "name or use --force to replace it")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise exists from None
     except OSError:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    return fd
+        # a file system without hard links (vfat, some FUSE): a rename, once
+        # nothing is there (a file made in between these two calls is replaced)
+        if os.path.lexists(path):
+            raise exists from None
+        os.rename(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) -> None:
@@ -141,9 +143,9 @@ def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) 
     O_CREAT|O_EXCL|O_NOFOLLOW and synced; only a complete file takes the
     name (rename when replacing, link when not: never over a file made
     meanwhile), so a full disk leaves the old file as it was."""
-    _refuse_existing(path, overwrite)
+    refuse_existing(path, overwrite)
     data = text.encode("utf-8")
-    tmp, fd = _temp_next_to(path, mode)
+    tmp, fd = temp_next_to(path, mode, CaptureError)
     try:
         try:
             os.fchmod(fd, mode)
@@ -153,79 +155,25 @@ def write_new(path: str, text: str, overwrite: bool = False, mode: int = 0o600) 
             os.fsync(fd)
         finally:
             os.close(fd)
-        if overwrite:
-            os.rename(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise CaptureError(f"{path} already exists: not overwriting it; choose another "
-                                   "name or use --force to replace it") from None
-            os.unlink(tmp)
+        _publish(tmp, path, overwrite)
     except OSError as e:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise CaptureError(f"{path}: cannot write: {e.strerror}; nothing was changed") from None
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
-def _refuse_existing(path: str, overwrite: bool) -> str | None:
+def refuse_existing(path: str, overwrite: bool) -> str | None:
     """What is at `path` (None: nothing), after refusing a directory, or
     an existing file unless overwrite."""
-    what = _existing(path)
+    what = kind_of(path)
     if what == "directory":
         raise CaptureError(f"{path} is a directory; give a file name")
     if what and not overwrite:
         raise CaptureError(f"{path} already exists ({what}): not overwriting it; choose another "
                            "name or use --force to replace it")
     return what
-
-
-def _temp_next_to(path: str, mode: int) -> tuple[str, int]:
-    """(name, fd) of a new private file beside `path` (O_EXCL|O_NOFOLLOW)."""
-    d, base = os.path.split(path)
-    for _ in range(100):
-        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}.tmp")
-        try:
-            return tmp, os.open(tmp, _NEW, mode)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise CaptureError(f"{path}: cannot create a file in {d or '.'}: {e.strerror}") from None
-    raise CaptureError(f"{path}: cannot make a temporary file next to it")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def check_ready_file(path: str) -> None:
-    """Fail now (before probes attach) if the ready-file cannot be written:
-    a directory, or a directory we cannot create files in."""
-    if _existing(path) == "directory":
-        raise CaptureError(f"--ready-file {path} is a directory; give a file name")
-    tmp, fd = _temp_next_to(path, 0o644)
-    os.close(fd)
-    os.unlink(tmp)
-
-
-def write_ready_file(path: str) -> None:
-    """Our PID in `path`, written to a temporary file beside it and renamed
-    over it: never through a symbolic link, never truncating the file
-    that was there (another user's file in a sticky directory cannot be
-    replaced: that is an error)."""
-    tmp, fd = _temp_next_to(path, 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.rename(tmp, path)
-    except OSError as e:
-        _unlink_quietly(tmp)
-        raise CaptureError(f"--ready-file {path}: cannot write: {e.strerror}") from None
 
 
 @dataclass

@@ -159,7 +159,8 @@ def _request(sock: socket.socket, msg_type: int, flags: int = NLM_F_DUMP) -> Non
     sock.send(hdr + body)
 
 
-def _raise_for(err: int) -> None:
+def raise_for(err: int) -> None:
+    """The NetlinkError for an errno the kernel answered a request with."""
     if err in (errno.EPERM, errno.EACCES):
         raise NetlinkError("reading the conntrack table through ctnetlink needs root "
                            "(CAP_NET_ADMIN): run with sudo")
@@ -177,7 +178,7 @@ def _messages(sock: socket.socket):
         try:
             n = sock.recv_into(buf)
         except OSError as e:
-            _raise_for(e.errno)
+            raise_for(e.errno)
         off = 0
         while off + 16 <= n:
             mlen, mtype, mflags, _, _ = _HDR(buf, off)
@@ -188,7 +189,7 @@ def _messages(sock: socket.socket):
             if mtype == NLMSG_ERROR:
                 err = -_ERR(buf, off + 16)[0]
                 if err:
-                    _raise_for(err)
+                    raise_for(err)
                 return
             yield buf, off, mlen, mflags
             off += (mlen + 3) & ~3
@@ -413,7 +414,7 @@ class _Parser:
                 err = -_ERR(buf, off + 16)[0]
                 self.done = True
                 if err:
-                    _raise_for(err)
+                    raise_for(err)
                 break
             if mlen < 20 or off + mlen > n:
                 raise NetlinkError("malformed netlink message from the kernel")
@@ -452,7 +453,7 @@ def dump(sink=None) -> DumpResult:
             while not p.done:
                 item = chunks.get()
                 if isinstance(item, OSError):
-                    _raise_for(item.errno)
+                    raise_for(item.errno)
                 if isinstance(item, BaseException):
                     raise item
                 rows = p.rows(*item)
@@ -481,7 +482,7 @@ class DumpReader:
             _request(self.sock, IPCTNL_MSG_CT_GET)
         except OSError as e:
             self.sock.close()
-            _raise_for(e.errno)
+            raise_for(e.errno)
 
     @property
     def done(self) -> bool:
@@ -495,7 +496,7 @@ class DumpReader:
                 n = self.sock.recv_into(self._buf)
             except OSError as e:
                 self.p.done = True
-                _raise_for(e.errno)
+                raise_for(e.errno)
             out += self.p.rows(self._buf, n)
         self.count += len(out)
         return out

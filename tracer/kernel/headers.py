@@ -180,6 +180,11 @@ def find(release: str | None = None) -> Headers:
 _ensured: dict[str, Headers] = {}
 
 
+def forget() -> None:
+    """Forget the trees ensure() found: the next call searches again."""
+    _ensured.clear()
+
+
 def ensure(release: str | None = None) -> Headers:
     """Make BCC compile here: nothing if the kernel's own headers exist,
     otherwise point BCC_KERNEL_SOURCE at the closest tree (merged if split).

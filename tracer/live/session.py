@@ -4,7 +4,7 @@
         while not s.stopping:
             s.wait(interval)          # pump drops and table events every 50 ms
             s.sample()                # the kernel's counters and the probes' maps
-            render(s.frame(...))
+            render(top_frame(s.live_state(), ...))   # tracer/core/frame.py
 
 The session owns, and closes in one place, whatever the command asked for:
 the backend (BPF probes), the live table (ctnetlink events, subscribed
@@ -31,16 +31,19 @@ from tracer.core import counters, forecast
 from tracer.kernel import netns as ns
 from tracer.kernel import procmem
 from tracer.kernel import stats as kstats
-from tracer.core.aggregate import Rates, Sample, top_rows
+from tracer.core.aggregate import Rates, Sample
 from tracer.core.events import Counters, Drop
 from tracer.core.filters import Filter
+from tracer.core.frame import LiveState
 from tracer.backends import BackendError, choose, make
 from tracer.kernel import ctnetlink, features
 from tracer.kernel.attribution import Attribution
 from tracer.kernel.ctevents import CtEvents
+from tracer.formats.files import ReadyFileError, write_ready_file
 from tracer.live.source import LiveSource
 
 PUMP_S = 0.05          # how often events are taken in while waiting
+ENTRY_BATCH = 20_000   # raw entry events handed over per pump, at most
 RATE_INTERVALS = 5     # the forecast's insert rate: over the last 5 intervals
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -55,13 +58,14 @@ class Options:
     rate: int = 2000                   # drop events per second and CPU (counts stay exact)
     netns: str | None = None           # the namespace whose table is followed (None: ours)
     follow_entries: bool = False       # follow the live table's entries (top, serve)
-    entry_events: bool = False         # hand raw insert/delete events to the command (capture)
+    entry_events: bool = False         # hand raw insert/delete events to `entry_sink` (capture)
     drop_netns: tuple[str, ...] = ()   # only drops in these namespaces (names or PIDs)
     only_followed_netns: bool = False     # only drops in `netns` (top, capture, serve)
     flt: Filter = field(default_factory=Filter)
     reasons: tuple[str, ...] = ()      # only drops with these reasons
     recent: int = 12                   # latest drops kept for views
     ready_file: str | None = None
+    ready_at_open: bool = True         # False: the command calls ready() (capture: after its first record)
 
 
 class TracingSession:
@@ -74,6 +78,7 @@ class TracingSession:
         self.names = names
         self.feed = None                    # LiveSource (the live table's feed) when opts.follow_entries
         self.events = None                  # CtEvents when opts.entry_events
+        self.entry_sink = None              # ... each pump's batch of them goes here (live/recorder.py)
         self.inum: int | None = None        # inode of the followed namespace
         self._ns_fd: int | None = None      # the followed namespace, held open (ns.pin)
         self.netns_ref: str | None = None   # how the edges enter it: /proc/self/fd/N
@@ -143,14 +148,22 @@ class TracingSession:
         self.released = procmem.release_after_compile()
         self.names.start()
         self.sample()
-        if o.ready_file:
-            from tracer.formats.capture import CaptureError, write_ready_file
+        if o.ready_at_open:
             try:
-                write_ready_file(o.ready_file)
-            except CaptureError as e:
+                self.ready()
+            except SessionError:
                 self.close()
-                raise SessionError(str(e)) from None
+                raise
         return self
+
+    def ready(self) -> None:
+        """Write the ready-file (our PID), if one was asked for: at the end
+        of open(), or when the command says so (ready_at_open=False)."""
+        if self.opts.ready_file:
+            try:
+                write_ready_file(self.opts.ready_file)
+            except ReadyFileError as e:
+                raise SessionError(str(e)) from None
 
     def choose(self) -> tuple[str, str]:
         """A backend for this kernel: (backend name, why it was chosen)."""
@@ -200,8 +213,8 @@ class TracingSession:
         return (not o.reasons or d.reason in o.reasons) and o.flt.drop(d)
 
     def pump(self, timeout_ms: int = 0) -> list[Drop]:
-        """Take in what arrived: drop events (returned, attributed, filtered)
-        and the live table's events."""
+        """Take in what arrived: drop events (returned, attributed, filtered),
+        the live table's events and the raw entry events (to entry_sink)."""
         out = []
         for d in self.backend.poll(timeout_ms):
             if self.wanted(d):
@@ -212,6 +225,9 @@ class TracingSession:
         self.drops_seen += len(out)
         if self.feed is not None:
             self.feed.pump()
+        if self.events is not None and self.entry_sink is not None:
+            # bounded: the loop keeps its schedule; the rest waits in the socket
+            self.entry_sink(self.events.poll(0, max_events=ENTRY_BATCH))
         return out
 
     def wait(self, seconds: float, on_tick=None) -> list[Drop]:
@@ -271,10 +287,10 @@ class TracingSession:
         r = self.rates.update(s)
         if r.get("seconds") and live is not None:
             self.net_hist.append(r["table"]["inserts"] - r["table"]["deletes"])
-            self.ins_hist.append(self._inserted(prev, s, r["seconds"]))
+            self.ins_hist.append(self.inserted(prev, s, r["seconds"]))
         return r
 
-    def _inserted(self, p: Sample, s: Sample, dt: float) -> tuple[float, float, str]:
+    def inserted(self, p: Sample, s: Sample, dt: float) -> tuple[float, float, str]:
         """New entries in the interval p -> s: from NEW events where the
         kernel sends them and none were lost; else the kernel's insert
         counter where it counts (recent kernels leave it at 0); else the
@@ -304,7 +320,7 @@ class TracingSession:
         if sched is None or st is None or not self.ins_hist:
             return forecast.live_forecast(None, now, None, None, None)
         # forget only buckets that ended before the last sample: the next
-        # interval's count growth adds back what expired since (_inserted)
+        # interval's count growth adds back what expired since (inserted)
         prev = self.rates.prev
         sched.prune(min(now, prev.t) if prev is not None else now)
         secs = sum(x[0] for x in self.ins_hist)
@@ -334,66 +350,16 @@ class TracingSession:
         return out
 
     # --- the live view's data ----------------------------------------------------
-    def _drops_by_who(self, n: int) -> dict:
-        """Drops since the start by source (exact, the probes' per-source
-        counts) and by container (the sources grouped by their name)."""
-        by_src = sorted(self.rates.src_drops.items(), key=lambda kv: (-kv[1], kv[0]))
-        rows = [{"src": s, "container": self.names.ip(s), "drops": d} for s, d in by_src if d > 0]
-        groups: dict = {}
-        for r in rows:
-            g = groups.setdefault(r["container"] or r["src"], {"drops": 0, "sources": []})
-            g["drops"] += r["drops"]
-            g["sources"].append(r["src"])
-        cont = [{"name": k, "drops": g["drops"], "sources": len(g["sources"])}
-                for k, g in sorted(groups.items(), key=lambda kv: (-kv[1]["drops"], kv[0]))]
-        return {"drops_by_source": rows[:n], "drops_by_container": cont[:n]}
-
-    def frame(self, group: str, sort: str, n: int, paused: bool = False) -> dict:
-        """Everything `top` shows (and `top --json` prints), from the state."""
-        r = self.rates.last
+    def live_state(self) -> LiveState:
+        """What the live view shows, now (tracer/core/frame.py builds top's
+        frame from it)."""
         st = self.state
-        t = r.get("table", {})
-        live = self.feed.entries
-        name_of = self.names.ip
-        rows = top_rows(live, r, group, sort, n, name_of,
-                        self.names.pod if group == "pod" else None)
-        src_rows = rows if group == "src" else top_rows(live, r, "src", "entries", n, name_of)
-        tot = self.rates.totals
-        reasons = {k: v for k, v in sorted(self.counters.reasons_by_netns.get(self.inum, {}).items(),
-                                           key=lambda kv: -kv[1]) if v}
-        return {
-            "ts": time.time(), "netns": self.inum,
-            "netns_name": self.names.netns(self.inum) or (self.opts.netns or "current"),
-            "backend": self.backend.name, "blind_spots": self.backend.blind_spots,
-            "count": st.count, "max": st.max, "buckets": st.buckets, "tracked": len(live),
-            "freshness": self.feed.status(),
-            "interval": r.get("seconds", 0.0),
-            "rates": {"inserts": t.get("inserts", 0.0), "deletes": t.get("deletes", 0.0),
-                      "drops": t.get("table_full", 0.0), "table_full": t.get("table_full", 0.0),
-                      "early_drops": t.get("early_drop", 0.0),
-                      "insert_failed": t.get("insert_failed", 0.0), "invalid": t.get("invalid", 0.0)},
-            "group": group, "sort": sort, "paused": paused,
-            "top": [{**x, "key": str(x["key"])} for x in rows],
-            "top_sources": [{"src": x["key"], "entries": x["entries"],
-                             "inserts_per_s": x["inserts_per_s"], "deletes_per_s": x["deletes_per_s"],
-                             "drops_per_s": x["drops_per_s"], "drops_total": x["drops_total"],
-                             "container": x["container"]}
-                            for x in src_rows],
-            # the destination side: DNATed entries by the address their reply
-            # comes from (published ports, Services, NodePorts)
-            "top_dnat_destinations": [{"dst": a, "entries": c, "container": name_of(a), "side": "destination"}
-                                      for a, c in sorted(live.dnat.items(),
-                                                          key=lambda kv: (-kv[1], kv[0]))[:n]],
-            # exact, since the session started: the kernel's counters and the probes' maps
-            "totals": {"table_full": tot["table_full"], "early_drops": tot["early_drop"],
-                       "insert_failed": tot["insert_failed"],
-                       "inserts": tot["inserts"], "deletes": tot["deletes"],
-                       "rule": reasons.get("rule", 0), "lost_events": self.counters.lost},
-            # exact, since the session started: the probes' maps (docs/json.md)
-            "drops_by_reason": reasons,
-            **self._drops_by_who(n),
-            "drops": [d.to_dict() for d in list(self.recent)[:8]],
-            "lost": self.lost(),
-            "history": {"fill": list(self.rates.fill_hist), "drops": list(self.rates.table_full_hist)},
-            "forecast": self.forecast(),
-        }
+        return LiveState(
+            ts=time.time(), netns=self.inum,
+            netns_name=self.names.netns(self.inum) or (self.opts.netns or "current"),
+            backend=self.backend.name, blind_spots=self.backend.blind_spots,
+            count=st.count, max=st.max, buckets=st.buckets,
+            live=self.feed.entries, freshness=self.feed.status(), rates=self.rates,
+            reasons=dict(self.counters.reasons_by_netns.get(self.inum, {})),
+            lost_events=self.counters.lost, lost=self.lost(), recent=list(self.recent),
+            forecast=self.forecast(), names=self.names)

@@ -441,7 +441,7 @@ def test_exited_names_are_kept_for_a_while_then_forgotten(tmp_path, monkeypatch)
     at.refresh()
     assert at.ip("172.17.0.9") is None             # past the expiry window
     at.refresh()
-    assert len(at._seen["ip"]) == 0
+    assert at.kept()["ip"] == 0
 
 
 def test_a_failing_refresh_keeps_the_names(tmp_path, monkeypatch):
@@ -459,5 +459,5 @@ def test_kept_names_are_bounded(tmp_path, monkeypatch):
         monkeypatch.setattr(A, "collect", lambda **kw: A.Names(
             by_ip={f"10.0.{i}.{j}": f"c{i}-{j}" for j in range(60)}))
         at.refresh()
-    assert len(at._seen["ip"]) == 100 and len(at.names.by_ip) == 100
+    assert at.kept()["ip"] == 100 and len(at.names.by_ip) == 100
     assert at.ip("10.0.4.59") == "c4-59"

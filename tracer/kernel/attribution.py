@@ -654,6 +654,11 @@ class Attribution:
             dst.update(cur)
         self.names = out
 
+    def kept(self) -> dict[str, int]:
+        """Names remembered per kind ("ip", "netns", "meta"), present and
+        exited: at most KEEP_MAX each (docs/attribution.md)."""
+        return {kind: len(seen) for kind, seen in self._seen.items()}
+
     def start(self) -> "Attribution":
         self._thread = threading.Thread(target=self._run, daemon=True, name="attribution")
         self._thread.start()

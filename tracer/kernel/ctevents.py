@@ -55,8 +55,22 @@ class EventBatch:
 class CtEvents:
     """A subscription to one namespace's conntrack NEW/DESTROY events."""
 
-    def __init__(self, netns: str | None = None, rcvbuf: int = 32 << 20, updates: bool = False):
-        """`updates`: also state changes (UPDATE group, UPDATE events)."""
+    def __init__(self, netns: str | None = None, rcvbuf: int = 32 << 20, updates: bool = False,
+                 sock: socket.socket | None = None):
+        """`updates`: also state changes (UPDATE group, UPDATE events).
+        `sock`: read this socket instead of subscribing (recorded messages
+        through a socketpair, in tests)."""
+        self.sock = sock if sock is not None else self._subscribe(netns, rcvbuf, updates)
+        self.netns = netns
+        self.overruns = 0          # ENOBUFS seen: one or more events lost each time
+        self.inserts = 0
+        self.updates = 0
+        self.deletes = 0
+        self._buf = bytearray(1 << 20)
+        self._layouts: dict = {}
+
+    @staticmethod
+    def _subscribe(netns: str | None, rcvbuf: int, updates: bool) -> socket.socket:
         with ns.entered(netns):
             try:
                 s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
@@ -77,14 +91,7 @@ class CtEvents:
             s.close()
             raise ctnetlink.NetlinkError(f"cannot subscribe to conntrack events: {e.strerror} "
                                          "(needs root; modprobe nf_conntrack_netlink)") from None
-        self.sock = s
-        self.netns = netns
-        self.overruns = 0          # ENOBUFS seen: one or more events lost each time
-        self.inserts = 0
-        self.updates = 0
-        self.deletes = 0
-        self._buf = bytearray(1 << 20)
-        self._layouts: dict = {}
+        return s
 
     def fileno(self) -> int:
         return self.sock.fileno()

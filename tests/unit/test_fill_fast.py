@@ -132,3 +132,24 @@ def test_dump_error_stops_the_receiver(monkeypatch):
     with pytest.raises(ctnetlink.NetlinkError, match="malformed"):
         ctnetlink.dump(sink=lambda rows: None)
     assert threading.active_count() == before
+
+
+def test_deferred_fill_settles_before_any_read_or_event():
+    """fill_end(defer=True) leaves the store's sort to settle(): by, len()
+    and events settle first, so nothing reads an unsorted store, and an
+    entry the dump showed twice counts once."""
+    rows = [row(src=f"198.18.0.{i % 5}", dport=1000 + i) for i in range(200)]
+    for act in (lambda t: t.by["src"], len, lambda t: t.insert(row(dport=7)),
+                lambda t: t.delete(rows[0]), lambda t: t.update(rows[1]), LiveTable.begin):
+        t, one = LiveTable(), LiveTable()
+        t.fill_start()
+        t.fill_rows(rows[:150])
+        t.fill_rows(rows[150:] + [rows[7]])           # shown twice
+        t.fill_end(defer=True)
+        assert t.entries.get(entry_key(rows[3])) is None          # not sorted in yet
+        one.fill([rows])
+        act(t)
+        act(one)
+        assert t.entries.get(entry_key(rows[3])) is not None
+        assert len(t) == len(one) and t.by == one.by and t.legacy == one.legacy
+        assert sorted(t.entries.items()) == sorted(one.entries.items())

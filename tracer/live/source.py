@@ -127,7 +127,7 @@ class LiveSource:
                 live.sysctls = kstats.timeouts()
                 live.fill_start()
                 ctnetlink.dump(sink=sink)
-            live.fill_end()
+            live.fill_end(defer=True)       # the store's sort: in the first pump
         except BaseException as e:          # raised again by wait(), in the caller's thread
             self._error = e
         finally:
@@ -164,6 +164,7 @@ class LiveSource:
             if self._thread.is_alive():
                 return
             self.wait()
+        self.entries.settle()
         self._events()
         if self._reader is not None:
             self._step(self.ROWS_PER_PUMP)
@@ -279,6 +280,7 @@ class LiveSource:
         (events on, no legacy entry, nothing lost since the last dump);
         otherwise they are as of `reconciled_age_s` ago at worst, and the
         next reconcile is due in `next_reconcile_s`."""
+        self.entries.settle()
         now = self.clock()
         mode = EVENTS_NAMES.get(self.mode, "unknown")
         exact = self.mode in (1, 2) and not self.entries.legacy and not self._dirty

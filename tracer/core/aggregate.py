@@ -387,13 +387,13 @@ class LiveTable:
             self.settle()
         return n
 
-    def settle(self) -> bool:
+    def settle(self) -> None:
         """Finish a deferred fill (fill_end): the store's records sorted; if
         the dump showed an entry twice (a dump under churn), the counts are
-        taken again from the store, one per entry. True if it had to."""
+        taken again from the store, one per entry."""
         n = self._settle_n
         if n is None:
-            return False
+            return
         self._settle_n = None
         self.entries.seal()
         if n != len(self.entries):
@@ -402,7 +402,6 @@ class LiveTable:
             self.legacy = 0
             for k, code in self.entries.items():
                 self._count(k, code, +1)
-        return True
 
     def begin(self) -> None:
         """A reconcile starts: a dump of the table follows (`seen`), then `sweep`."""

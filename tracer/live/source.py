@@ -45,7 +45,6 @@ import time
 
 from tracer.kernel import ctnetlink
 from tracer.kernel import netns as ns
-from tracer.kernel import procmem
 from tracer.kernel import stats as kstats
 from tracer.core.aggregate import LiveTable
 from tracer.kernel.ctevents import DELETE, INSERT, CtEvents, events_mode
@@ -165,10 +164,7 @@ class LiveSource:
             if self._thread.is_alive():
                 return
             self.wait()
-        if self.entries.settle():
-            # the sort's transient blocks (tens of MB at 1M entries) are free
-            # but stay in the heap after the session's trim: return them
-            procmem.trim_heap()
+        self.entries.settle()
         self._events()
         if self._reader is not None:
             self._step(self.ROWS_PER_PUMP)

@@ -23,7 +23,8 @@ import socket
 import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import chain, compress
+from operator import itemgetter, ne
 
 from tracer.core.conntrack import PORT_PROTOS, STATE_NAMES, proto_name
 from tracer.core.entries import DELETED, EntryStore
@@ -61,6 +62,8 @@ _R_STATE = itemgetter(1)
 _R_SRC = itemgetter(2)
 _R_DST = itemgetter(3)
 _R_PDS = itemgetter(0, 4, 1)      # (proto, dport, state): one count gives ports and states
+_R_PROTO, _R_DPORT, _R_MZ, _R_SPORT, _R_ICMP, _R_RSRC = (itemgetter(i) for i in (0, 4, 6, 7, 8, 10))
+_ZONE = itemgetter(1)
 
 
 def entry_key(row: tuple, tail: bytes = b"") -> bytes:
@@ -70,6 +73,29 @@ def entry_key(row: tuple, tail: bytes = b"") -> bytes:
     if ic is None:
         return _KEYP(row[0], row[6][1], row[7] or 0, row[4] or 0) + row[2] + row[3] + tail
     return _KEYP(row[0], row[6][1], ic & 0xFFFF, ic >> 16) + row[2] + row[3] + tail
+
+
+def load_records(rows: list, codes) -> tuple[bytes, int] | None:
+    """A batch of rows as one blob of bulk-load records (entry_key(row) +
+    codes[state], back to back) and the record size, built by C loops
+    (no Python call per row: about 3x faster than entry_key per row); None
+    if a row needs entry_key's own rules (ICMP, a protocol without ports,
+    IPv4 and IPv6 mixed): the caller then goes row by row."""
+    try:
+        if list(map(_R_ICMP, rows)).count(None) != len(rows):
+            return None
+        heads = list(map(_KEYP, map(_R_PROTO, rows), map(_ZONE, map(_R_MZ, rows)),
+                         map(_R_SPORT, rows), map(_R_DPORT, rows)))
+    except (struct.error, IndexError, TypeError):     # a port is None: no ports
+        return None
+    if not heads:
+        return None
+    blob = b"".join(chain.from_iterable(zip(heads, map(_R_SRC, rows), map(_R_DST, rows),
+                                            map(codes.__getitem__, map(_R_STATE, rows)))))
+    rs = len(blob) // len(rows)
+    if rs * len(rows) != len(blob) or rs != len(heads[0]) + 2 * len(rows[0][2]) + 1:
+        return None                                   # records of two sizes
+    return blob, rs
 
 
 @dataclass
@@ -103,7 +129,8 @@ class LiveTable:
 
     def __init__(self) -> None:
         self.entries = EntryStore()             # entry key -> code
-        self.by = {g: Counter() for g in DIMS}
+        self._by = {g: Counter() for g in DIMS}  # `by`: read through settle()
+        self._settle_n: int | None = None       # a deferred fill's rows (fill_end(defer=True))
         self.inserts: Counter = Counter()      # cumulative, by source
         self.deletes: Counter = Counter()
         self.legacy = 0
@@ -127,6 +154,12 @@ class LiveTable:
         self.dnat: Counter = Counter()
 
     key = staticmethod(entry_key)
+
+    @property
+    def by(self) -> dict[str, Counter]:
+        """Entries per "src", "dst", "dport", "state" (exact: settled)."""
+        self.settle()
+        return self._by
 
     # --- dimensions -------------------------------------------------------
     def _a(self, raw: bytes) -> str:
@@ -154,7 +187,7 @@ class LiveTable:
                 _state(proto, code & STATE_MASK))
 
     def _count(self, k: bytes, code: int, d: int) -> None:
-        by = self.by
+        by = self._by
         for c, v in zip((by["src"], by["dst"], by["dport"], by["state"]), self._dims_key(k, code)):
             n = c.get(v, 0) + d            # dict.get: no Counter.__missing__ call
             if n > 0:
@@ -204,6 +237,8 @@ class LiveTable:
     # --- events -------------------------------------------------------------
     def insert(self, row: tuple) -> None:
         """A NEW event (or, for callers of old, any event that is not a delete)."""
+        if self._settle_n is not None:
+            self.settle()
         k = entry_key(row)
         if self._dead is not None:
             self._dead.discard(k)
@@ -217,6 +252,8 @@ class LiveTable:
     def update(self, row: tuple) -> None:
         """An UPDATE event: a state change of an entry (never an insert). An
         unknown entry (events were lost) is added, uncounted as an insert."""
+        if self._settle_n is not None:
+            self.settle()
         k = entry_key(row)
         if self._dead is not None:
             self._dead.discard(k)
@@ -248,6 +285,8 @@ class LiveTable:
             self._pend_b = []
 
     def delete(self, row: tuple) -> None:
+        if self._settle_n is not None:
+            self.settle()
         k = entry_key(row)
         code = self.entries.pop(k, None)
         if self._dead is not None:
@@ -260,10 +299,11 @@ class LiveTable:
     # --- dumps --------------------------------------------------------------
     def reset(self, rows) -> None:
         """Start over from a complete dump."""
+        self._settle_n = None
         self.entries.clear()
         self.nat.clear()
         self.dnat.clear()
-        for c in self.by.values():
+        for c in self._by.values():
             c.clear()
         self.legacy = 0
         self.begin()
@@ -285,10 +325,11 @@ class LiveTable:
         self.sched = Schedule(self.clock(), self.sysctls) if self.clock is not None else None
         self._building = self._raw = None
         self._pend, self._pend_b = [], []
+        self._settle_n = None
         self.entries.clear()
         self.nat.clear()
         self.dnat.clear()
-        for c in self.by.values():
+        for c in self._by.values():
             c.clear()
         self._gen = (self._gen + 1) % GENS
         self._dead = None
@@ -299,8 +340,15 @@ class LiveTable:
 
     def fill_rows(self, rows: list) -> None:
         codes, src, dst, pds, n = self._fill
-        self.entries.load(map(entry_key, rows, map(codes.__getitem__, map(_R_STATE, rows))))
-        if rows and len(rows[0]) > 10:          # DNATed rows only: few on most hosts
+        recs = load_records(rows, codes)
+        if recs is not None:
+            self.entries.load_blob(*recs)
+        else:
+            self.entries.load(map(entry_key, rows, map(codes.__getitem__, map(_R_STATE, rows))))
+        try:                                    # DNATed rows: few on most hosts
+            dnat = compress(rows, map(ne, map(_R_RSRC, rows), map(_R_DST, rows)))
+            self.nat.update((entry_key(r), r[10]) for r in dnat if r[10] is not None)
+        except IndexError:                      # rows without the reply's source
             self.nat.update((entry_key(r), r[10]) for r in rows
                             if len(r) > 10 and r[10] is not None and r[10] != r[3])
         src.update(map(_R_SRC, rows))
@@ -310,22 +358,22 @@ class LiveTable:
         if self.sched is not None:
             self.sched.rows(rows, self.clock())
 
-    def fill_end(self) -> int:
+    def fill_end(self, defer: bool = False) -> int:
+        """End fill_start/fill_rows; returns the rows taken. The counts come
+        from the rows' columns; the store sorts the records (about 0.3 s per
+        million entries). With `defer`, that sort waits for settle(): the
+        first pump after the first dump, or the first read of `by`, len()
+        or an event, whichever comes first, so a first frame or scrape
+        needs no more than the dump itself."""
         _, src, dst, pds, n = self._fill
         self._fill = None
         if self.sched is not None:
             self.sched.end(self.clock())
         n = n[0]
-        entries = self.entries
         dn = self.dnat
         for raw in self.nat.values():
             dn[self._a(raw)] += 1
-        entries.seal()
-        if n != len(entries):                    # an entry shown twice (a dump under churn)
-            for k, code in entries.items():
-                self._count(k, code, +1)
-            return n
-        by = self.by
+        by = self._by
         for raw, c in src.items():
             by["src"][self._a(raw)] += c
         for raw, c in dst.items():
@@ -334,10 +382,30 @@ class LiveTable:
             by["dport"][self._dport(proto, port)] += c
             by["state"][_state(proto, st)] += c
         self.legacy = n
+        self._settle_n = n
+        if not defer:
+            self.settle()
         return n
+
+    def settle(self) -> None:
+        """Finish a deferred fill (fill_end): the store's records sorted; if
+        the dump showed an entry twice (a dump under churn), the counts are
+        taken again from the store, one per entry."""
+        n = self._settle_n
+        if n is None:
+            return
+        self._settle_n = None
+        self.entries.seal()
+        if n != len(self.entries):
+            for c in self._by.values():
+                c.clear()
+            self.legacy = 0
+            for k, code in self.entries.items():
+                self._count(k, code, +1)
 
     def begin(self) -> None:
         """A reconcile starts: a dump of the table follows (`seen`), then `sweep`."""
+        self.settle()
         self._gen = (self._gen + 1) % GENS
         self._dead = set()
         self.entries.hold = True                # one merge of the store, at the sweep
@@ -395,6 +463,7 @@ class LiveTable:
         """The reconcile's dump failed: keep what is known, sweep nothing.
         Every entry takes the running generation, so the next reconcile's
         sweep tells its unseen entries apart whatever failed before."""
+        self.settle()
         gen = self._gen << GEN_SHIFT
         self.entries.recode(bytes(c if c == DELETED else (c & ~GEN_MASK) | gen for c in range(256)))
         self._dead = None
@@ -407,6 +476,7 @@ class LiveTable:
         return self._dead is not None
 
     def __len__(self) -> int:
+        self.settle()
         return len(self.entries)
 
 

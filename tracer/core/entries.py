@@ -6,6 +6,7 @@ of bytes keys costs about 90: a key object and a slot each).
     store[key] = code            # key: bytes (15 for IPv4, 39 for IPv6), code: 0-255
     store.get(key), store.pop(key, None), len(store), key in store
     store.load(records); store.seal()        # bulk: records = key + code byte
+    store.load_blob(joined, rs)              # ... or records already joined
     store.take_stale(gen, mask)  # remove and return the entries whose code & mask != gen
 
 How. Per key length, a *run*: records (key + code) sorted by key, back to
@@ -296,6 +297,13 @@ class EntryStore:
         lengths = list(map(len, recs))
         for rs in set(lengths):
             self._load(rs).add(b"".join(compress(recs, map(rs.__eq__, lengths))))
+
+    def load_blob(self, blob: bytes, rs: int) -> None:
+        """Records of one size, already joined, into a bulk load (see load)."""
+        if len(blob) % rs:
+            raise ValueError(f"a blob of {len(blob)} bytes holds no whole {rs}-byte records")
+        if blob:
+            self._load(rs).add(blob)
 
     def _load(self, rs: int) -> _Load:
         ld = self._loads.get(rs)

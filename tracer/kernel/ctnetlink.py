@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import select
 import socket
 import struct
 import threading
@@ -372,20 +373,27 @@ def both_tuples():
                    v["rsrc"], v.get("rsport", 0), v["rdst"], v.get("rdport", 0))
 
 
-def _receiver(sock: socket.socket, out: queue.SimpleQueue) -> None:
+AHEAD = 32     # buffers received ahead of the parser (2 MiB); beyond, the kernel waits
+
+
+def _receiver(sock: socket.socket, out: queue.SimpleQueue, ahead: threading.Semaphore,
+              stop: int) -> None:
     """Receive a dump's buffers (the kernel builds each one during recv, with
-    the GIL released) while the caller parses the previous ones."""
+    the GIL released) while the caller parses the previous ones, at most
+    AHEAD buffers ahead of it (a slow parser must not hold the whole dump
+    in memory), until the caller writes to the `stop` pipe: it has parsed
+    the dump's end or failed. No Python walk over the messages here (one
+    per entry: 0.15 s per million)."""
     try:
+        waiting = select.poll()
+        waiting.register(sock, select.POLLIN)
+        waiting.register(stop, select.POLLIN)
         while True:
+            ahead.acquire()
+            if any(fd == stop for fd, _ in waiting.poll()):
+                return
             buf = bytearray(64 << 10)
-            n = sock.recv_into(buf)
-            out.put((buf, n))
-            off = 0
-            while off + 16 <= n:
-                mlen, mtype = _HDR(buf, off)[:2]
-                if mtype == NLMSG_DONE or mtype == NLMSG_ERROR or mlen < 16:
-                    return
-                off += (mlen + 3) & ~3
+            out.put((buf, sock.recv_into(buf)))
     except BaseException as e:      # never leave the parser waiting forever
         out.put(e)
 
@@ -447,11 +455,14 @@ def dump(sink=None) -> DumpResult:
     with _open() as sock:
         _request(sock, IPCTNL_MSG_CT_GET)
         chunks: queue.SimpleQueue = queue.SimpleQueue()
-        rx = threading.Thread(target=_receiver, args=(sock, chunks), daemon=True)
+        ahead = threading.Semaphore(AHEAD)
+        stop_r, stop_w = os.pipe()
+        rx = threading.Thread(target=_receiver, args=(sock, chunks, ahead, stop_r), daemon=True)
         rx.start()
         try:
             while not p.done:
                 item = chunks.get()
+                ahead.release()
                 if isinstance(item, OSError):
                     raise_for(item.errno)
                 if isinstance(item, BaseException):
@@ -460,7 +471,11 @@ def dump(sink=None) -> DumpResult:
                 res.count += len(rows)
                 keep(rows)
         finally:
+            os.write(stop_w, b"x")          # the dump's end parsed (or an error): stop receiving
+            ahead.release()
             rx.join()
+            os.close(stop_r)
+            os.close(stop_w)
     res.interrupted, res.unreadable = p.interrupted, p.unreadable
     return res
 

@@ -71,7 +71,9 @@ class LiveSource:
                  rcvbuf: int = 32 << 20):
         self.rcvbuf = rcvbuf
         self.netns = netns
-        self.accept = accept or _all
+        # an inactive filter's row() passes every row: no call per row and event
+        inactive = getattr(getattr(accept, "__self__", None), "active", True) is False
+        self.accept = _all if accept is None or inactive else accept
         self.clock = clock
         self.entries = LiveTable()
         self.entries.clock = clock
@@ -120,12 +122,12 @@ class LiveSource:
         live, accept = self.entries, self.accept
         try:
             sink = live.fill_rows if accept is _all else \
-                (lambda rows: live.fill_rows([r for r in rows if accept(r)]))
+                (lambda rows: live.fill_rows(list(filter(accept, rows))))
             with ns.entered(self.netns):
                 live.sysctls = kstats.timeouts()
                 live.fill_start()
                 ctnetlink.dump(sink=sink)
-            live.fill_end()
+            live.fill_end(defer=True)       # the store's sort: in the first pump
         except BaseException as e:          # raised again by wait(), in the caller's thread
             self._error = e
         finally:
@@ -162,6 +164,7 @@ class LiveSource:
             if self._thread.is_alive():
                 return
             self.wait()
+        self.entries.settle()
         self._events()
         if self._reader is not None:
             self._step(self.ROWS_PER_PUMP)
@@ -175,7 +178,7 @@ class LiveSource:
         self.backlog = batch.more
         live, accept = self.entries, self.accept
         for kind, row in batch.events:
-            if not accept(row):
+            if accept is not _all and not accept(row):
                 continue
             if kind is DELETE:
                 live.delete(row)
@@ -249,9 +252,8 @@ class LiveSource:
             self._next = self.clock() + self.period()
             return
         seen, accept, evented = self.entries.seen, self.accept, self._evented
-        for row in rows:
-            if accept(row):
-                seen(row, evented)
+        for row in rows if accept is _all else filter(accept, rows):
+            seen(row, evented)
         self.entries.sched_tick()
         if reader.done:
             reader.close()
@@ -278,6 +280,7 @@ class LiveSource:
         (events on, no legacy entry, nothing lost since the last dump);
         otherwise they are as of `reconciled_age_s` ago at worst, and the
         next reconcile is due in `next_reconcile_s`."""
+        self.entries.settle()
         now = self.clock()
         mode = EVENTS_NAMES.get(self.mode, "unknown")
         exact = self.mode in (1, 2) and not self.entries.legacy and not self._dirty

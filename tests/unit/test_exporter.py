@@ -32,7 +32,7 @@ def fake_session(lock: threading.Lock, name: str | None = None, held: list | Non
         read_table=read_table, kernel_totals=lambda st: {"drop": 5, "insert_failed": 1, "table_full": 4},
         counters=Counters("fake"), backend=SimpleNamespace(name="fake", counters=lambda: Counters("fake")),
         lost=lambda: {"events": 0, "over_rate_limit": 0, "bpf_map_full": 0}, inum=7,
-        feed=SimpleNamespace(entries=entries, clock=time.monotonic),
+        feed=SimpleNamespace(entries=entries, clock=time.monotonic, dumps=Counter(events_lost=1), dump_seconds=4.0),
         rates=SimpleNamespace(prev=None), forecast=lambda st: {"filling": None},
         names=SimpleNamespace(ip=lambda a: name, meta=lambda n: {}))
     return s

@@ -31,6 +31,7 @@ from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tracer.live.httpd import MetricsServer
+from tracer.live.session import PUMP_S
 
 METRICS = ("inserts", "deletes", "drops")
 LABEL_MAX = 256          # characters of a label value (names come from other people's files)
@@ -441,6 +442,7 @@ def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None
         if on_ready:
             on_ready()
         while not session.stopping:
+            tick = time.monotonic() + PUMP_S
             with lock:
                 dst_drops.add(session.pump())
                 now = time.monotonic()
@@ -451,4 +453,8 @@ def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None
                     next_sample = now + interval
                     if prune:
                         next_prune = now + 60
-            time.sleep(0.05)
+            # a pump every PUMP_S, its work included (as session.wait): a
+            # pump that took longer (a backlog of events) is followed at
+            # once, or a burst outruns the socket's buffer and the events
+            # lost cost a reconcile dump of the whole table
+            time.sleep(max(0.0, tick - time.monotonic()))

@@ -182,6 +182,15 @@ def source_entries(body: bytes) -> float:
     return sum(float(m) for m in re.findall(rb"^cttrace_source_entries\{[^}]*\} (\S+)$", body, re.M))
 
 
+def reconciles(body: bytes) -> dict[str, float]:
+    """serve's reconcile dumps by reason, and "seconds": the time spent on them."""
+    out = {m.group(1).decode(): float(m.group(2)) for m in
+           re.finditer(rb'^cttrace_table_reconciles_total\{reason="([^"]*)"\} (\S+)$', body, re.M)}
+    m = re.search(rb"^cttrace_table_reconcile_seconds_total (\S+)$", body, re.M)
+    out["seconds"] = float(m.group(1)) if m else 0.0
+    return out
+
+
 def serve(cttrace: list[str], ns: str, tmp: Path, repeat: int, port: int) -> dict:
     """Ready, first scrape, memory after it and 5 s later (the pump has run)."""
     out = []
@@ -259,15 +268,20 @@ def steady(cttrace: list[str], size: int, tmp: Path, seconds: float, port: int, 
             caught_up = time.perf_counter() - t0
             time.sleep(5)
             f0 = _last_frame(out).get("freshness", {})
+            d0 = reconciles(scrape(port))
             c0 = {"top": cpu_s(top.pid), "serve": cpu_s(srv.pid)}
             t0 = time.perf_counter()
             time.sleep(seconds)
             wall = time.perf_counter() - t0
-            body = scrape(port)
+            c1 = {"top": cpu_s(top.pid), "serve": cpu_s(srv.pid)}
+            body = scrape(port)                 # after the CPU reading: a scrape is not the window's
+            d1 = reconciles(body)
             f1 = _last_frame(out)
             r = {"entries": count, "build_s": made, "caught_up_s": caught_up, "seconds": wall,
-                 "cpu_pct": {"top": 100 * (cpu_s(top.pid) - c0["top"]) / wall,
-                             "serve": 100 * (cpu_s(srv.pid) - c0["serve"]) / wall},
+                 "cpu_pct": {"top": 100 * (c1["top"] - c0["top"]) / wall,
+                             "serve": 100 * (c1["serve"] - c0["serve"]) / wall},
+                 # serve's reconcile dumps in the window, by reason, and their seconds
+                 "serve_reconciles": {k: v - d0.get(k, 0) for k, v in d1.items() if v != d0.get(k, 0)},
                  "mem": {"top": mem(top.pid), "serve": mem(srv.pid)},
                  "top_tracked": f1.get("tracked"), "serve_entries": source_entries(body),
                  "kernel_count": ns.count(),
@@ -392,7 +406,7 @@ def main():
                         for what in ("top", "serve"):
                             show(f"{what} {mode}", r[mode], lambda x: (
                                 f"{x['cpu_pct'][what]:.2f}% of a core over {x['seconds']:.0f} s "
-                                f"({x['reconciles']} reconcile dumps by top; caught up "
+                                f"(reconcile dumps: top {x['reconciles']}, serve {x['serve_reconciles'] or 0}; caught up "
                                 f"{x['caught_up_s']:.0f} s after the build); {fmt_mem(x['mem'][what])}; "
                                 f"entries top {x['top_tracked']:,} serve {x['serve_entries']:,.0f} "
                                 f"kernel {x['kernel_count']:,}"), lambda x: x["cpu_pct"][what])

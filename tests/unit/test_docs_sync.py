@@ -94,6 +94,7 @@ def scrape() -> str:
     src.entries = type("L", (), {"sched": sched, "dnat": {"198.18.1.2": 3}, "by": {"src": {"198.18.0.1": 100}}})()
     src.overruns_since = lambda t: False
     src.clock = time.monotonic
+    src.dumps, src.dump_seconds = {"events_lost": 1}, 4.0
     s.feed = src
     state = TableState(count=100, max=1000, buckets=64, cpu=[{"cpu": 0, "drop": 3}])
     s.read_table = lambda: state

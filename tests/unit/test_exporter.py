@@ -32,7 +32,7 @@ def fake_session(lock: threading.Lock, name: str | None = None, held: list | Non
         read_table=read_table, kernel_totals=lambda st: {"drop": 5, "insert_failed": 1, "table_full": 4},
         counters=Counters("fake"), backend=SimpleNamespace(name="fake", counters=lambda: Counters("fake")),
         lost=lambda: {"events": 0, "over_rate_limit": 0, "bpf_map_full": 0}, inum=7,
-        feed=SimpleNamespace(entries=entries, clock=time.monotonic),
+        feed=SimpleNamespace(entries=entries, clock=time.monotonic, dumps=Counter(events_lost=1), dump_seconds=4.0),
         rates=SimpleNamespace(prev=None), forecast=lambda st: {"filling": None},
         names=SimpleNamespace(ip=lambda a: name, meta=lambda n: {}))
     return s
@@ -236,3 +236,42 @@ def test_a_pruned_source_keeps_the_drops_it_had_when_forgotten():
     update_series(s, series, 0.0, prune=True)
     assert forgotten == [(7, {"10.0.0.5"})]
     assert series.series("drops") == {"other": 13}
+
+
+def test_serve_pumps_again_at_once_after_a_long_pump(monkeypatch):
+    """The pump loop runs a pump every PUMP_S, its work included: after a
+    pump that took longer (a backlog of events) it does not sleep, so a
+    burst does not outrun the socket's buffer (lost events cost a dump)."""
+    from tracer.live import exporter
+    clock = {"t": 100.0}
+    sleeps: list = []
+    work = [0.2, 0.2, 0.01]                          # two long pumps (a backlog), then a quick one
+    lock = threading.Lock()
+    s = fake_session(lock)
+
+    def pump():
+        clock["t"] += work.pop(0) if work else 0.0
+        if not work:
+            s.stopping = True
+        return []
+    s.pump, s.stopping = pump, False
+    s.sample, s.inum = (lambda: None), 7
+    s.backend.forget_sources = lambda netns, srcs: {}
+    s.counters = Counters("fake")
+    s.feed.entries.inserts, s.feed.entries.deletes = Counter(), Counter()
+    fake_time = SimpleNamespace(monotonic=lambda: clock["t"], sleep=sleeps.append)
+    monkeypatch.setattr(exporter, "time", fake_time)
+
+    class Server:
+        def __init__(self, *a):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+    monkeypatch.setattr(exporter, "MetricsServer", Server)
+    exporter.run(s, ("127.0.0.1", 0), 5, 1.0)
+    assert sleeps[:2] == [0.0, 0.0]                  # long pumps: the next one at once
+    assert abs(sleeps[2] - (exporter.PUMP_S - 0.01)) < 1e-9   # a quick one: the rest of the tick

@@ -277,3 +277,20 @@ def test_dnat_entries_count_for_the_reply_source():
     t.seen(plain)
     t.sweep()
     assert dict(t.dnat) == {} and t.nat == {}
+
+
+def test_reconcile_dumps_are_counted_by_reason(live_feed, fake_reader):
+    """serve exports them (cttrace_table_reconciles_total{reason}): a dump
+    in a window of a CPU measurement is told apart from a steady cost."""
+    src, clock, ev = live_feed(1, rows(10))            # events on: the first dump's entries are legacy
+    assert src.dumps == {} and src.dump_seconds == 0
+    clock.t += src.period()
+    src.pump()
+    src.pump()
+    assert src.dumps == {"legacy": 1} and src.resyncs == 1
+    ev.overrun = True
+    src.pump()
+    clock.t += src.period()
+    src.pump()
+    src.pump()
+    assert src.dumps == {"legacy": 1, "events_lost": 1} and src.dump_seconds >= 0

@@ -31,6 +31,7 @@ from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tracer.live.httpd import MetricsServer
+from tracer.live.session import PUMP_S
 
 METRICS = ("inserts", "deletes", "drops")
 LABEL_MAX = 256          # characters of a label value (names come from other people's files)
@@ -156,6 +157,8 @@ class Snapshot:
     dst_drops: dict = field(default_factory=dict)   # {(proto/port, container): drops} (DestinationDrops)
     dst_drops_other: int = 0
     meta: Callable = lambda name: {}                # container -> its labels (attribution)
+    dumps: dict = field(default_factory=dict)       # reconcile dumps completed, by reason (source.DUMP_REASONS)
+    dump_seconds: float = 0.0                       # ... the time spent on them
 
 
 @dataclass
@@ -319,6 +322,20 @@ def _lost(s: Snapshot):
     yield ("bpf_map_full",), s.lost["bpf_map_full"]
 
 
+@family("cttrace_table_reconciles", "counter", "Reconcile dumps of the table completed, by reason: "
+        "events_lost, events_off, legacy, events_unknown, schedule_refresh (each costs about 4 s per "
+        "million entries)", ("reason",))
+def _reconciles(s: Snapshot):
+    for why, n in sorted(s.dumps.items()):
+        yield (why,), n
+
+
+@family("cttrace_table_reconcile_seconds", "counter", "Seconds spent reading the completed reconcile dumps "
+        "(their share of the exporter's CPU)")
+def _reconcile_seconds(s: Snapshot):
+    yield (), round(s.dump_seconds, 3)
+
+
 @family("cttrace_info", "gauge", "Backend and kernel", ("backend", "kernel", "netns"))
 def _info(s: Snapshot):
     yield (s.backend, s.kernel_release, str(s.netns)), 1
@@ -372,7 +389,8 @@ class Collector:
                 backend=s.backend.name, kernel_release=self.kernel, netns=s.inum,
                 who=_who(s.names), dnat=dnat, dnat_other=sum(dn.values()) - sum(n for _, n in dnat),
                 dst_drops=dict(self.dst_drops.counts), dst_drops_other=self.dst_drops.other,
-                meta=s.names.meta)
+                meta=s.names.meta, dumps=dict(getattr(s.feed, "dumps", {})),   # a feed without reconciles: none
+                dump_seconds=getattr(s.feed, "dump_seconds", 0.0))
 
     def collect(self):
         snap = self.snapshot()
@@ -424,6 +442,7 @@ def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None
         if on_ready:
             on_ready()
         while not session.stopping:
+            tick = time.monotonic() + PUMP_S
             with lock:
                 dst_drops.add(session.pump())
                 now = time.monotonic()
@@ -434,4 +453,8 @@ def run(session, listen: tuple[str, int], k: int, interval: float, on_ready=None
                     next_sample = now + interval
                     if prune:
                         next_prune = now + 60
-            time.sleep(0.05)
+            # a pump every PUMP_S, its work included (as session.wait): a
+            # pump that took longer (a backlog of events) is followed at
+            # once, or a burst outruns the socket's buffer and the events
+            # lost cost a reconcile dump of the whole table
+            time.sleep(max(0.0, tick - time.monotonic()))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 from tracer.kernel import ctnetlink
 from tracer.kernel import netns as ns
@@ -50,6 +51,10 @@ from tracer.core.aggregate import LiveTable
 from tracer.kernel.ctevents import DELETE, INSERT, CtEvents, events_mode
 
 EVENTS_NAMES = {0: "off", 1: "on", 2: "auto"}
+# why a reconcile dump ran (_due's text) -> the short name serve labels it with
+DUMP_REASONS = {"events lost": "events_lost", "events off": "events_off",
+                "entries older than the listener": "legacy", "events unknown": "events_unknown",
+                "forecast schedule refresh": "schedule_refresh"}
 
 
 def _all(row) -> bool:
@@ -80,6 +85,8 @@ class LiveSource:
         self.overruns = 0           # ENOBUFS on the event socket (events lost)
         self._overrun_at: float | None = None
         self.resyncs = 0            # reconcile dumps completed after start
+        self.dumps: Counter = Counter()   # ... by reason (DUMP_REASONS' short names)
+        self.dump_seconds = 0.0     # wall seconds spent on the completed reconcile dumps (wall time: the CPU unless the machine is busy)
         self.swept = 0              # entries removed by reconciles (gone without an event)
         self.errors = 0             # reconcile dumps that failed (last_error says why)
         self.last_error: str | None = None
@@ -260,8 +267,10 @@ class LiveSource:
             self._reader = None
             self.swept += self.entries.sweep()
             self.resyncs += 1
+            self.dumps[DUMP_REASONS.get(self._why, self._why)] += 1
             self._reconciled_at = self._started
             self._dump_work += time.perf_counter() - t0
+            self.dump_seconds += self._dump_work
             self._last_work = self._dump_work
             self._next = self.clock() + self.period()
         else:
@@ -316,4 +325,4 @@ class LiveSource:
         return out
 
 
-__all__ = ["LiveSource", "EVENTS_NAMES"]
+__all__ = ["LiveSource", "EVENTS_NAMES", "DUMP_REASONS"]

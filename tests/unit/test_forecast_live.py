@@ -271,6 +271,7 @@ def test_serve_forecast_gauges():
         s.inum = 1
         s.feed.clock = lambda: t0 + 10.0
         s.feed.entries.by = {"src": {}}
+        s.feed.dumps, s.feed.dump_seconds = {}, 0.0      # no reconcile dump yet
         reg = CollectorRegistry()
         reg.register(Collector(s, SourceSeries(), threading.Lock(), "6.18"))
         return generate_latest(reg).decode()

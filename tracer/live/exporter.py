@@ -389,8 +389,7 @@ class Collector:
                 backend=s.backend.name, kernel_release=self.kernel, netns=s.inum,
                 who=_who(s.names), dnat=dnat, dnat_other=sum(dn.values()) - sum(n for _, n in dnat),
                 dst_drops=dict(self.dst_drops.counts), dst_drops_other=self.dst_drops.other,
-                meta=s.names.meta, dumps=dict(getattr(s.feed, "dumps", {})),   # a feed without reconciles: none
-                dump_seconds=getattr(s.feed, "dump_seconds", 0.0))
+                meta=s.names.meta, dumps=dict(s.feed.dumps), dump_seconds=s.feed.dump_seconds)
 
     def collect(self):
         snap = self.snapshot()

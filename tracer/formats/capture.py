@@ -256,8 +256,6 @@ def read_capture(path: str, max_bytes: int | None = None, max_line: int = MAX_LI
                                f"more than this process may hold); read it on a bigger machine") from None
         except RecursionError:
             raise CaptureError(f"{path}: a record nested too deeply: not a capture cttrace wrote") from None
-        except IsADirectoryError:
-            raise CaptureError(f"{path} is a directory; give a capture file") from None
         except OSError as e:
             raise CaptureError(f"{path}: cannot read: {e.strerror}") from None
 

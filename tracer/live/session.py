@@ -133,7 +133,7 @@ class TracingSession:
             self.names.refresh()
         try:
             if o.follow_entries:      # the first dump is read while the probes compile
-                self.feed = LiveSource(self.netns_ref, o.flt.row).start(background=True)
+                self.feed = LiveSource(self.netns_ref, o.flt.row if o.flt.active else None).start(background=True)
             self.backend.start()
             with ns.entered(self.netns_ref):
                 self.inum = ns.inode()

@@ -1,7 +1,7 @@
 """The live table feed: one namespace's conntrack entries, followed from
 ctnetlink events and reconciled with dumps, for `top`, `serve` and `capture`.
 
-    src = LiveSource(netns, accept=flt.row).start()
+    src = LiveSource(netns, accept=flt.row if flt.active else None).start()
     while running:
         src.pump()                 # every ~50 ms; bounded work per call
         src.entries.by["src"] ...     # counts per source/destination/port/state
@@ -76,9 +76,7 @@ class LiveSource:
                  rcvbuf: int = 32 << 20):
         self.rcvbuf = rcvbuf
         self.netns = netns
-        # an inactive filter's row() passes every row: no call per row and event
-        inactive = getattr(getattr(accept, "__self__", None), "active", True) is False
-        self.accept = _all if accept is None or inactive else accept
+        self.accept = accept or _all      # None: every row, with no call per row and event
         self.clock = clock
         self.entries = LiveTable()
         self.entries.clock = clock

@@ -290,6 +290,10 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
             clashes, refused = clash_flows(world)
         with R.Limit(admit=0) as lim:
             for i, name in enumerate(senders):
+                # full again before each sender: entries made earlier in this
+                # long test (UDP: 30 s) expire, and the room they leave would
+                # admit the last senders' flows
+                lim.refill()
                 before = R.node_stats()
                 send(world, name, 30 + i, 40000 + 100 * i)
                 time.sleep(0.3)

@@ -156,7 +156,7 @@ class Snapshot:
     dnat_other: int          # DNATed entries of the other addresses
     dst_drops: dict = field(default_factory=dict)   # {(proto/port, container): drops} (DestinationDrops)
     dst_drops_other: int = 0
-    meta: Callable = lambda name: {}                # container -> its labels (attribution)
+    labels: Callable = lambda name: (name or "", "", "")   # a name -> container, namespace, pod (_labels)
     dumps: dict = field(default_factory=dict)       # reconcile dumps completed, by reason (source.DUMP_REASONS)
     dump_seconds: float = 0.0                       # ... the time spent on them
 
@@ -249,18 +249,21 @@ def _early(s: Snapshot):
     yield (), s.kernel.get("early_drop", 0)
 
 
-def _who(names) -> Callable[[str], tuple]:
-    """container, namespace, pod labels of an address (Kubernetes
-    conventions: a pod's address has its pod and namespace)."""
-    def who(src: str) -> tuple:
-        if src == "other":
-            return ("", "", "")
-        n = names.ip(src)
-        m = names.meta(n)
+def _labels(names) -> Callable[[str | None], tuple]:
+    """container, namespace, pod labels of a name attribution gave
+    (Kubernetes conventions: a pod's container has its pod and namespace)."""
+    def labels(n: str | None) -> tuple:
+        m = names.meta(n) if n else {}
         if m.get("pod"):
-            return (m.get("container", ""), m["namespace"], m["pod"])
+            return (m.get("container", n), m["namespace"], m["pod"])
         return (n or "", "", "")
-    return who
+    return labels
+
+
+def _who(names) -> Callable[[str], tuple]:
+    """The labels of an address's owner ("other": none)."""
+    labels = _labels(names)
+    return lambda src: ("", "", "") if src == "other" else labels(names.ip(src))
 
 
 WHO = ("container", "namespace", "pod")
@@ -308,9 +311,7 @@ def _destination_drops(s: Snapshot):
     if not s.dst_drops and not s.dst_drops_other:
         return
     for (port, name), n in sorted(s.dst_drops.items()):
-        m = s.meta(name)
-        yield (port, m.get("container", name) if m.get("pod") else name, m.get("namespace", ""),
-               m.get("pod", "")), n
+        yield (port, *s.labels(name)), n
     yield ("other", "", "", ""), s.dst_drops_other
 
 
@@ -389,7 +390,7 @@ class Collector:
                 backend=s.backend.name, kernel_release=self.kernel, netns=s.inum,
                 who=_who(s.names), dnat=dnat, dnat_other=sum(dn.values()) - sum(n for _, n in dnat),
                 dst_drops=dict(self.dst_drops.counts), dst_drops_other=self.dst_drops.other,
-                meta=s.names.meta, dumps=dict(s.feed.dumps), dump_seconds=s.feed.dump_seconds)
+                labels=_labels(s.names), dumps=dict(s.feed.dumps), dump_seconds=s.feed.dump_seconds)
 
     def collect(self):
         snap = self.snapshot()

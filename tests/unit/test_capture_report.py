@@ -233,3 +233,31 @@ def test_entries_records_stack_by_container_and_stay_escaped(tmp_path):
     page = to_html(analyse(cap))
     assert page.count("<svg") == 4 and page.count('class="area"') == len(mix["keys"])
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;&quot;" in page
+
+
+def test_a_burst_between_two_samples_is_table_full(tmp_path):
+    """The limit was lowered for half a second between two samples (as an
+    operator's test or a short spike does): no sample saw the table above
+    50%, but the kernel refused 30 new entries as table-full, so the report
+    says the table was full (critical), not "drops with room in the table"."""
+    def cap(path, reason):
+        state = {"netns": "node", "count": 50, "max": 100, "total": 50}
+        w = Writer(str(path), {"host": "h", "kernel": "k", "backend": "tracepoint", "netns": "node",
+                               "interval": 1.0, "state": state})
+        for i in range(4):
+            w.write({"k": "stats", "t": 1000.0 + i, "count": 50, "max": 100,
+                     "kernel": {"drop": 0 if i < 2 else 30, "insert_failed": 0, "early_drop": 0}})
+        for j in range(30):
+            w.write({"k": "drop", "t": 1001.4 + j / 100, "reason": reason, "proto": "udp",
+                     "src": "10.0.0.2", "sport": 4000 + j, "dst": "10.0.0.9", "dport": 53})
+        w.write({"k": "end", "t": 1003.0, "totals": {}, "sources": {}, "state": state})
+        w.close()
+        return read_capture(str(path))
+    rep = analyse(cap(tmp_path / "full", "table_full"))
+    f = {x["id"]: x for x in rep["findings"]}
+    assert f["dropping_now"]["severity"] == "critical" and "conntrack_drops" not in f
+    assert "refused with the table 100% full" in f["dropping_now"]["evidence"]
+    # the same counters with invalid-verdict drop events: room in the table, said so
+    rep = analyse(cap(tmp_path / "inv", "invalid"))
+    f = {x["id"]: x for x in rep["findings"]}
+    assert "dropping_now" not in f and f["conntrack_drops"]["severity"] == "warning"

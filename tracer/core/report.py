@@ -11,6 +11,7 @@ from tracer.core import counters
 from tracer.core import forecast as fc
 from tracer.formats.capture import Capture, counter_deltas
 from tracer.core.doctor import SEVERITIES, diagnose, table_forecast
+from tracer.core.events import TABLE_FULL
 from tracer.core.hoststate import HostState
 
 
@@ -31,6 +32,12 @@ def capture_state(cap: Capture) -> HostState:
         h.dump_lag = 0.0 if cap.of("end") else max(t1 - t0, 0.0)
         h.inserts_seen = sum(1 for r in cap.of("insert") if t0 <= r["t"] <= t1)
     fills = [s["count"] / s["max"] for s in stats if s.get("count") is not None and s.get("max")]
+    if any(r.get("reason") == TABLE_FULL for r in cap.of("drop")):
+        # The kernel refuses a new entry as table-full only with the count at
+        # its limit: a burst that began and ended between two samples (the
+        # limit lowered for a moment, entries evicted or expired before the
+        # next sample) still had the table full.
+        fills.append(1.0)
     h.peak_fill = max(fills, default=None)
     return h
 

@@ -4,6 +4,7 @@ what it records, and that a failure mid-write (a full disk) never costs
 the old capture with --force (issue 20)."""
 
 import errno
+import time
 import os
 import socket
 from contextlib import contextmanager
@@ -150,3 +151,50 @@ def test_without_hard_links_the_complete_file_is_renamed(tmp_path, monkeypatch):
     w.write({"k": "end", "t": 1001.0})
     w.close()
     assert read_capture(str(p)).of("end") and sorted(x.name for x in tmp_path.iterdir()) == ["c.ctcap"]
+
+
+class BurstSession:
+    """A session whose table refuses new entries for 0.3 s in the middle of a
+    capture with a 10 s interval (the limit lowered to the count, then
+    raised back): table-full drop events arrive 0.4-0.5 s in, the kernel's
+    drop counter rises by 30 then."""
+    stopping = False
+    entry_sink = None
+    names = None
+
+    def __init__(self):
+        self.t0 = time.monotonic()
+
+    def _at(self):
+        return time.monotonic() - self.t0
+
+    def wait(self, seconds):
+        time.sleep(seconds)
+        return [_drop("198.18.0.9", 7)] if 0.4 <= self._at() < 0.5 else []
+
+    def read_table(self):
+        t = self._at()
+        full = 0.35 <= t < 0.7
+        return TableState(count=120 if full else 40, max=120 if full else 1000, buckets=64,
+                          cpu=[{"cpu": 0, "drop": 30 if t >= 0.4 else 0, "insert_failed": 0}])
+
+
+def test_a_burst_shorter_than_the_interval_is_sampled_at_its_limit(tmp_path):
+    from tracer.core.report import analyse
+    from tracer.live.recorder import Recorder
+    rec = Recorder(BurstSession(), 10.0, "node")
+    rec._entries_due = float("inf")            # no entries dumps here
+    p = tmp_path / "c.ctcap"
+    w = Writer(str(p), {**HDR, "interval": 10.0, "state": {"count": 40, "max": 1000}})
+    rec.start(w)
+    rec.run(1.0)
+    rec.sample()                               # the last stats record (finish() also reads the backend)
+    w.close()
+    stats = read_capture(str(p)).of("stats")
+    # the start, one taken while the drops arrived (not one per pump), the end
+    assert [(s["count"], s["max"]) for s in stats] == [(40, 1000), (120, 120), (40, 1000)]
+    rep = analyse(read_capture(str(p)))
+    assert rep["totals"]["table_full"] == 30
+    assert (rep["bursts"][0]["count"], rep["bursts"][0]["max"]) == (120, 120)
+    assert rep["summary"][0].endswith(", table at its limit of 120."), rep["summary"]
+    assert [f["severity"] for f in rep["findings"] if f["id"] == "dropping_now"] == ["critical"]

@@ -75,7 +75,11 @@ def analyse(cap: Capture, top: int = 10) -> dict:
     prev = None
     for s in stats:
         i = bucket(s["t"])
-        tl[i]["count"], tl[i]["max"] = s.get("count"), s.get("max")
+        f = _fill(s)
+        if tl[i]["count"] is None or (f is not None and f >= (_fill(tl[i]) or 0.0)):
+            # several samples in a point (a wide point, or a burst's extra
+            # sample): the fullest, which is what a fill chart is read for
+            tl[i]["count"], tl[i]["max"] = s.get("count"), s.get("max")
         if prev is not None:     # the interval's table-full drops, at its middle
             j = bucket((prev["t"] + s["t"]) / 2)
             d = counters.deltas(prev["kernel"], s["kernel"])

@@ -13,7 +13,9 @@ It records, as the session's pump hands them over, every drop (filtered
 and attributed by the session), every insert and delete (ctnetlink events:
 the session's entry_sink), what was lost (a receive-buffer overrun), the
 table's counters every interval, and entries records (the table's entries
-by container, from a dump) as often as a dump's cost allows. Sources
+by container, from a dump) as often as a dump's cost allows; table-full
+drops arriving between two intervals take an extra stats record (a burst
+shorter than the interval still shows the table at its limit). Sources
 without a name when recorded are named in the end record, if known by then.
 """
 
@@ -23,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import asdict
 
+from tracer.core.events import TABLE_FULL
 from tracer.core.hoststate import HostState
 from tracer.formats.capture import ENTRIES_MAX_COUNT, Writer, entries_record, row_record
 from tracer.kernel import ctnetlink
@@ -33,6 +36,7 @@ from tracer.live.session import PUMP_S, TracingSession
 
 UNNAMED_MAX = 100_000     # sources remembered for naming at the end, at most
 DUMP_SHARE = 20           # an entries dump at most every 20 times its own time (5% of the capture's)
+BURST_SAMPLE_S = 0.25     # table-full drops arriving: a stats record at most this often between intervals
 
 
 class Recorder:
@@ -44,6 +48,7 @@ class Recorder:
         self.counts = {"insert": 0, "delete": 0, "drop": 0}
         self.unnamed: set[str] = set()
         self._entries_due = 0.0             # when the next entries record is due (monotonic)
+        self._last_stats = 0.0              # when the last stats record was taken (monotonic)
         session.entry_sink = self._entry_events
 
     def host_state(self) -> HostState:
@@ -64,11 +69,18 @@ class Recorder:
         end = time.monotonic() + seconds
         next_stats = time.monotonic() + self.interval
         while not s.stopping and time.monotonic() < end and not (max_records and w.records >= max_records):
-            self._drops(s.wait(PUMP_S))
-            if time.monotonic() >= next_stats:
+            drops = s.wait(PUMP_S)
+            self._drops(drops)
+            now = time.monotonic()
+            if now >= next_stats:
                 self.stats()
                 w.flush()
                 next_stats += self.interval
+            elif now - self._last_stats >= BURST_SAMPLE_S and any(d.reason == TABLE_FULL for d in drops):
+                # A table-full burst shorter than the interval (a spike, a
+                # limit lowered for a moment) would otherwise fall between two
+                # samples: the table's count and limit while it refuses.
+                self.sample()
             if progress:
                 progress(seconds - (end - time.monotonic()), self.counts)
 
@@ -87,11 +99,17 @@ class Recorder:
         self.w.write({"k": "end", "t": time.time(), "totals": self.counts, "sources": by_src,
                       "lost": c.lost, "state": asdict(end_state), "names": late})
 
-    def stats(self) -> None:
-        """A stats record, and an entries record when one is due."""
+    def sample(self):
+        """A stats record: the table's count, limit and counters, now."""
         st = self.s.read_table()
         self.w.write({"k": "stats", "t": time.time(), "count": st.count, "max": st.max,
                       "kernel": st.totals})
+        self._last_stats = time.monotonic()
+        return st
+
+    def stats(self) -> None:
+        """A stats record, and an entries record when one is due."""
+        st = self.sample()
         if time.monotonic() >= self._entries_due and (st.count or 0) <= ENTRIES_MAX_COUNT:
             t0 = time.monotonic()
             try:

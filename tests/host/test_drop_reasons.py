@@ -64,12 +64,12 @@ def invalid_tcp(container: str, src: str, dst: str, n: int, first_port: int = 41
     return flows
 
 
-def rule_packets(node: str) -> int:
+def rule_packets(node: str, comment: str = "cttrace-test-drop") -> int:
     """Packets matched by the test's DROP rules (their comment says so)."""
     total = 0
     for table in ("raw", "filter"):
         out = L.sh("iptables-save", "-c", "-t", table, ns=node).stdout
-        for m in re.finditer(r"^\[(\d+):\d+\] .*cttrace-test-drop.*$", out, re.M):
+        for m in re.finditer(rf"^\[(\d+):\d+\] .*{comment}.*$", out, re.M):
             total += int(m.group(1))
     return total
 
@@ -168,3 +168,38 @@ def all_causes(lab, observe) -> None:
                 e["translated"]["sport"] in range(SNAT_PORTS[0], SNAT_PORTS[1] + 1)
         if (e["src"], e["sport"]) in filtered:
             assert e["reason"] in ("rule", "table_full"), e     # table_full: refused before FORWARD
+
+
+def test_forgetting_a_source_keeps_its_namespace_totals(lab):
+    """serve (and top) forget idle sources' per-source map entries to stay
+    bounded: the namespace's drops by reason, built from those maps, must not
+    go down then (a Prometheus counter that decreases reads as a reset). Rule
+    drops from one container (a raw-table DROP), its source forgotten: the
+    totals stay, its drops are handed back once."""
+    from tracer.backends import make
+    c = lab.containers[2]
+    src, inode = lab.container_ip(c), os.stat(f"/run/netns/{lab.node}").st_ino
+    L.sh("iptables", "-t", "raw", "-I", "PREROUTING", "-p", "udp", "--dport", str(RAW_PORT),
+         "-m", "comment", "--comment", "cttrace-test-forget", "-j", "DROP", ns=lab.node)
+    try:
+        with make("tracepoint", 2000).start() as be:
+            rep = lab.udp_flows(c, 12, dst=(L.UPLINK_PEER, RAW_PORT), timeout=0.2)
+            k_rule = rule_packets(lab.node, "cttrace-test-forget")
+            assert len(rep.failed) == k_rule == 12
+            be.poll(0)
+            c1 = be.counters()
+            assert c1.reasons_by_netns[inode]["rule"] == k_rule
+            assert c1.drops_by_src(inode)[src] == k_rule
+            assert be.forget_sources(inode, {src}) == {src: k_rule}
+            c2 = be.counters()
+            assert src not in c2.drops_by_src(inode)
+            assert c2.reasons_by_netns[inode] == c1.reasons_by_netns[inode]
+            assert be.forget_sources(inode, {src}) == {}          # once
+            # new drops of the same source count from 0 again, the totals go on
+            lab.udp_flows(c, 3, dst=(L.UPLINK_PEER, RAW_PORT), timeout=0.2)
+            c3 = be.counters()
+            assert c3.drops_by_src(inode)[src] == rule_packets(lab.node, "cttrace-test-forget") - k_rule == 3
+            assert c3.reasons_by_netns[inode]["rule"] == k_rule + 3
+    finally:
+        L.sh("iptables", "-t", "raw", "-D", "PREROUTING", "-p", "udp", "--dport", str(RAW_PORT),
+             "-m", "comment", "--comment", "cttrace-test-forget", "-j", "DROP", ns=lab.node)

@@ -77,6 +77,14 @@ def test_deletes_and_rule_drops(backend, lab):
     assert sorted(e.sport for e in rules) == sorted(f.sport for f in rule.failed)
     assert not [e for e in events if e.reason == "table_full"]
     assert len(ok.flows) == 40
+    # forgetting the idle source (serve and top do, to stay bounded) hands its
+    # drops back once and keeps the namespace's totals by reason (counters)
+    assert c1.reasons_by_netns[node]["rule"] - c0.reasons_by_netns.get(node, {}).get("rule", 0) == 6
+    assert backend.forget_sources(node, {src}) == {src: c1.drops_by_src(node)[src]}
+    c2 = backend.counters()
+    assert src not in c2.drops_by_src(node) and src_counts(c2, node, src)["inserts"] == 0
+    assert c2.reasons_by_netns[node] == c1.reasons_by_netns[node]
+    assert c2.table_full == c1.table_full
 
 
 def test_auto_picks_kprobe_and_names_why_not_fentry():

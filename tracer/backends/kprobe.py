@@ -192,6 +192,15 @@ class KprobeBackend(TracepointBackend):
             r["table_full"] += s.table_full
             r["insert_failed"] += s.insert_failed
             r["rule"] += s.rule
+        for netns, gone in self.forgotten.items():      # sources forgotten (forget_sources) still count
+            if any(gone.values()):
+                r = c.reasons_by_netns.setdefault(netns, {"table_full": 0, "insert_failed": 0,
+                                                          "invalid": 0, "rule": 0, "unknown": 0})
+                r["table_full"] += gone["table_full"]
+                r["insert_failed"] += gone["insert_failed"]
+                r["rule"] += gone["netfilter"]
+                if gone["table_full"]:
+                    full[netns] = full.get(netns, 0) + gone["table_full"]
         c.conntrack = ctt
         c.events_sent += ctt["emitted"]
         c.over_rate_limit += ctt["sampled_out"]

@@ -26,6 +26,7 @@ import os
 import re
 import socket
 import time
+from collections import Counter
 from importlib import resources
 
 from tracer.kernel import netns as ns
@@ -297,6 +298,10 @@ class TracepointBackend:
         self._pending: list = []
         # drop_seq is an LRU map: the last count read of each key stays here
         self._seq: dict[tuple, tuple[int, int]] = {}   # (cookie, netns, cpu, class) -> (base, last)
+        # what forget_sources() took out of the per-source maps, per namespace:
+        # the per-namespace reason totals built from those maps keep it
+        # (a counter never goes down when an idle source is forgotten)
+        self.forgotten: dict[int, Counter] = {}
         self.stats: NetnsStats | None = None
         self.classifier: Classifier | None = None
         self.boot_offset = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
@@ -417,6 +422,10 @@ class TracepointBackend:
         for (netns, _), s in by.items():          # every drop not conntrack's is a rule's
             r = out.setdefault(netns, {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0})
             r[RULE] += s.netfilter
+        for netns, gone in self.forgotten.items():
+            if gone["netfilter"]:
+                r = out.setdefault(netns, {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0})
+                r[RULE] += gone["netfilter"]
         for r in out.values():
             r[RULE] = max(r[RULE] - r[TABLE_FULL] - r[INSERT_FAILED] - r[INVALID], 0)
         return out
@@ -433,6 +442,7 @@ class TracepointBackend:
         out: dict[str, int] = {}
         if not srcs or self.bpf is None:
             return out
+        gone = self.forgotten.setdefault(netns, Counter())
         for name in ("sources", "ct_sources"):
             try:
                 m = self.bpf[name]
@@ -449,6 +459,11 @@ class TracepointBackend:
                         continue
                     # sources: u64 netfilter drops; ct_sources: struct (kprobe.py's counters())
                     n = getattr(v, "value", None)
+                    if n is not None:
+                        gone["netfilter"] += n
+                    else:
+                        gone["table_full"] += v.table_full
+                        gone["insert_failed"] += v.insert_failed
                     out[src] = out.get(src, 0) + (n if n is not None else v.table_full + v.insert_failed)
         return out
 

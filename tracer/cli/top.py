@@ -20,7 +20,7 @@ from tracer.core.frame import top_frame
 from tracer.cli import session
 from tracer.cli.options import flow_filters, netns_option, ready_file_option, tracing_options
 from tracer.core.filters import Filter
-from tracer.live.session import Options
+from tracer.live.session import FORGET_IDLE, Options
 from tracer.views.top import render
 
 
@@ -52,7 +52,8 @@ def top(netns, interval, group, sort, top_n, proto, port, src, dst, once, as_jso
       sudo cttrace top --json --interval 5    # for scripts
     """
     opts = Options(backend=backend, rate=rate, netns=netns, follow_entries=True, only_followed_netns=True,
-                   ready_file=ready_file, flt=Filter(protos=proto, ports=port, src=src, dst=dst))
+                   ready_file=ready_file, flt=Filter(protos=proto, ports=port, src=src, dst=dst),
+                   forget_idle=FORGET_IDLE)
     view = {"group": group, "sort": sort, "paused": False, "help": False}
     with session("top", opts) as s:
         end = time.monotonic() + duration if duration else None

@@ -46,6 +46,9 @@ PUMP_S = 0.05          # how often events are taken in while waiting
 ENTRY_BATCH = 20_000   # raw entry events handed over per pump, at most
 RATE_INTERVALS = 5     # the forecast's insert rate: over the last 5 intervals
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+OTHER = "other"        # the sources forgotten (Options.forget_idle), summed: serve's source="other"
+FORGET_EVERY = 60.0    # seconds between two looks for idle sources
+FORGET_IDLE = 600.0    # top: a source without entries idle this long is summed into OTHER (as serve does)
 
 
 class SessionError(Exception):
@@ -66,6 +69,7 @@ class Options:
     recent: int = 12                   # latest drops kept for views
     ready_file: str | None = None
     ready_at_open: bool = True         # False: the command calls ready() (capture: after its first record)
+    forget_idle: float | None = None   # top: sources idle this long are summed into OTHER (bounded memory)
 
 
 class TracingSession:
@@ -93,6 +97,12 @@ class TracingSession:
         self.net_hist: deque = deque(maxlen=30)   # inserts - deletes per second, per interval
         # new entries per interval for the forecast: (seconds, entries, how counted)
         self.ins_hist: deque = deque(maxlen=RATE_INTERVALS)
+        # Options.forget_idle: when each source last changed (its inserts,
+        # deletes or drops), what the forgotten ones dropped, how many went
+        self.last_active: dict[str, float] = {}
+        self.forgotten_drops = 0
+        self.forgotten_sources = 0
+        self._next_forget = 0.0
         self._stop = False
         self._old_handlers: dict = {}
 
@@ -279,16 +289,58 @@ class TracingSession:
         self.state = self.read_table()
         live = self.feed.entries if self.feed is not None else None
         prev = self.rates.prev
+        drops = Counter(self.counters.drops_by_src(self.inum))
+        if self.forgotten_drops:
+            drops[OTHER] += self.forgotten_drops
         s = Sample(t=time.monotonic(),
                    inserts=Counter(live.inserts) if live is not None else Counter(),
                    deletes=Counter(live.deletes) if live is not None else Counter(),
-                   drops=Counter(self.counters.drops_by_src(self.inum)),
+                   drops=drops,
                    kernel=self.kernel_totals(self.state), count=self.state.count, max=self.state.max)
         r = self.rates.update(s)
         if r.get("seconds") and live is not None:
             self.net_hist.append(r["table"]["inserts"] - r["table"]["deletes"])
             self.ins_hist.append(self.inserted(prev, s, r["seconds"]))
+        if self.opts.forget_idle and live is not None:
+            changed = (s.inserts, s.deletes, s.drops) if prev is None else (r["inserts"], r["deletes"], r["drops"])
+            for keys in changed:
+                for k in keys:
+                    self.last_active[k] = s.t
+            if s.t >= self._next_forget:
+                self._next_forget = s.t + FORGET_EVERY
+                self.forget_idle(s.t - self.opts.forget_idle)
         return r
+
+    def forget_idle(self, before: float) -> list[str]:
+        """Sum the sources that last changed before `before` and hold no
+        entry into OTHER: their counts (live table, the rates' samples) move
+        there, their per-source BPF map entries go (the backend keeps the
+        namespace's totals), and every total and rate stays as it was. A
+        source seen again counts anew from 0. Returns the sources forgotten."""
+        live = self.feed.entries
+        held = live.by["src"]
+        gone = [k for k, t in self.last_active.items() if t < before and k != OTHER and not held.get(k)]
+        if not gone:
+            return gone
+        final = self.backend.forget_sources(self.inum, set(gone))
+        samples = {id(x): x for x in (self.rates.first, self.rates.prev) if x is not None}
+        for src in gone:
+            del self.last_active[src]
+            for c in (live.inserts, live.deletes):
+                n = c.pop(src, 0)
+                if n:
+                    c[OTHER] += n
+            self.forgotten_drops += final.get(src, 0)
+            for x in samples.values():
+                for c in (x.inserts, x.deletes, x.drops):
+                    n = c.pop(src, 0)
+                    if n:
+                        c[OTHER] += n
+            n = self.rates.src_drops.pop(src, 0)      # until the next sample's
+            if n:
+                self.rates.src_drops[OTHER] = self.rates.src_drops.get(OTHER, 0) + n
+        self.forgotten_sources += len(gone)
+        return gone
 
     def inserted(self, p: Sample, s: Sample, dt: float) -> tuple[float, float, str]:
         """New entries in the interval p -> s: from NEW events where the

@@ -4,7 +4,6 @@ what it records, and that a failure mid-write (a full disk) never costs
 the old capture with --force (issue 20)."""
 
 import errno
-import time
 import os
 import socket
 from contextlib import contextmanager
@@ -31,8 +30,8 @@ def _row(src, sport):
 NETNS = os.stat("/proc/self/ns/net").st_ino        # the followed table: ours
 
 
-def _drop(src, sport):
-    return Drop(ts=1700000000.0, netns=NETNS, cpu=0, family="ipv4", proto="udp", src=src, sport=sport,
+def _drop(src, sport, ts=1700000000.0):
+    return Drop(ts=ts, netns=NETNS, cpu=0, family="ipv4", proto="udp", src=src, sport=sport,
                 dst="198.18.1.1", dport=53, reason="table_full", ct_attached=False)
 
 
@@ -157,32 +156,34 @@ class BurstSession:
     """A session whose table refuses new entries for 0.3 s in the middle of a
     capture with a 10 s interval (the limit lowered to the count, then
     raised back): table-full drop events arrive 0.4-0.5 s in, the kernel's
-    drop counter rises by 30 then."""
+    drop counter rises by 30 then. Its own clock: each wait() moves it on,
+    and the recorder's clocks read it (no real sleeping, so a loaded machine
+    runs the same pumps)."""
     stopping = False
     entry_sink = None
     names = None
+    T0 = 1_700_000_000.0
 
     def __init__(self):
-        self.t0 = time.monotonic()
-
-    def _at(self):
-        return time.monotonic() - self.t0
+        self.t = 0.0
 
     def wait(self, seconds):
-        time.sleep(seconds)
-        return [_drop("198.18.0.9", 7)] if 0.4 <= self._at() < 0.5 else []
+        self.t = round(self.t + seconds, 6)
+        return [_drop("198.18.0.9", 7, self.T0 + self.t)] if 0.4 <= self.t < 0.5 else []
 
     def read_table(self):
-        t = self._at()
-        full = 0.35 <= t < 0.7
+        full = 0.35 <= self.t < 0.7
         return TableState(count=120 if full else 40, max=120 if full else 1000, buckets=64,
-                          cpu=[{"cpu": 0, "drop": 30 if t >= 0.4 else 0, "insert_failed": 0}])
+                          cpu=[{"cpu": 0, "drop": 30 if self.t >= 0.4 else 0, "insert_failed": 0}])
 
 
-def test_a_burst_shorter_than_the_interval_is_sampled_at_its_limit(tmp_path):
+def test_a_burst_shorter_than_the_interval_is_sampled_at_its_limit(tmp_path, monkeypatch):
     from tracer.core.report import analyse
     from tracer.live.recorder import Recorder
-    rec = Recorder(BurstSession(), 10.0, "node")
+    session = BurstSession()
+    monkeypatch.setattr("tracer.live.recorder.time.monotonic", lambda: session.t)
+    monkeypatch.setattr("tracer.live.recorder.time.time", lambda: session.T0 + session.t)
+    rec = Recorder(session, 10.0, "node")
     rec._entries_due = float("inf")            # no entries dumps here
     p = tmp_path / "c.ctcap"
     w = Writer(str(p), {**HDR, "interval": 10.0, "state": {"count": 40, "max": 1000}})

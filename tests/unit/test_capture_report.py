@@ -261,3 +261,17 @@ def test_a_burst_between_two_samples_is_table_full(tmp_path):
     rep = analyse(cap(tmp_path / "inv", "invalid"))
     f = {x["id"]: x for x in rep["findings"]}
     assert "dropping_now" not in f and f["conntrack_drops"]["severity"] == "warning"
+
+
+def test_a_point_shows_its_fullest_sample_and_carries_its_last(tmp_path):
+    """Samples every 5 s and a burst's extra sample: the burst's point shows
+    the table at its limit; the points after it, until the next sample,
+    show the table as it was last sampled (recovered), not the burst."""
+    w = Writer(str(tmp_path / "c"), {"host": "h", "kernel": "k", "backend": "tracepoint", "netns": "node",
+                                     "interval": 5.0, "state": {"count": 40, "max": 1000}})
+    for t, count, mx in ((1000.0, 40, 1000), (1005.2, 120, 120), (1005.8, 40, 1000), (1010.0, 40, 1000)):
+        w.write({"k": "stats", "t": t, "count": count, "max": mx, "kernel": {"drop": 0}})
+    w.close()
+    tl = analyse(read_capture(str(tmp_path / "c")))["timeline"]
+    assert [(x["t"], x["count"], x["max"]) for x in tl] == \
+        [(s, 40, 1000) for s in range(5)] + [(5, 120, 120)] + [(s, 40, 1000) for s in range(6, 11)]

@@ -10,7 +10,8 @@ from tracer.core.events import Counters, SourceCounts
 from tracer.core.frame import top_frame
 from tracer.kernel.ctevents import DELETE, INSERT
 from tracer.kernel.stats import TableState
-from tracer.live.session import FORGET_EVERY, OTHER, TracingSession
+from tracer.core.aggregate import OTHER
+from tracer.live.session import FORGET_EVERY, TracingSession
 
 NETNS = 7
 

@@ -436,9 +436,12 @@ class TracepointBackend:
         as read just before its entries went: what it counted since the
         last counters() too (a source without entries of its own is pruned
         while the table is full and it is still dropping: 5 of 922,075
-        drops fell in that gap in a 20-minute soak). Only a drop in the
-        microseconds between that read and the delete is lost from the
-        per-source count, never from the totals."""
+        drops fell in that gap in a 20-minute soak). What goes is kept in
+        `forgotten`, so the namespace's totals by reason never go down; a
+        drop in the microseconds between that read and the delete is lost
+        from the per-source count (and from the rule total built from it),
+        never from the kernel's counters. Called by the pump only, as
+        counters() is (serve's scrapes read the pump's last Counters)."""
         out: dict[str, int] = {}
         if not srcs or self.bpf is None:
             return out

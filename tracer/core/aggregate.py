@@ -107,6 +107,9 @@ class Interval:
     drops: Counter = field(default_factory=Counter)
 
 
+OTHER = "other"        # sources forgotten after a long idle time (top, serve), summed: never an address
+
+
 class LiveTable:
     """Entries of one namespace's table, with counts kept per dimension.
 

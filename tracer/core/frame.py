@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from tracer.core.aggregate import LiveTable, Rates, top_rows
+from tracer.core.aggregate import OTHER, LiveTable, Rates, top_rows
 from tracer.core.events import Drop
 
 RECENT_SHOWN = 8       # latest drops in a frame
@@ -61,7 +61,9 @@ def top_frame(v: LiveState, group: str, sort: str, n: int, paused: bool = False)
     r = v.rates.last
     t = r.get("table", {})
     live = v.live
-    name_of = v.names.ip
+
+    def name_of(a: str) -> str | None:
+        return None if a == OTHER else v.names.ip(a)      # not an address: no lookup
     rows = top_rows(live, r, group, sort, n, name_of, v.names.pod if group == "pod" else None)
     src_rows = rows if group == "src" else top_rows(live, r, "src", "entries", n, name_of)
     tot = v.rates.totals

@@ -73,6 +73,7 @@ def analyse(cap: Capture, top: int = 10) -> dict:
         return i if 0 <= i < n else None
 
     prev = None
+    latest: dict[int, tuple] = {}     # point -> its last sample's (count, max): carried forward
     for s in stats:
         i = bucket(s["t"])
         f = _fill(s)
@@ -80,6 +81,8 @@ def analyse(cap: Capture, top: int = 10) -> dict:
             # several samples in a point (a wide point, or a burst's extra
             # sample): the fullest, which is what a fill chart is read for
             tl[i]["count"], tl[i]["max"] = s.get("count"), s.get("max")
+        if s.get("count") is not None:
+            latest[i] = (s.get("count"), s.get("max"))
         if prev is not None:     # the interval's table-full drops, at its middle
             j = bucket((prev["t"] + s["t"]) / 2)
             d = counters.deltas(prev["kernel"], s["kernel"])
@@ -89,11 +92,11 @@ def analyse(cap: Capture, top: int = 10) -> dict:
             x["early_drops"] += int(d.get("early_drop", 0))
         prev = s
     last = None
-    for x in tl:                 # samples every interval > 1 s: carry the fill forward
+    for i, x in enumerate(tl):   # samples every interval > 1 s: carry the last sample forward
         if x["count"] is None and last is not None:
             x["count"], x["max"] = last
         elif x["count"] is not None:
-            last = (x["count"], x["max"])
+            last = latest.get(i, (x["count"], x["max"]))
     for recs, key in ((ins, "inserts"), (dels, "deletes")):
         for r in recs:
             i = bucket(r["t"])

@@ -31,7 +31,7 @@ from tracer.core import counters, forecast
 from tracer.kernel import netns as ns
 from tracer.kernel import procmem
 from tracer.kernel import stats as kstats
-from tracer.core.aggregate import Rates, Sample
+from tracer.core.aggregate import OTHER, Rates, Sample
 from tracer.core.events import Counters, Drop
 from tracer.core.filters import Filter
 from tracer.core.frame import LiveState
@@ -46,7 +46,6 @@ PUMP_S = 0.05          # how often events are taken in while waiting
 ENTRY_BATCH = 20_000   # raw entry events handed over per pump, at most
 RATE_INTERVALS = 5     # the forecast's insert rate: over the last 5 intervals
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-OTHER = "other"        # the sources forgotten (Options.forget_idle), summed: serve's source="other"
 FORGET_EVERY = 60.0    # seconds between two looks for idle sources
 FORGET_IDLE = 600.0    # top: a source without entries idle this long is summed into OTHER (as serve does)
 

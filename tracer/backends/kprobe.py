@@ -23,7 +23,7 @@ from tracer.backends import BackendError
 from tracer.core import kversion
 from tracer.backends.tracepoint import TracepointBackend, bpf_source, cflags, ct_tuple_consts, load_btf
 from tracer.backends import abi
-from tracer.core.events import Counters, SourceCounts, addr
+from tracer.core.events import Counters, SourceCounts, addr, no_drops
 from tracer.kernel import features
 from tracer.kernel.features import probeable  # noqa: F401  (choose() imports it from here)
 
@@ -187,15 +187,13 @@ class KprobeBackend(TracepointBackend):
                        "invalid": 0, "rule": c.netfilter_drops, "unknown": 0}
         c.reasons_by_netns = {}
         for s in c.sources:
-            r = c.reasons_by_netns.setdefault(s.netns, {"table_full": 0, "insert_failed": 0,
-                                                        "invalid": 0, "rule": 0, "unknown": 0})
+            r = c.reasons_by_netns.setdefault(s.netns, no_drops())
             r["table_full"] += s.table_full
             r["insert_failed"] += s.insert_failed
             r["rule"] += s.rule
         for netns, gone in self.forgotten.items():      # sources forgotten (forget_sources) still count
             if any(gone.values()):
-                r = c.reasons_by_netns.setdefault(netns, {"table_full": 0, "insert_failed": 0,
-                                                          "invalid": 0, "rule": 0, "unknown": 0})
+                r = c.reasons_by_netns.setdefault(netns, no_drops())
                 r["table_full"] += gone["table_full"]
                 r["insert_failed"] += gone["insert_failed"]
                 r["rule"] += gone["netfilter"]

@@ -38,7 +38,7 @@ from tracer.core import counters
 from tracer.core.classify import Classifier
 from tracer.backends import abi
 from tracer.core.events import (INSERT_FAILED, INVALID, REASONS, RULE, TABLE_FULL, UNKNOWN, Counters,
-                                SourceCounts, addr, decode_drop)
+                                SourceCounts, addr, decode_drop, no_drops)
 
 NAME = "tracepoint"
 BLIND_SPOTS = ("no kprobes/fentry on this kernel: inserts and deletes come from ctnetlink "
@@ -415,16 +415,16 @@ class TracepointBackend:
                 failed += min(with_ct, c["insert_failed"])    # a chain too long too: a failed insert
                 refused += min(ctless, counters.table_full_drops(c))
             invalid = min(self.classifier.invalid.get(key, 0), refused)
-            r = out.setdefault(key[1], {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0})
+            r = out.setdefault(key[1], no_drops())
             r[TABLE_FULL] += refused - invalid
             r[INSERT_FAILED] += failed
             r[INVALID] += invalid
         for (netns, _), s in by.items():          # every drop not conntrack's is a rule's
-            r = out.setdefault(netns, {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0})
+            r = out.setdefault(netns, no_drops())
             r[RULE] += s.netfilter
         for netns, gone in self.forgotten.items():
             if gone["netfilter"]:
-                r = out.setdefault(netns, {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0})
+                r = out.setdefault(netns, no_drops())
                 r[RULE] += gone["netfilter"]
         for r in out.values():
             r[RULE] = max(r[RULE] - r[TABLE_FULL] - r[INSERT_FAILED] - r[INVALID], 0)

@@ -29,7 +29,7 @@ itself; its rule drops arrive labelled.
 from __future__ import annotations
 
 from tracer.core import counters
-from tracer.core.events import INSERT_FAILED, INVALID, RULE, TABLE_FULL, UNKNOWN
+from tracer.core.events import INSERT_FAILED, INVALID, RULE, TABLE_FULL, UNKNOWN, no_drops
 
 
 class Classifier:
@@ -47,7 +47,7 @@ class Classifier:
         self.seen: dict[tuple, int] = {}      # (key, cpu, ct) -> last sequence number seen
         self.used: dict[tuple, int] = {}      # (key, cpu, ct) -> kernel count attributed
         self.budget: dict[tuple, int] = {}    # (key, cpu, ct) -> kernel count, last read
-        self.totals = {TABLE_FULL: 0, INSERT_FAILED: 0, INVALID: 0, RULE: 0, UNKNOWN: 0}
+        self.totals = no_drops()
         self.invalid: dict = {}               # namespace key -> drops deemed invalid
 
     def _read(self, key) -> None:

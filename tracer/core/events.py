@@ -18,6 +18,13 @@ INVALID = "invalid"              # conntrack refused the packet with room in the
 RULE = "rule"                    # a ruleset DROP (raw table, INVALID state, filter, ...)
 UNKNOWN = "unknown"              # the kernel gave no way to tell
 REASONS = (TABLE_FULL, INSERT_FAILED, INVALID, RULE, UNKNOWN)
+
+
+def no_drops() -> dict[str, int]:
+    """{reason: 0} for every reason of REASONS (a namespace's drops by reason, empty)."""
+    return dict.fromkeys(REASONS, 0)
+
+
 _KIND_REASON = {abi.KIND_TABLE_FULL: TABLE_FULL, abi.KIND_INSERT_FAILED: INSERT_FAILED, abi.KIND_RULE: RULE}
 
 

@@ -335,23 +335,12 @@ class Lab:
                "net.ipv6.conf.default.disable_ipv6=1", ns=n)
             _ip("link", "set", "lo", "up", ns=n)
         node = self.node
-        _ip("link", "add", "br0", "type", "bridge", ns=node)
-        _ip("addr", "add", f"{BRIDGE_IP}/24", "dev", "br0", ns=node)
-        _ip("link", "set", "br0", "up", ns=node)
-        for i, c in enumerate(self.containers, 1):
-            _ip("link", "add", f"vc{i}", "type", "veth", "peer", "name", "eth0", "netns", c, ns=node)
-            _ip("link", "set", f"vc{i}", "master", "br0", "up", ns=node)
-            _ip("addr", "add", f"{self.container_ip(c)}/24", "dev", "eth0", ns=c)
-            _ip("link", "set", "eth0", "up", ns=c)
-            _ip("route", "add", "default", "via", BRIDGE_IP, ns=c)
-        _ip("link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", self.peer, ns=node)
-        _ip("addr", "add", f"{UPLINK_NODE}/24", "dev", "up0", ns=node)
-        _ip("link", "set", "up0", "up", ns=node)
-        _ip("addr", "add", f"{UPLINK_PEER}/24", "dev", "eth0", ns=self.peer)
-        _ip("link", "set", "eth0", "up", ns=self.peer)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=node)
         # The interfaces' own IGMP reports (to 224.0.0.22) are not the lab's
         # load: untracked, they cannot take entries or be counted as drops.
+        # The rules go in before any interface comes up: a link sends its
+        # first report the moment it is up (a clean-clone run once found
+        # 198.18.1.1 -> 224.0.0.22 in the node's table, from br0).
         _restore(node, f"""*nat
 :PREROUTING ACCEPT [0:0]
 :INPUT ACCEPT [0:0]
@@ -368,6 +357,20 @@ COMMIT
 -A OUTPUT -p igmp -j CT --notrack
 COMMIT
 """)
+        _ip("link", "add", "br0", "type", "bridge", ns=node)
+        _ip("addr", "add", f"{BRIDGE_IP}/24", "dev", "br0", ns=node)
+        _ip("link", "set", "br0", "up", ns=node)
+        for i, c in enumerate(self.containers, 1):
+            _ip("link", "add", f"vc{i}", "type", "veth", "peer", "name", "eth0", "netns", c, ns=node)
+            _ip("link", "set", f"vc{i}", "master", "br0", "up", ns=node)
+            _ip("addr", "add", f"{self.container_ip(c)}/24", "dev", "eth0", ns=c)
+            _ip("link", "set", "eth0", "up", ns=c)
+            _ip("route", "add", "default", "via", BRIDGE_IP, ns=c)
+        _ip("link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", self.peer, ns=node)
+        _ip("addr", "add", f"{UPLINK_NODE}/24", "dev", "up0", ns=node)
+        _ip("link", "set", "up0", "up", ns=node)
+        _ip("addr", "add", f"{UPLINK_PEER}/24", "dev", "eth0", ns=self.peer)
+        _ip("link", "set", "eth0", "up", ns=self.peer)
         _restore(self.peer, f"""*filter
 :INPUT ACCEPT [0:0]
 :FORWARD ACCEPT [0:0]

@@ -132,3 +132,20 @@ def test_closed_stdin_and_full_disk(shell, msg):
     r = subprocess.run(["bash", "-c", shell.format(c=_cttrace(), d=DATA)], capture_output=True, text=True)
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and msg in r.stderr, r.stderr
+
+
+def test_the_file_as_an_argument_reads_as_with_file():
+    f = str(DATA / "known-plain.conntrack-L")
+    a, b = run("snapshot", f, "--json"), run("snapshot", "--file", f, "--json")
+    assert a.exit_code == b.exit_code == 0, a.stderr
+    assert json.loads(a.stdout)["total"] == json.loads(b.stdout)["total"] == KNOWN["total"]
+    r = run("snapshot", f, "--file", f)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "two files given" in r.stderr
+    r = run("snapshot", f, "--netns", "x")
+    assert r.exit_code != 0 and "exclude each other" in r.stderr
+
+
+def test_doctor_given_a_bare_file_says_which_option_reads_it():
+    r = run("doctor", str(DATA / "known-plain.conntrack-L"))
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+    assert "--file EXPORT or --capture FILE" in r.stderr

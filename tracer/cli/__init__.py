@@ -114,7 +114,10 @@ class _Group(click.Group):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:
             where = e.ctx.command_path if e.ctx else "cttrace"
-            abort(f"{e.format_message()} (see '{where} --help')", 2)
+            hint = ""
+            if where.endswith(" doctor") and "unexpected extra argument" in e.format_message():
+                hint = ": a file is read with --file EXPORT or --capture FILE"
+            abort(f"{e.format_message()}{hint} (see '{where} --help')", 2)
         except click.ClickException as e:
             abort(e.format_message(), e.exit_code)
         except (click.Abort, KeyboardInterrupt):

@@ -32,7 +32,8 @@ from tracer.formats.export import InputError, ScanResult, TextDecoder, scan
 @click.option("--source", type=click.Choice(["auto", "netlink", "proc"]), default="auto",
               show_default=True, help="Live table reader: ctnetlink dump, or /proc/net/nf_conntrack.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1, max=MAX_JOBS), help=f"Processes for big files, at most {MAX_JOBS} (default: the CPUs that are free).")
-def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, jobs):
+@click.argument("file", required=False, metavar="[FILE]")
+def snapshot(file, path, netns, proto, state, src, dst, dport, top, as_json, source, jobs):
     """Break the conntrack table down by protocol, state, source, destination,
     port, zone, mark and flags, in one pass.
 
@@ -40,9 +41,13 @@ def snapshot(path, netns, proto, state, src, dst, dport, top, as_json, source, j
     Examples:
       sudo cttrace snapshot                           # this namespace's table
       sudo cttrace snapshot --netns 4242 --top 5      # a container's table (by PID)
-      cttrace snapshot -f table.txt.gz --json         # an export, for scripts
+      cttrace snapshot table.txt.gz --json            # an export (same as -f FILE)
       conntrack -L -o extended | cttrace snapshot -f - --state TIME_WAIT
     """
+    if file is not None:
+        if path is not None:
+            abort(f"two files given ({path!r} with --file, and {file!r}): give one", 2)
+        path = file
     if path is not None and netns is not None:
         abort("--file and --netns exclude each other: --netns reads a live table")
     if netns is not None and not netns.strip():

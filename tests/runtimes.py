@@ -288,10 +288,10 @@ class Podman:
     def load(self, tar: Path) -> None:
         self.cli("import", tar, IMAGE)
 
-    def run(self, name: str) -> dict:
+    def run(self, name: str, *args: str) -> dict:
         # this machine's hard limits are below Podman's defaults (nofile 1048576)
         self.cli("run", "-d", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-                 "--name", name, "--network", "ctt", IMAGE, "sleep", "3600")
+                 "--name", name, "--network", "ctt", *args, IMAGE, "sleep", "3600")
         d = json.loads(self.cli("inspect", name).stdout)[0]
         nets = d["NetworkSettings"]["Networks"] or {}
         return {"name": name, "pid": d["State"]["Pid"],

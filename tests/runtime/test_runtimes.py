@@ -14,7 +14,9 @@ One node namespace runs a private dockerd, containerd and Podman
            d-v6 (an IPv6-enabled user network: IPv6 flows)
   containerd  shop/api-0 and shop/db-0 (sandbox + app container joining its
            namespace), kube-system/agent-0 (hostNetwork: the node)
-  Podman   p-web (rootful, netavark); rootless (user ctrt-rl): rl-net (a user
+  Podman   p-web (rootful, netavark; publishes 18081/udp, which only
+           netavark's DNAT rules tell: the client's flows to it name p-web
+           as their destination side); rootless (user ctrt-rl): rl-net (a user
            network: its entries are in the user's rootless namespace) and
            rl-slirp (slirp4netns: the node sees slirp4netns' sockets)
 """
@@ -37,6 +39,7 @@ from tracer.kernel.attribution import collect
 
 # flows each one sends: all different, so that a count can only match its owner
 N_RL = 23                            # flows of each rootless Podman container
+PODMAN_PUB = 18081                   # p-web's published port
 N = {"d-bridge": 11, "d-side": 13, "d-user": 12, "d-host": 14, "d-pub": 15, "shop/api-0": 16,
      "shop/db-0": 17, "kube-system/agent-0": 18, "p-web": 19, "d-v6": 21}
 
@@ -92,7 +95,8 @@ def world():
             rts.append(p)
             p.load(tar)
             w["podman"] = p
-            w["who"]["p-web"] = p.run("p-web")
+            # a published port: netavark writes only DNAT rules (no state file names it)
+            w["who"]["p-web"] = p.run("p-web", "-p", f"{PODMAN_PUB}:80/udp")
         except R.RuntimeUnavailable as e:
             w["skip"]["podman"] = str(e)
         try:
@@ -284,7 +288,7 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
                    "--interval", "0.5", "--top-k", "50"),
              start(tmp_path, "capture", "--netns", R.NODE, "-o", str(tmp_path / "c.gz"), "-d", "120s")]
     truth: Counter = Counter()               # table-full drops by sender
-    clashes = refused = pub = 0
+    clashes = refused = pub = ppub = 0
     try:
         if "d-user" in world["who"]:
             clashes, refused = clash_flows(world)
@@ -309,6 +313,15 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
                 after = R.node_stats()
                 pub = (after["drop"] - after["insert_failed"]) - (before["drop"] - before["insert_failed"])
                 held = [r for r in R.node_entries() if r["src"] == R.UP_CLIENT and r["sport"] in pub_ports]
+            if "p-web" in world["who"]:      # and p-web's, which only netavark's DNAT rules tell
+                lim.refill()
+                before = R.node_stats()
+                ppub_ports = R.udp_flows(f"/run/netns/{R.CLIENT}", R.UP_CLIENT, R.UP_NODE, PUB_FLOWS,
+                                         47000, dport=PODMAN_PUB)
+                time.sleep(0.3)
+                after = R.node_stats()
+                ppub = (after["drop"] - after["insert_failed"]) - (before["drop"] - before["insert_failed"])
+                pheld = [r for r in R.node_entries() if r["src"] == R.UP_CLIENT and r["sport"] in ppub_ports]
         time.sleep(2.0)                      # the pump and serve's interval
         metrics = scrape(port)
     finally:
@@ -318,6 +331,8 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
         assert clashes == refused > 0, (clashes, refused)
     if "d-pub" in world["who"]:
         assert pub == PUB_FLOWS - len(held) > 0, (pub, held)   # the client's flows the table refused
+    if "p-web" in world["who"]:
+        assert ppub == PUB_FLOWS - len(pheld) > 0, (ppub, pheld)
     srcs = {EXPECT[n]: sender(world, n)[1] for n in senders}
     # top: per source, exact, named
     clash = Counter({"d-user": clashes})
@@ -346,6 +361,13 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
             (R.CLIENT, "d-pub", "table_full")}
         assert metric(metrics, "cttrace_destination_drops_total", destination="udp/18080",
                       container="d-pub") == [pub]
+    to_ppub = [d for d in drops if d["dport"] == PODMAN_PUB and d["src"] == R.UP_CLIENT]
+    if "p-web" in world["who"]:
+        assert len(to_ppub) == ppub
+        assert {(d["container"], d["dst_container"], d["reason"]) for d in to_ppub} == {
+            (R.CLIENT, "p-web", "table_full")}
+        assert metric(metrics, "cttrace_destination_drops_total", destination=f"udp/{PODMAN_PUB}",
+                      container="p-web") == [ppub]
     # serve: Kubernetes-style labels, exact counts
     for name, src in srcs.items():
         m = world["who"].get(name, {})
@@ -364,9 +386,13 @@ def test_drops_named_per_container_in_top_drops_serve_and_report(world, tmp_path
     for name in srcs.keys() - {R.NODE}:      # (the node's other addresses' drops join its row)
         assert cts[name]["events_by_reason"] == dict(Counter(
             {"table_full": truth[name], "insert_failed": clash[name]}) - Counter()), cts[name]
-    if "d-pub" in world["who"]:
-        assert rep["drops_by_destination"] == [{"container": "d-pub", "drops": pub, "ports": ["udp/18080"],
-                                                "events_by_reason": {"table_full": pub}}]
+    want = [{"container": "d-pub", "drops": pub, "ports": ["udp/18080"],
+             "events_by_reason": {"table_full": pub}}] if "d-pub" in world["who"] else []
+    if "p-web" in world["who"]:
+        want.append({"container": "p-web", "drops": ppub, "ports": [f"udp/{PODMAN_PUB}"],
+                     "events_by_reason": {"table_full": ppub}})
+    key = lambda r: (-r["drops"], r["container"])      # noqa: E731
+    assert sorted(rep["drops_by_destination"], key=key) == sorted(want, key=key)
 
 
 def test_churn_every_drop_keeps_its_container_name(world, tmp_path):

@@ -80,6 +80,7 @@ def test_missing_runtimes_are_not_errors(tmp_path):
 
 # --- the runtimes' real layouts, hostile state, expiry ---------------------------
 import pytest
+from tracer.core import dnat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -101,6 +102,7 @@ class Host:
         self.netns_dir = t / "netns"
         self.netns_dir.mkdir()
         self.addrs: dict[str, list] = {}
+        self.rules: dict[str, str] = {}      # netns path -> iptables-save output read there
         self.users: dict[str, int] = {}
         self.pid(1, "init", ns="host")
         self.pid(2, "kthreadd", ns="host")
@@ -134,7 +136,8 @@ class Host:
                     podman_root=[str(self.t / "podman")], proc=str(self.proc),
                     run_netns=str(self.netns_dir), list_addresses=lambda p: self.addrs.get(p, []),
                     docker_conf=str(self.t / "daemon.json"), podman_conf=str(self.t / "storage.conf"),
-                    userns=lambda p: self.users.get(p, os.stat(self.t / "ns-userns-host").st_ino))
+                    userns=lambda p: self.users.get(p, os.stat(self.t / "ns-userns-host").st_ino),
+                    list_dnat=lambda p: dnat.published(self.rules.get(p, "")))
         args.update(kw)
         return A.collect(**args)
 
@@ -227,6 +230,79 @@ def test_published_ports_name_the_destination_side(tmp_path):
     assert at.destination(node, "udp", "10.0.0.1", 53, ("10.0.0.2", 1, "172.19.0.4", 53)) == "any"
     assert at.destination(node, "udp", "172.19.0.4", 53, ("10.0.0.2", 1, "172.19.0.4", 53)) is None
     assert at.destination(node, "udp", "198.19.255.1", 18080, None) == "pub"
+
+
+NETAVARK = """*nat
+-A PREROUTING -m addrtype --dst-type LOCAL -j NETAVARK-HOSTPORT-DNAT
+-A NETAVARK-HOSTPORT-DNAT -p tcp -m tcp --dport 8081 -m comment --comment "dnat name: ctt id: {cid}" -j NETAVARK-DN-1
+-A NETAVARK-DN-1 -s 198.19.251.0/24 -p tcp -m tcp --dport 8081 -j NETAVARK-HOSTPORT-SETMARK
+-A NETAVARK-DN-1 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 198.19.251.5:80
+COMMIT
+"""
+KUBE_PROXY = """*nat
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment "kube-system/kube-dns:dns cluster IP" -m udp --dport 53 -j KUBE-SVC-X
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-NODEPORTS -p tcp -m comment --comment "shop/api" -m tcp --dport 30080 -j KUBE-EXT-Y
+-A KUBE-NODEPORTS -p tcp -m comment --comment "shop/two" -m tcp --dport 30081 -j KUBE-SVC-Z
+-A KUBE-NODEPORTS -p tcp -m tcp --dport 30082 -j DNAT --to-destination 10.9.9.9:1
+-A KUBE-EXT-Y -j KUBE-MARK-MASQ
+-A KUBE-EXT-Y -j KUBE-SVC-Y
+-A KUBE-SVC-Y -j KUBE-SEP-A
+-A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 10.244.0.5:8080
+-A KUBE-SVC-X -j KUBE-SEP-A2
+-A KUBE-SEP-A2 -p udp -m udp -j DNAT --to-destination 10.244.0.5:53
+-A KUBE-SVC-Z -m statistic --mode random --probability 0.5 -j KUBE-SEP-A
+-A KUBE-SVC-Z -j KUBE-SEP-B
+-A KUBE-SEP-B -p tcp -m tcp -j DNAT --to-destination 10.244.0.6:8080
+COMMIT
+"""
+
+
+def test_dnat_rules_name_podman_and_kubernetes_destinations(tmp_path):
+    """Ports that only DNAT rules tell (netavark, kube-proxy): read in the
+    host's namespace and in root conmon/kube-proxy namespaces, named when
+    every backend is one name's, never from a user's own namespace."""
+    h = Host(tmp_path)
+    cid = "ab" * 32
+    nsp = h.netns_dir / "netns-1234"
+    nsp.write_text("")
+    h.addrs[str(nsp)] = ["198.19.251.5"]
+    base = tmp_path / "pm" / "overlay-containers"
+    (base / cid / "userdata").mkdir(parents=True)
+    (base / "containers.json").write_text(json.dumps([{"id": cid, "names": ["pweb"]}]))
+    (base / cid / "userdata" / "config.json").write_text(json.dumps({
+        "annotations": {"io.container.manager": "libpod"},
+        "linux": {"namespaces": [{"type": "network", "path": str(nsp)}]}}))
+    conmon = h.pid(13, "conmon", ns="node", cmdline=b"conmon\0-b\0" + str(base / cid / "userdata").encode())
+    h.rules[conmon] = NETAVARK.format(cid=cid)
+    cni = h.netns_dir / "cni-1"
+    cni.write_text("")
+    h.addrs[str(cni)] = ["10.244.0.5"]
+    write_cri(h, "cri", "s1", cri_spec("sandbox", "api-1", "shop", "s1", netns=str(cni)))
+    h.rules[str(h.proc / "1" / "ns" / "net")] = KUBE_PROXY
+    n = h.collect(podman_root=None, cri_root=[str(tmp_path / "cri")])
+    node, host = h.ino("node"), h.ino("host")
+    at = A.Attribution()
+    at.names = n
+    assert at.published(node, "tcp", "198.19.255.1", 8081) == "pweb"
+    assert at.published(host, "tcp", "198.19.255.1", 8081) is None        # another namespace's rules
+    assert at.published(host, "tcp", "203.0.113.1", 30080) == "shop/api-1"  # a NodePort, any address
+    assert at.published(host, "udp", "10.96.0.10", 53) == "shop/api-1"      # a ClusterIP
+    assert at.published(host, "udp", "10.96.0.11", 53) is None
+    assert at.published(host, "tcp", "203.0.113.1", 30081) is None    # two pods behind it
+    assert at.published(host, "tcp", "203.0.113.1", 30082) is None    # a backend nobody is known for
+    assert at.destination(host, "tcp", "203.0.113.1", 30080, None) == "shop/api-1"
+    # the same rules in a namespace of a conmon run by a user: not read
+    os.chown(h.proc / "13", 1000, 1000) if os.geteuid() == 0 else None
+    if os.geteuid() == 0:
+        assert (node, "tcp", 8081) not in h.collect(podman_root=None).published
+    # read once per RULES_TTL_S
+    calls = []
+    cache: dict = {}
+    for t in (0.0, 1.0, A.RULES_TTL_S + 1):
+        h.collect(list_dnat=lambda p: calls.append(p) or [], rules_cache=cache, now=t)
+    assert len(calls) == 2 * len(set(calls))
 
 
 def cri_spec(kind, pod, ns, sandbox, container=None, netns=None, own=True):

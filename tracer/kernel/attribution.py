@@ -24,6 +24,9 @@ daemon asked anything):
   user's mount namespace only), taken only from a conmon running as the
   state's owner; another user's state names only namespaces inside a user
   namespace, and its addresses rank lowest;
+- published ports that only DNAT rules tell (Podman's netavark, CNI
+  portmap, kube-proxy): iptables-save -t nat in the host's namespace and
+  in root conmon/containerd/kube-proxy namespaces (tracer/core/dnat.py);
 - named namespaces: /run/netns/<name>;
 - any process: /proc/<pid>/ns/net, cgroup and comm.
 Addresses of a namespace whose runtime does not write them down (CRI pods,
@@ -64,6 +67,8 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 
+from tracer.core import dnat
+
 DOCKER = "/var/lib/docker"
 DOCKER_CONF = "/etc/docker/daemon.json"
 CONTAINERD_STATE = "/run/containerd"
@@ -80,6 +85,11 @@ KEEP_MAX = 16384             # ... for at most this many addresses (and namespac
 MISS_GAP_S = (0.25, 2.0)     # a look-up miss refreshes at most this often: 10 times the
                              # last refresh's time within these bounds (<= 10 % of a CPU)
 ADDR_TTL_S = 60.0            # a namespace's listed addresses are cached this long
+RULES_TTL_S = 30.0           # a namespace's DNAT rules (iptables-save -t nat) are read at most this often,
+RULES_COST_FACTOR = 25       # ... and at most every 25 times the last read's cost (a node with 100,000
+                             # nat rules: seconds of parsing; at most 1/25 of a core)
+MAX_RULES_TEXT = 64 << 20    # bytes of iptables-save output read at most
+RULE_WRITERS = ("conmon", "containerd", "kube-proxy")   # root processes whose namespace holds DNAT rules
 # linux/nsfs.h: #define NS_GET_USERNS _IO(NSIO, 0x1), NSIO 0xb7
 NS_GET_USERNS = 0xB701
 _CGROUP_ID = re.compile(r"(?:docker-|cri-containerd-|crio-|libpod-|/docker/|/kubepods[^ ]*/)([0-9a-f]{64})")
@@ -370,7 +380,7 @@ def _podman_listed(base: str, skipped: list | None) -> list[dict]:
     return out
 
 
-def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "conmon")
+def processes(proc: str = "/proc", daemons: tuple = ("dockerd", "containerd", "conmon", "kube-proxy")
               ) -> tuple[dict[int, dict], list[tuple]]:
     """({netns inode: {pid, comm, container_id}} for the first process of
     each namespace, [(comm, argv, netns inode, pid)] of the runtime daemons)."""
@@ -440,6 +450,20 @@ def addresses(netns_path: str) -> list[str]:
     return out
 
 
+def dnat_rules(netns_path: str) -> list[dnat.Dnat]:
+    """The published ports of a namespace's DNAT rules (iptables-save -t nat
+    of both families, read inside it: tracer/core/dnat.py)."""
+    text = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        try:
+            r = subprocess.run(["nsenter", f"--net={netns_path}", tool, "-t", "nat"],
+                               capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        text.append(r.stdout[:MAX_RULES_TEXT].decode("utf-8", "replace"))
+    return dnat.published("\n".join(text))
+
+
 def _norm(ip: str) -> str | None:
     try:
         return str(ipaddress.ip_address(ip))
@@ -487,11 +511,13 @@ class _Builder:
 def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/proc",
             run_netns: str = "/run/netns", list_addresses=addresses, cache: dict | None = None,
             docker_conf: str = DOCKER_CONF, podman_conf: str = PODMAN_CONF,
-            userns=userns_of, now: float | None = None) -> Names:
+            userns=userns_of, now: float | None = None, list_dnat=dnat_rules,
+            rules_cache: dict | None = None) -> Names:
     """One full look at the host (seconds on busy hosts: run it in the
     background). A root given (a path or a list) replaces the discovered
     ones. `cache` ({netns inode: (time, addresses)}) saves listing a
-    namespace's addresses again within ADDR_TTL_S."""
+    namespace's addresses again within ADDR_TTL_S; `rules_cache` the same
+    for DNAT rules (RULES_TTL_S)."""
     now = time.monotonic() if now is None else now
     skipped: list = []
     procs, daemons = processes(proc)
@@ -602,8 +628,52 @@ def collect(docker_root=None, cri_root=None, podman_root=None, proc: str = "/pro
     if cache is not None:
         for ino in [i for i in cache if i not in b.paths]:
             del cache[ino]
+    _rule_ports(b.n, host, proc, daemons, list_dnat, rules_cache, now)
     b.n.skipped = len(skipped)
     return b.n
+
+
+def _rule_ports(n: Names, host: int | None, proc: str, daemons: list, list_dnat, rules_cache: dict | None,
+                now: float) -> None:
+    """Published ports that only DNAT rules tell (Podman's netavark, the
+    CNI portmap plugin, kube-proxy's NodePorts and ClusterIPs), read in the
+    host's namespace and in those of the root processes that write such
+    rules (RULE_WRITERS). A (protocol, address, port) is named only when
+    every address its rules DNAT to is one name's; Docker's own record of a
+    port comes first (n.published's order)."""
+    where: dict[int, str] = {}
+    if host is not None:
+        where[host] = f"{proc}/1/ns/net"
+    for comm, _argv, ino, pid in daemons:
+        if comm not in RULE_WRITERS or ino is None or ino in where:
+            continue
+        try:
+            if os.stat(f"{proc}/{pid}").st_uid != 0:
+                continue                  # a user's own (rootless) namespace: its rules are its own
+        except OSError:
+            continue
+        where[ino] = f"{proc}/{pid}/ns/net"
+    for ino, path in where.items():
+        hit = rules_cache.get(ino) if rules_cache is not None else None
+        if hit is not None and now - hit[0] < max(RULES_TTL_S, RULES_COST_FACTOR * hit[2]):
+            found = hit[1]
+        else:
+            t0 = time.monotonic()
+            found = list_dnat(path)
+            if rules_cache is not None:
+                rules_cache[ino] = (now, found, time.monotonic() - t0)
+        owners: dict[tuple, set] = {}
+        for d in found:
+            owners.setdefault((d.proto, d.addr, d.port), set()).add(n.by_ip.get(d.to))
+        for (proto, addr, port), names in owners.items():
+            if len(names) != 1 or None in names:
+                continue                  # several backends, or one nobody is known for
+            binds = n.published.setdefault((ino, proto, port), [])
+            if not any(hip == addr for hip, _ in binds):
+                binds.append((addr, names.pop()))
+    if rules_cache is not None:
+        for ino in [i for i in rules_cache if i not in where]:
+            del rules_cache[ino]
 
 
 class Attribution:
@@ -619,6 +689,7 @@ class Attribution:
         self.refreshes = 0
         self._args = collect_args
         self._cache: dict = {}
+        self._rules_cache: dict = {}
         self._seen: dict[str, dict] = {"ip": {}, "netns": {}, "meta": {}}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -630,7 +701,7 @@ class Attribution:
         now = time.monotonic()
         self._last = now
         try:
-            fresh = collect(cache=self._cache, now=now, **self._args)
+            fresh = collect(cache=self._cache, rules_cache=self._rules_cache, now=now, **self._args)
         except Exception as e:       # attribution is best effort: keep the last names
             self.failures += 1
             self.last_error = f"{type(e).__name__}: {e}"[:200]

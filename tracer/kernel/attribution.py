@@ -454,10 +454,13 @@ def dnat_rules(netns_path: str) -> list[dnat.Dnat]:
     """The published ports of a namespace's DNAT rules (iptables-save -t nat
     of both families, read inside it: tracer/core/dnat.py)."""
     text = []
+    here = _inode(netns_path) == _inode("/proc/thread-self/ns/net")
     for tool in ("iptables-save", "ip6tables-save"):
+        # in this process's own namespace without nsenter (CAP_SYS_ADMIN):
+        # the exporter's unit has CAP_NET_ADMIN only, which is enough there
+        cmd = [tool, "-t", "nat"] if here else ["nsenter", f"--net={netns_path}", tool, "-t", "nat"]
         try:
-            r = subprocess.run(["nsenter", f"--net={netns_path}", tool, "-t", "nat"],
-                               capture_output=True, timeout=10)
+            r = subprocess.run(cmd, capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             continue
         text.append(r.stdout[:MAX_RULES_TEXT].decode("utf-8", "replace"))

@@ -264,17 +264,8 @@ def test_dnat_rules_name_podman_and_kubernetes_destinations(tmp_path):
     host's namespace and in root conmon/kube-proxy namespaces, named when
     every backend is one name's, never from a user's own namespace."""
     h = Host(tmp_path)
-    cid = "ab" * 32
-    nsp = h.netns_dir / "netns-1234"
-    nsp.write_text("")
-    h.addrs[str(nsp)] = ["198.19.251.5"]
-    base = tmp_path / "pm" / "overlay-containers"
-    (base / cid / "userdata").mkdir(parents=True)
-    (base / "containers.json").write_text(json.dumps([{"id": cid, "names": ["pweb"]}]))
-    (base / cid / "userdata" / "config.json").write_text(json.dumps({
-        "annotations": {"io.container.manager": "libpod"},
-        "linux": {"namespaces": [{"type": "network", "path": str(nsp)}]}}))
-    conmon = h.pid(13, "conmon", ns="node", cmdline=b"conmon\0-b\0" + str(base / cid / "userdata").encode())
+    cid, nsp, bundle = podman_state(h, tmp_path)
+    conmon = h.pid(13, "conmon", ns="node", cmdline=b"conmon\0-b\0" + str(bundle).encode())
     h.rules[conmon] = NETAVARK.format(cid=cid)
     cni = h.netns_dir / "cni-1"
     cni.write_text("")
@@ -343,8 +334,9 @@ def test_cri_pods_app_containers_and_host_network_pod(tmp_path):
     assert "shop/db-0" in h.collect(cri_root=None).meta
 
 
-def test_podman_rootful(tmp_path):
-    h = Host(tmp_path)
+def podman_state(h, tmp_path):
+    """A rootful Podman container "pweb" (198.19.251.5) in a graph root:
+    (its id, its namespace's path, its bundle)."""
     cid = "ab" * 32
     nsp = h.netns_dir / "netns-1234"
     nsp.write_text("")
@@ -355,8 +347,14 @@ def test_podman_rootful(tmp_path):
     (base / cid / "userdata" / "config.json").write_text(json.dumps({
         "annotations": {"io.container.manager": "libpod"},
         "linux": {"namespaces": [{"type": "network", "path": str(nsp)}]}}))
+    return cid, nsp, base / cid / "userdata"
+
+
+def test_podman_rootful(tmp_path):
+    h = Host(tmp_path)
+    cid, nsp, bundle = podman_state(h, tmp_path)
     # found from conmon's bundle
-    h.pid(13, "conmon", ns="host", cmdline=b"conmon\0-b\0" + str(base / cid / "userdata").encode() + b"\0")
+    h.pid(13, "conmon", ns="host", cmdline=b"conmon\0-b\0" + str(bundle).encode() + b"\0")
     n = h.collect(podman_root=None)
     assert n.by_ip["198.19.251.5"] == "pweb" and n.by_netns[os.stat(nsp).st_ino] == "pweb"
     assert n.meta["pweb"]["runtime"] == "podman"

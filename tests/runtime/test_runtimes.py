@@ -162,6 +162,16 @@ def run_json(*args, timeout=60):
     return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
 
 
+@pytest.mark.skipif(not os.environ.get("CI"), reason="CI installs every runtime (scripts/setup --test); "
+                    "a developer's machine may lack one")
+def test_every_runtime_starts_in_ci(world):
+    """In CI no runtime may be skipped: each test above checks a runtime
+    only where it started, so a runtime failing to start would silently
+    check less."""
+    assert not {k: v for k, v in world["skip"].items() if k in ("docker", "containerd", "podman")}, world["skip"]
+    assert {"d-pub", "p-web", "shop/api-0"} <= set(world["who"])
+
+
 def test_entries_named_by_container_and_pod(world):
     present = [n for n in N if n in world["who"]]
     assert present, f"no runtime could start: {world['skip']}"

@@ -34,6 +34,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from tracer.core import nat
+
 MAX_RULES = 200_000          # rules read from one ruleset (a big Kubernetes node: tens of thousands)
 MAX_DEPTH = 24               # jumps followed from a base chain
 MAX_STEPS = 2_000_000        # rules looked at in one walk
@@ -75,18 +77,13 @@ def _host(spec: str) -> str | None:
 
 
 def _to_addr(spec: str) -> str | None:
-    """--to-destination's one address: 'A', 'A:P', '[A6]:P', 'A6'; a range
-    of addresses -> None."""
-    if spec.startswith("["):
-        a = spec[1:].split("]", 1)[0]
-    elif spec.count(":") == 1:
-        a = spec.split(":", 1)[0]
-    else:
-        a = spec
-    if "-" in a:
+    """--to-destination's one address ('A', 'A:P', '[A6]:P', 'A6', read as
+    nat._to_source reads --to-source); a range of addresses -> None."""
+    addrs, _ = nat._to_source(spec)
+    if addrs is None or addrs[0] != addrs[1]:
         return None
     try:
-        return str(ipaddress.ip_address(a))
+        return str(ipaddress.ip_address(addrs[0]))
     except ValueError:
         return None
 

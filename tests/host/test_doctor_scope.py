@@ -53,3 +53,15 @@ def test_doctor_reads_the_limit_the_namespace_meets():
     st = json.loads(cttrace("doctor", "--netns", str(os.getpid()), "--json").stdout)["state"]
     assert st["max_scope"] == "global" and st["max"] == glob
     assert int(open(CT_MAX).read()) == glob
+
+
+def test_doctor_creates_no_table_where_it_reads_the_rules():
+    """`doctor` reads; listing a table with iptables-legacy-save creates it
+    in the namespace (this kernel: `nat` and `raw` appeared in
+    ip_tables_names after a doctor run, before the fix). The kernel's own
+    list of legacy tables is the same before and after, both families."""
+    with L.Netns("notable") as ns:
+        names = ("/proc/net/ip_tables_names", "/proc/net/ip6_tables_names")
+        before = [ns.read(p) for p in names]
+        cttrace("doctor", "--netns", ns.name, "--window", "0.1")
+        assert [ns.read(p) for p in names] == before

@@ -271,3 +271,22 @@ def test_capture_drop_events_name_the_dns_clashes(tmp_path):
     assert "10.96.0.10:53 (no entry of it in the table now)" in f.evidence
     assert "dropping_now" not in found           # 6 drops, 5 of them clashes, table nearly empty
     assert found["conntrack_drops"].severity == "warning"
+
+
+def test_rule_listing_never_creates_a_table(tmp_path):
+    """iptables-legacy-save -t T instantiates T in the namespace (6.18): a
+    legacy table is listed only where ip_tables_names has it; the nft
+    variants (which create nothing) always; a plain iptables-save with no
+    nft variant beside it counts as legacy."""
+    from tracer.kernel.host import rule_commands
+    (tmp_path / "ip_tables_names").write_text("nat\n")
+    every = lambda tool: "/usr/sbin/" + tool          # noqa: E731
+    got = rule_commands(net=str(tmp_path), which=every)
+    assert got == [("iptables", ["iptables-nft-save", "-t", "raw"]), ("iptables", ["iptables-nft-save", "-t", "nat"]),
+                   ("iptables-legacy", ["iptables-legacy-save", "-t", "nat"]),
+                   ("ip6tables", ["ip6tables-nft-save", "-t", "raw"]), ("ip6tables", ["ip6tables-nft-save", "-t", "nat"]),
+                   ("nft", ["nft", "-a", "list", "ruleset"])]
+    no_nft = lambda tool: None if "nft" in tool else "/usr/sbin/" + tool    # noqa: E731
+    assert rule_commands(("nat",), net=str(tmp_path), with_nft=False, which=no_nft) == [
+        ("iptables", ["iptables-save", "-t", "nat"])]
+    assert rule_commands(("raw",), net=str(tmp_path / "gone"), with_nft=False, which=no_nft) == []

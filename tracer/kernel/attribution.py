@@ -68,6 +68,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from tracer.core import dnat
+from tracer.kernel import host
 
 DOCKER = "/var/lib/docker"
 DOCKER_CONF = "/etc/docker/daemon.json"
@@ -451,14 +452,16 @@ def addresses(netns_path: str) -> list[str]:
 
 
 def dnat_rules(netns_path: str) -> list[dnat.Dnat]:
-    """The published ports of a namespace's DNAT rules (iptables-save -t nat
-    of both families, read inside it: tracer/core/dnat.py)."""
+    """The published ports of a namespace's DNAT rules (the nat tables of
+    both families, listed inside it without creating any: host.rule_commands;
+    tracer/core/dnat.py). netns_path is /proc/PID/ns/net."""
     text = []
     here = _inode(netns_path) == _inode("/proc/thread-self/ns/net")
-    for tool in ("iptables-save", "ip6tables-save"):
+    net = netns_path.rsplit("/ns/net", 1)[0] + "/net"      # /proc/PID/net: that namespace's view
+    for _tool, argv in host.rule_commands(("nat",), net=net, with_nft=False):
         # in this process's own namespace without nsenter (CAP_SYS_ADMIN):
         # the exporter's unit has CAP_NET_ADMIN only, which is enough there
-        cmd = [tool, "-t", "nat"] if here else ["nsenter", f"--net={netns_path}", tool, "-t", "nat"]
+        cmd = argv if here else ["nsenter", f"--net={netns_path}", *argv]
         try:
             r = subprocess.run(cmd, capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):

@@ -39,27 +39,50 @@ SETTINGS = frozenset(TIMEOUTS) | {"max", "buckets"}
 # forecast.MAX_TIMEOUT. ASCII digits only ('²' is a digit to str.isdigit).
 SETTING_MAX = {"max": 2**31 - 1, "buckets": 2**32 - 1}
 _DIGITS = re.compile(r"[0-9]{1,10}")
-# Each section of the rules text starts with "# cttrace: <tool>" (nat.parse_rules reads them).
-RULE_COMMANDS = (("iptables", ["iptables-save", "-t", "raw"]), ("iptables", ["iptables-save", "-t", "nat"]),
-                 ("iptables-legacy", ["iptables-legacy-save", "-t", "raw"]),
-                 ("iptables-legacy", ["iptables-legacy-save", "-t", "nat"]),
-                 ("ip6tables", ["ip6tables-save", "-t", "raw"]), ("ip6tables", ["ip6tables-save", "-t", "nat"]),
-                 ("nft", ["nft", "-a", "list", "ruleset"]))
+def rule_commands(tables: tuple[str, ...] = ("raw", "nat"), net: str = "/proc/thread-self/net",
+                  with_nft: bool = True, which=shutil.which) -> list[tuple[str, list[str]]]:
+    """(tool, argv) of the commands that list `tables` of the namespace whose
+    /proc/.../net is `net`, without creating any: listing a table with
+    iptables-legacy-save instantiates it in that namespace (seen on 6.18:
+    `nat` appears in ip_tables_names), while the nf_tables variant creates
+    nothing. So the nft variants run always, a legacy one (or a plain
+    iptables-save with no nft variant beside it) only for a table that
+    already exists; then (with_nft) nft's whole ruleset."""
+    out: list[tuple[str, list[str]]] = []
+    for fam, names in (("iptables", "ip_tables_names"), ("ip6tables", "ip6_tables_names")):
+        try:
+            with open(f"{net}/{names}") as f:
+                existing = set(f.read().split())
+        except OSError:
+            existing = set()
+        nft = which(f"{fam}-nft-save")
+        for t in tables:
+            if nft:
+                out.append((fam, [f"{fam}-nft-save", "-t", t]))
+            elif t in existing and which(f"{fam}-save"):
+                out.append((fam, [f"{fam}-save", "-t", t]))
+        if fam == "iptables" and nft and which("iptables-legacy-save"):
+            out += [("iptables-legacy", ["iptables-legacy-save", "-t", t]) for t in tables if t in existing]
+    if with_nft and which("nft"):
+        out.append(("nft", ["nft", "-a", "list", "ruleset"]))
+    return out
+
+
 NAT_WORDS = ("MASQUERADE", "SNAT", "DNAT", "masquerade", "snat ", "dnat ", "redirect", "REDIRECT")
 
 
 def rules_text() -> str:
     """The raw- and nat-table rules of the current namespace (iptables nft and
-    legacy, ip6tables, nftables with rule handles), one section per command."""
+    legacy, ip6tables, nftables with rule handles), one section per command,
+    each starting with "# cttrace: <tool>" (nat.parse_rules reads them)."""
     out = []
-    for tool, cmd in RULE_COMMANDS:
-        if shutil.which(cmd[0]):
-            try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-                if r.stdout.strip():
-                    out.append(f"# cttrace: {tool}\n{r.stdout}")
-            except (OSError, subprocess.TimeoutExpired):
-                pass
+    for tool, cmd in rule_commands():
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            if r.stdout.strip():
+                out.append(f"# cttrace: {tool}\n{r.stdout}")
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     return "\n".join(out)
 
 

@@ -106,7 +106,6 @@ class TracingSession:
         self.forgotten_sources = 0
         self._next_forget = 0.0
         self._next_trim = time.monotonic() + TRIM_EVERY
-        self.trims = 0                 # malloc_trim calls that released memory
         self._stop = False
         self._old_handlers: dict = {}
 
@@ -315,7 +314,7 @@ class TracingSession:
                 self.forget_idle(s.t - self.opts.forget_idle)
         if s.t >= self._next_trim:
             self._next_trim = s.t + TRIM_EVERY
-            self.trims += procmem.trim_heap()
+            procmem.trim_heap()
         return r
 
     def forget_idle(self, before: float) -> list[str]:
